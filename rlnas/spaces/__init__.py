@@ -1,0 +1,45 @@
+"""Registry of model families (timm-style): ``@register_family``, ``create_supernet``, ``list_families``.
+
+A family is one function that builds its :class:`~rlnas.spaces.base.Supernet`; adding a family is
+one module that registers it (imported below) plus one ``conf/model/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rlnas.arch import SearchSpace
+from rlnas.spaces.base import Supernet
+
+_FAMILIES: dict[str, Callable[..., Supernet]] = {}
+
+
+def register_family(name: str) -> Callable[[Callable[..., Supernet]], Callable[..., Supernet]]:
+    """Register ``builder(**kwargs) -> Supernet`` under ``name``."""
+
+    def decorator(builder: Callable[..., Supernet]) -> Callable[..., Supernet]:
+        if name in _FAMILIES:
+            raise ValueError(f"family {name!r} is already registered")
+        _FAMILIES[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def create_supernet(name: str, **kwargs) -> Supernet:
+    """Build the supernet of family ``name``; ``kwargs`` go to the family's builder."""
+    if name not in _FAMILIES:
+        raise KeyError(f"unknown model family {name!r}; registered families: {', '.join(list_families())}")
+    return _FAMILIES[name](**kwargs)
+
+
+def get_space(name: str, **kwargs) -> SearchSpace:
+    return create_supernet(name, **kwargs).space
+
+
+# Families register themselves on import.
+from rlnas.spaces import resnet  # noqa: E402,F401
