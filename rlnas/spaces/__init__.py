@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from rlnas.arch import SearchSpace
 from rlnas.spaces.base import Supernet
 
@@ -38,8 +40,10 @@ def create_supernet(name: str, **kwargs) -> Supernet:
 
 
 def get_space(name: str, **kwargs) -> SearchSpace:
-    return create_supernet(name, **kwargs).space
+    """The search space of family ``name``, without allocating its weights."""
+    with torch.device("meta"):
+        return create_supernet(name, **kwargs).space
 
 
 # Families register themselves on import.
-from rlnas.spaces import resnet  # noqa: E402,F401
+from rlnas.spaces import mobilenet, resnet  # noqa: E402,F401
