@@ -1,0 +1,394 @@
+"""The timing worker: a long-lived subprocess per device profile, and its client.
+
+``ONEDNN_MAX_CPU_ISA`` is read once when OpenVINO loads, so each profile gets its own process,
+started with the cap in its environment. Protocol: one JSON object per line; requests on stdin,
+replies on a private copy of the original stdout (fd 1 itself is pointed at stderr so that
+anything OpenVINO prints cannot corrupt the protocol). The worker never imports torch.
+
+Requests: ``{"op": "ping"}``, ``{"op": "measure", ...}`` (see :func:`_measure`),
+``{"op": "shutdown"}``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+#: Machine-wide lock taken around every timing run, so measurements never overlap.
+DEFAULT_LOCK_PATH = str(Path(tempfile.gettempdir()) / "rlnas-latency.lock")
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to time: warm-up, then rounds of (reference block, candidate block).
+
+    Blocks alternate order every round (ref-cand, cand-ref, ...) so neither model always runs on
+    caches the other just warmed. Timing stops once ``min_rounds``, ``min_iters`` candidate
+    inferences and ``min_time_s`` are all reached and, with a reference, the relative standard
+    error of the ratio (see :func:`ratio_rel_error`) is at most ``target_rel_error`` (None = no
+    such condition); or at ``max_time_s`` / ``max_rounds``, whichever comes first. So a noisy
+    machine gets longer measurements instead of worse ratios. ``block_skip`` inferences at the
+    start of each block are run but not recorded (cold caches after switching models).
+    """
+
+    warmup_iters: int = 10
+    block_iters: int = 10
+    block_skip: int = 1
+    min_rounds: int = 5
+    max_rounds: int = 10_000
+    min_iters: int = 50
+    min_time_s: float = 1.0
+    max_time_s: float = 60.0
+    target_rel_error: float | None = None
+
+
+def round_ratios(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> list[float]:
+    """Per-round ratio of the candidate's to the reference's 10th-percentile time."""
+    import numpy as np
+
+    return [float(np.percentile(c, 10) / np.percentile(r, 10))
+            for c, r in zip(cand_rounds, ref_rounds, strict=False)]
+
+
+def ratio_rel_error(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> float:
+    """Relative standard error of the median per-round ratio, from its MAD (robust to bursts)."""
+    import numpy as np
+
+    ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
+    if len(ratios) < 3:
+        return float("inf")
+    median = float(np.median(ratios))
+    mad_sigma = 1.4826 * float(np.median(np.abs(ratios - median)))
+    return 1.2533 * mad_sigma / np.sqrt(len(ratios)) / median
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class _Worker:
+    """State of the worker process: an OpenVINO core and an LRU of compiled models."""
+
+    def __init__(self, max_compiled: int = 3) -> None:
+        import openvino as ov
+
+        self.ov = ov
+        self.core = ov.Core()
+        self.compiled: OrderedDict[str, Any] = OrderedDict()
+        self.max_compiled = max_compiled
+
+    def hello(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "openvino": self.ov.__version__,
+                "isa_env": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                "capabilities": list(self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
+
+    def compile(self, path: str, config: dict[str, str]) -> tuple[Any, float]:
+        """Compiled model for (IR, config), from the LRU or compiled now; and the compile seconds."""
+        stat = os.stat(path)
+        key = json.dumps([path, stat.st_mtime_ns, stat.st_size, config], sort_keys=True)
+        if key in self.compiled:
+            self.compiled.move_to_end(key)
+            return self.compiled[key], 0.0
+        start = time.perf_counter()
+        model = self.core.read_model(path)
+        compiled = self.core.compile_model(model, "CPU", config)
+        seconds = time.perf_counter() - start
+        self.compiled[key] = compiled
+        while len(self.compiled) > self.max_compiled:
+            self.compiled.popitem(last=False)
+        return compiled, seconds
+
+    def request(self, compiled: Any) -> Any:
+        """An infer request with random inputs set once (inputs are not part of the timing)."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        req = compiled.create_infer_request()
+        for port in compiled.inputs:
+            shape = port.get_partial_shape().to_shape()
+            data = rng.random(tuple(shape)).astype(port.get_element_type().to_dtype())
+            req.set_tensor(port, self.ov.Tensor(data))
+        return req
+
+    def measure(self, msg: dict[str, Any]) -> dict[str, Any]:
+        cand, compile_s = self.compile(msg["cand"]["path"], msg["cand"]["config"])
+        ref = None
+        if msg.get("ref"):
+            ref, ref_compile_s = self.compile(msg["ref"]["path"], msg["ref"]["config"])
+            compile_s += ref_compile_s
+        timing = TimingConfig(**msg.get("timing", {}))
+        lock_wait, rounds, measure_s = _timed_rounds(
+            self.request(cand), self.request(ref) if ref is not None else None, timing, msg.get("lock_path"))
+        return {
+            "cand_rounds": rounds["cand"], "ref_rounds": rounds["ref"],
+            "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
+            "kernels": kernel_summary(cand),
+            "inference_precision": precision_name(cand.get_property("INFERENCE_PRECISION_HINT")),
+            "threads": int(cand.get_property("INFERENCE_NUM_THREADS")),
+            "streams": int(cand.get_property("NUM_STREAMS")),
+        }
+
+
+def precision_name(value: Any) -> str:
+    """``ov.Type.f32`` (or its string) -> ``"f32"``."""
+    name = getattr(value, "get_type_name", None)
+    return name() if callable(name) else str(value)
+
+
+def kernel_summary(compiled: Any) -> dict[str, int]:
+    """Counter of oneDNN/plugin primitive types (e.g. ``jit_avx2_I8``) of the executed graph."""
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "primitiveType" in info:
+            counts[info["primitiveType"].astype(str)] += 1
+    return dict(sorted(counts.items()))
+
+
+def _block(req: Any, n: int, skip: int) -> list[float]:
+    times = []
+    for i in range(n + skip):
+        start = time.perf_counter()
+        req.infer()
+        if i >= skip:
+            times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
+                  lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
+    """Warm up and time interleaved rounds under the machine-wide lock.
+
+    Returns (seconds waited for the lock, per-round times in ms, seconds spent timing).
+    """
+    from filelock import FileLock
+
+    waited = time.perf_counter()
+    lock = FileLock(lock_path) if lock_path else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        waited = time.perf_counter() - waited
+        start = time.perf_counter()
+        for req in (ref, cand):
+            if req is not None:
+                _block(req, timing.warmup_iters, 0)
+        rounds: dict[str, list[list[float]]] = {"cand": [], "ref": []}
+        while not _done(rounds, time.perf_counter() - start, timing):
+            order = [("ref", ref), ("cand", cand)]
+            if len(rounds["cand"]) % 2:
+                order.reverse()
+            for name, req in order:
+                if req is not None:
+                    rounds[name].append(_block(req, timing.block_iters, timing.block_skip))
+        return waited, rounds, time.perf_counter() - start
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _done(rounds: dict[str, list[list[float]]], elapsed: float, timing: TimingConfig) -> bool:
+    cand, ref = rounds["cand"], rounds["ref"]
+    if elapsed >= timing.max_time_s or len(cand) >= timing.max_rounds:
+        return True
+    iters = sum(len(r) for r in cand)
+    if len(cand) < timing.min_rounds or iters < timing.min_iters or elapsed < timing.min_time_s:
+        return False
+    if timing.target_rel_error is None or not ref:
+        return True
+    return ratio_rel_error(cand, ref) <= timing.target_rel_error
+
+
+def _serve(proto: IO[str]) -> None:
+    def reply(obj: dict[str, Any]) -> None:
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    worker = _Worker()
+    reply({"ok": True, "op": "hello", **worker.hello()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            msg = json.loads(line)
+            op = msg.get("op")
+            if op == "shutdown":
+                reply({"ok": True})
+                return
+            if op == "ping":
+                reply({"ok": True, **worker.hello()})
+            elif op == "measure":
+                reply({"ok": True, **worker.measure(msg)})
+            else:
+                reply({"ok": False, "error": f"unknown op {op!r}; valid: ping, measure, shutdown"})
+        except Exception as err:  # a bad model must not kill the worker
+            reply({"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+
+
+def main() -> None:
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    with os.fdopen(proto_fd, "w") as proto:
+        _serve(proto)
+
+
+# ----------------------------------------------------------------------------- client side
+
+
+class WorkerError(RuntimeError):
+    """The worker answered with an error (it is still alive)."""
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process died; the client restarts it on the next request."""
+
+
+class WorkerTimeout(RuntimeError):
+    """A request took longer than its timeout; the worker was killed."""
+
+
+@dataclass
+class WorkerClient:
+    """Owns one worker subprocess: starts it with ``env`` on top of ours, restarts it when dead.
+
+    :param env: variables to set (e.g. ``ONEDNN_MAX_CPU_ISA``); :attr:`unset_env` are removed
+        first so a cap in our own environment never leaks into an uncapped profile.
+    :param log_path: the worker's stderr (OpenVINO/NNCF chatter, tracebacks); None = inherit.
+    """
+
+    env: dict[str, str]
+    log_path: Path | None = None
+    start_timeout_s: float = 120.0
+    unset_env: tuple[str, ...] = ("ONEDNN_MAX_CPU_ISA",)
+
+    def __post_init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._buffer = b""
+        self.hello: dict[str, Any] = {}
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> dict[str, Any]:
+        """Start the worker if it is not running; return its hello (pid, versions, ISA env)."""
+        if self.alive():
+            return self.hello
+        if self._proc is not None:
+            self.restarts += 1
+            self._reap()
+        env = {k: v for k, v in os.environ.items() if k not in self.unset_env}
+        env.update(self.env)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        with contextlib.ExitStack() as stack:
+            stderr = None
+            if self.log_path is not None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                stderr = stack.enter_context(open(self.log_path, "ab"))
+            self._proc = subprocess.Popen([sys.executable, "-m", "rlnas.oracles.worker"], env=env,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        self._buffer = b""
+        self.hello = self._read(self.start_timeout_s)
+        return self.hello
+
+    def ensure_started(self, ping_timeout_s: float = 30.0) -> dict[str, Any]:
+        """Start the worker, or check with a ping that it is still there (a worker that died
+        while idle must not fail the next request); restart it if not."""
+        if self.alive():
+            try:
+                self._send({"op": "ping"}, ping_timeout_s)
+            except (WorkerCrashed, WorkerTimeout):
+                self.kill()
+        return self.start()
+
+    def request(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and wait for its reply; raises WorkerError/WorkerCrashed/WorkerTimeout."""
+        self.ensure_started()
+        return self._send(msg, timeout_s)
+
+    def _send(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise WorkerCrashed(self._crash_reason()) from None
+        reply = self._read(timeout_s)
+        if not reply.get("ok"):
+            raise WorkerError(reply.get("error", "unknown worker error"))
+        return reply
+
+    def _read(self, timeout_s: float) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise WorkerTimeout(f"worker request timed out after {timeout_s:g} s (worker killed)")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise WorkerCrashed(self._crash_reason())
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return json.loads(line)
+
+    def _crash_reason(self) -> str:
+        code = self._proc.wait(timeout=10) if self._proc is not None else None
+        reason = f"worker died (exit code {code})"
+        if code is not None and code < 0:
+            reason += f" by signal {signal.Signals(-code).name}"
+        return reason + self._log_tail()
+
+    def _log_tail(self, lines: int = 5) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        return (": " + " | ".join(tail)) if tail else ""
+
+    def kill(self) -> None:
+        """Kill the worker now (it restarts on the next request)."""
+        if self.alive():
+            assert self._proc is not None
+            self._proc.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=10)
+            for stream in (self._proc.stdin, self._proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+    def close(self) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        if self.alive():
+            with contextlib.suppress(WorkerError, WorkerCrashed, WorkerTimeout):
+                self._send({"op": "shutdown"}, timeout_s=10)
+        self.kill()
+        self._proc = None
+
+
+if __name__ == "__main__":
+    main()

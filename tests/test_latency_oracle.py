@@ -1,0 +1,247 @@
+"""LatencyOracle with real OpenVINO and NNCF on tiny CNNs (16-32 px), kept short."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from rlnas.oracles.device import DeviceProfile, DeviceProfileError, host_cpu_flags, missing_flags
+from rlnas.oracles.latency import LatencyOracle, LatencyResult, check_input_shape, ratio_estimates
+from rlnas.oracles.worker import TimingConfig
+
+FAST = TimingConfig(warmup_iters=2, block_iters=5, block_skip=1, min_rounds=3, min_iters=10, min_time_s=0.05,
+                    max_time_s=5.0, target_rel_error=None)
+SHAPE = (1, 3, 16, 16)
+
+
+def tiny(width: int = 8, depth: int = 2) -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+    return nn.Sequential(*layers).eval()
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("this forward always fails")
+
+
+class ReturnsString(nn.Module):
+    def forward(self, x):
+        return "not a tensor"
+
+
+def make_oracle(tmp_path_factory, profile, reference=None, **kwargs) -> LatencyOracle:
+    root = tmp_path_factory.mktemp("latency")
+    return LatencyOracle(profile, cache_dir=root, reference=reference, timing=FAST,
+                         lock_path=str(root / "lock"), timeout_s=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    with make_oracle(tmp_path_factory, "host", reference=tiny(16, 3), reference_key="tiny16x3") as o:
+        yield o
+
+
+@pytest.fixture(scope="module")
+def int8_result(oracle) -> LatencyResult:
+    return oracle.measure(tiny(8, 2), SHAPE, "int8", model_key="tiny8x2")
+
+
+def test_int8_result_runs_int8_kernels(int8_result):
+    r = int8_result
+    assert r.ok, r.reason
+    assert r.int8_kernels(), r.kernels
+    assert any("i8" in k.lower() for k in r.kernels)
+    assert r.inference_precision == "f32"
+    assert r.p10_ms <= r.latency_ms <= r.p90_ms
+    assert r.throughput_fps == pytest.approx(1000 / r.latency_ms)
+    assert r.ref_latency_ms > 0 and r.ratio > 0
+    assert set(r.ratio_estimates) >= {"median_round_p10", "p10", "median"}
+    assert r.ir_path.endswith(".xml") and os.path.isfile(r.ir_path) and r.ir_size_bytes > 0
+    assert {"convert", "quantize", "save", "compile", "measure", "total"} <= set(r.stage_seconds)
+    assert r.versions["openvino"] and r.versions["nncf"]
+    assert not r.cached and r.iterations >= FAST.min_iters and r.rounds >= FAST.min_rounds
+    assert r.ratio_rel_error is not None and r.ratio_rel_error >= 0
+
+
+def test_cache_hit_is_fast_and_identical(oracle, int8_result):
+    built = []
+
+    def builder():
+        built.append(1)
+        return tiny(8, 2)
+
+    start = time.perf_counter()
+    again = oracle.measure(builder, SHAPE, "int8", model_key="tiny8x2")
+    elapsed = time.perf_counter() - start
+    assert again.cached and not built
+    assert elapsed < 0.5
+    assert again.latency_ms == int8_result.latency_ms and again.kernels == int8_result.kernels
+
+
+def test_cache_keys_differ_by_precision_profile_and_shape(oracle, tmp_path_factory):
+    key = oracle.cache_key("m", SHAPE, "int8")
+    assert key != oracle.cache_key("m", SHAPE, "fp32")
+    assert key != oracle.cache_key("m", (1, 3, 32, 32), "int8")
+    other = LatencyOracle(DeviceProfile("host", None, "f32", threads=1), store=oracle.store,
+                          cache_dir=oracle.cache_dir, reference=tiny(16, 3), reference_key="tiny16x3")
+    assert other.cache_key("m", SHAPE, "int8") != key
+    no_ref = LatencyOracle("host", store=oracle.store, cache_dir=oracle.cache_dir)
+    assert no_ref.cache_key("m", SHAPE, "int8") != key
+    assert oracle.cache_key("m", (3, 16, 16), "int8") == key
+
+
+def test_fp32_and_fp16_record_the_precision_used(oracle):
+    fp16 = oracle.measure(tiny(8, 2), SHAPE, "fp16", model_key="tiny8x2")
+    assert fp16.ok, fp16.reason
+    assert fp16.inference_precision == "f32"  # the host profile states f32
+    assert not fp16.int8_kernels()
+    assert fp16.ir_path != oracle.ir_path("tiny8x2", SHAPE, "fp32")
+
+
+def test_calibration_iterable(oracle):
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    r = oracle.measure(tiny(8, 1), SHAPE, "int8", model_key="tiny8x1", calibration=batches)
+    assert r.ok, r.reason and r.int8_kernels()
+
+
+def _broken_builder() -> nn.Module:
+    raise RuntimeError("cannot build")
+
+
+@pytest.mark.parametrize(("bad", "stage"), [(Raises(), "convert"), (ReturnsString(), "convert"),
+                                            (_broken_builder, "build")],
+                         ids=["forward-raises", "not-convertible", "builder-raises"])
+def test_failing_model_gives_failed_result(oracle, bad, stage):
+    key = f"bad:{getattr(bad, '__name__', type(bad).__name__)}"
+    r = oracle.measure(bad, SHAPE, "int8", model_key=key)
+    assert r.status == "failed" and not r.ok
+    assert f"{stage} failed" in r.reason
+    again = oracle.measure(bad, SHAPE, "int8", model_key=key)
+    assert again.cached and again.status == "failed"
+    retried = oracle.measure(bad, SHAPE, "int8", model_key=key, retry_failed=True)
+    assert not retried.cached and retried.status == "failed"
+
+
+def test_bad_arguments_raise_clear_errors(oracle):
+    for shape in [(3, 16), (2, 3, 16, 16), (1, 3, 0, 16), ("a", 3, 16, 16), (1, 3, 16.5, 16)]:
+        with pytest.raises(ValueError, match="input_shape"):
+            oracle.measure(tiny(), shape, model_key="x")
+    with pytest.raises(ValueError, match="int8"):
+        oracle.measure(tiny(), SHAPE, "int4", model_key="x")
+    with pytest.raises(DeviceProfileError, match="valid"):
+        LatencyOracle("nope", cache_dir=oracle.cache_dir)
+    if not oracle.profile.supports("bf16"):
+        with pytest.raises(ValueError, match="bf16"):
+            oracle.measure(tiny(), SHAPE, "bf16", model_key="x")
+    assert check_input_shape([3, 8, 8]) == (1, 3, 8, 8)
+
+
+def test_worker_restarts_after_kill_and_timeout(oracle):
+    first = oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2")
+    assert first.ok, first.reason
+    pid = oracle.worker.pid
+    os.kill(pid, signal.SIGKILL)
+    r = oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2", force=True)
+    assert r.ok, r.reason
+    assert r.ir_reused and oracle.worker.pid != pid
+    oracle.timeout_s = 0.01
+    try:
+        timed_out = oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2", force=True)
+    finally:
+        oracle.timeout_s = 120
+    assert timed_out.status == "failed" and "timed out" in timed_out.reason
+    assert not oracle.worker.alive()
+    assert oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2").status == "failed"
+    r = oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2", retry_failed=True)
+    assert r.ok, r.reason
+
+
+@pytest.mark.skipif(bool(missing_flags("AVX2")), reason="host lacks AVX2")
+def test_avx2_profile_runs_no_avx512_kernels(tmp_path_factory):
+    with make_oracle(tmp_path_factory, "kabylake_avx2") as o:
+        r = o.measure(tiny(8, 2), SHAPE, "int8", model_key="tiny8x2")
+        assert o.worker.hello["isa_env"] == "AVX2"
+    assert r.ok, r.reason
+    kernels = " ".join(r.kernels).lower()
+    assert "avx2" in kernels and "avx512" not in kernels and "amx" not in kernels
+    assert r.int8_kernels() and r.isa == "AVX2"
+
+
+def test_isa_cap_reaches_the_worker(tmp_path_factory):
+    """On any host, an SSE4.1 cap must turn the convolutions into SSE kernels."""
+    with make_oracle(tmp_path_factory, DeviceProfile("sse41", "SSE41", "f32")) as o:
+        r = o.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2")
+    assert r.ok, r.reason
+    assert any("sse" in k for k in r.kernels), r.kernels
+
+
+@pytest.mark.skipif("avx512_vnni" not in host_cpu_flags(), reason="host lacks AVX512_VNNI")
+def test_vnni_profile_runs_avx512_int8(tmp_path_factory):
+    with make_oracle(tmp_path_factory, "icelake_vnni") as o:
+        r = o.measure(tiny(8, 2), SHAPE, "int8", model_key="tiny8x2")
+    assert r.ok, r.reason
+    assert any("avx512" in k and k.lower().endswith("i8") for k in r.kernels), r.kernels
+    assert "amx" not in " ".join(r.kernels).lower()
+
+
+def test_adaptive_stop_runs_until_the_ratio_is_precise():
+    from rlnas.oracles.worker import _done
+
+    timing = TimingConfig(min_rounds=3, min_iters=3, min_time_s=0.0, max_time_s=10.0, target_rel_error=0.01)
+    steady = {"cand": [[2.0, 2.0]] * 5, "ref": [[1.0, 1.0]] * 5}
+    noisy = {"cand": [[2.0, 2.0], [3.0, 3.0], [2.0, 2.0], [2.6, 2.6], [2.2, 2.2]], "ref": [[1.0, 1.0]] * 5}
+    assert _done(steady, 0.5, timing)
+    assert not _done(noisy, 0.5, timing)
+    assert _done(noisy, 10.0, timing)
+    assert _done(noisy, 0.5, TimingConfig(min_rounds=3, min_iters=3, min_time_s=0.0, target_rel_error=None))
+
+
+def test_ratio_estimates_on_known_rounds():
+    cand = [[2.0, 2.2, 4.0], [2.0, 2.1, 2.3]]
+    ref = [[1.0, 1.1, 2.0], [1.0, 1.0, 1.2]]
+    est = ratio_estimates(cand, ref)
+    assert est["min"] == pytest.approx(2.0)
+    assert 1.8 < est["median_round_p10"] < 2.2 and 1.8 < est["median"] < 2.2
+
+
+def test_latency_app_end_to_end(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+
+    import rlnas
+    from rlnas.oracles import latency_app
+
+    overrides = ["models=[mobilenet_v3_small]", "num_classes=10", "resolution=16", "precisions=[fp32]",
+                 f"cache_dir={tmp_path}", f"lock_path={tmp_path / 'lock'}", "timing.min_time_s=0.05",
+                 "timing.min_iters=10", "timing.min_rounds=2", "torch_fp32=false"]
+    with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="latency", overrides=overrides)
+    rows, raw = latency_app.run(cfg)
+    assert len(rows) == 1 and raw[0]["status"] == "ok", raw[0]["reason"]
+    assert "(f32)" in rows[0]["ov fp32 ms"]
+    assert "mobilenet_v3_small" in latency_app.report(rows, raw)
+
+
+def test_torch_latency(tmp_path):
+    from rlnas.oracles.latency_app import TorchTiming, torch_latency
+
+    t = torch_latency(tiny(), SHAPE, threads=1, timing=TorchTiming(1, 5, 0.01), lock_path=str(tmp_path / "l"))
+    assert t["iterations"] >= 5 and t["p10_ms"] <= t["latency_ms"] <= t["p90_ms"]
+
+
+def test_latency_app_rejects_bad_input():
+    from rlnas.oracles import latency_app
+
+    with pytest.raises(ValueError, match="resnet50"):
+        latency_app.check_models(["resnet5"])
+    for bad in (0, [32], "x", 3.5):
+        with pytest.raises(ValueError, match="resolution"):
+            latency_app.input_shape(bad)
+    assert latency_app.input_shape([32, 48]) == (1, 3, 32, 48)
