@@ -46,4 +46,4 @@ def get_space(name: str, **kwargs) -> SearchSpace:
 
 
 # Families register themselves on import.
-from rlnas.spaces import mobilenet, resnet  # noqa: E402,F401
+from rlnas.spaces import mobilenet, resnet, ssd  # noqa: E402,F401

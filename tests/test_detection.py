@@ -1,0 +1,294 @@
+"""SSD detection: boxes, loss, COCO mAP, data loaders, the ssd_tiny family and its INT8 export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from rlnas.data.detection import DetectionDataset, build_detection_data, read_coco, read_yolo
+from rlnas.detection.boxes import (
+    PostProcess,
+    boxes_per_location,
+    decode,
+    default_boxes,
+    encode,
+    match,
+    postprocess,
+)
+from rlnas.detection.loss import MultiBoxLoss
+from rlnas.detection.metrics import DetectionMAP
+
+REPO = Path(__file__).resolve().parent.parent
+COCO128 = REPO / "data" / "coco128"
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def test_default_boxes_count_and_range() -> None:
+    ratios = [[2, 3], [2]]
+    priors = default_boxes([3, 1], ratios, clip=False)
+    assert boxes_per_location(ratios) == [6, 4]
+    assert priors.shape == (3 * 3 * 6 + 1 * 4, 4)
+    assert torch.allclose(priors[0], torch.tensor([1 / 6, 1 / 6, 0.2, 0.2]))
+    # second box of a location: scale sqrt(s_k * s_{k+1}) with s = 0.2, 0.95
+    assert priors[1, 2].item() == pytest.approx(math.sqrt(0.2 * 0.95))
+
+
+def test_encode_decode_round_trip() -> None:
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(50, 2, generator=gen) * 0.6
+    boxes = torch.cat([xy, xy + 0.05 + torch.rand(50, 2, generator=gen) * 0.35], dim=1)
+    priors = torch.cat([torch.rand(50, 2, generator=gen), 0.05 + torch.rand(50, 2, generator=gen) * 0.5], dim=1)
+    assert torch.allclose(decode(encode(boxes, priors), priors), boxes, atol=1e-5)
+
+
+def test_match_forces_best_prior_and_background() -> None:
+    priors = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5], [0.3, 0.3, 0.1, 0.1]])
+    gt = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    loc_t, labels = match(gt, torch.tensor([7]), priors)
+    assert labels.tolist() == [7, 0, 0]
+    assert torch.allclose(loc_t[0], torch.zeros(4), atol=1e-5)
+
+
+def test_nms_hand_made_case() -> None:
+    priors = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.52, 0.5, 0.4, 0.4], [0.2, 0.2, 0.1, 0.1]])
+    probs = torch.tensor([[0.05, 0.90, 0.05], [0.10, 0.60, 0.30], [0.25, 0.05, 0.70]])
+    dets = postprocess(torch.zeros(1, 3, 4), probs.log()[None], priors, PostProcess(score_threshold=0.2))[0]
+    # prior 1's class-1 box overlaps prior 0's (IoU ~0.9) and is suppressed; its class-2 box is not
+    assert dets["labels"].tolist() == [1, 2, 2]
+    assert dets["scores"].tolist() == pytest.approx([0.9, 0.7, 0.3])
+    assert torch.allclose(dets["boxes"][1], torch.tensor([0.15, 0.15, 0.25, 0.25]))
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_multibox_loss_mines_three_negatives_per_positive() -> None:
+    priors = default_boxes([4, 2], [[2], [2]])
+    loss_fn = MultiBoxLoss(priors)
+    targets = [{"boxes": torch.tensor([[0.1, 0.1, 0.45, 0.5]]), "labels": torch.tensor([3])}]
+    loc_t, labels = loss_fn.targets(targets)
+    num_pos = int((labels > 0).sum())
+    assert num_pos >= 1
+    ce = torch.rand(labels.shape)
+    assert int(loss_fn._hard_negatives(ce, labels > 0).sum()) == 3 * num_pos
+
+    conf = torch.zeros(1, priors.shape[0], 5, requires_grad=True)
+    loc = torch.zeros(1, priors.shape[0], 4, requires_grad=True)
+    out = loss_fn(loc, conf, targets)
+    out["loss"].backward()
+    assert out["loss"].item() > 0 and conf.grad is not None
+    # predicting the matched targets exactly gives a lower loss
+    perfect_conf = torch.full((1, priors.shape[0], 5), -10.0).scatter(2, labels[..., None], 10.0)
+    assert loss_fn(loc_t, perfect_conf, targets)["loss"].item() < 1e-3
+
+
+# ----------------------------------------------------------------------------- metric
+
+
+def _map(pred_boxes: list[list[float]], gt_boxes: list[list[float]]) -> dict[str, float]:
+    metric = DetectionMAP()
+    n = len(pred_boxes)
+    metric.update([{"boxes": torch.tensor(pred_boxes), "scores": torch.linspace(0.9, 0.5, n),
+                    "labels": torch.ones(n, dtype=torch.int64)}],
+                  [{"boxes": torch.tensor(gt_boxes), "labels": torch.ones(len(gt_boxes), dtype=torch.int64)}])
+    return metric.compute()
+
+
+def test_map_perfect_predictions() -> None:
+    boxes = [[10.0, 10.0, 110.0, 90.0], [200.0, 50.0, 260.0, 150.0]]
+    result = _map(boxes, boxes)
+    assert result["map"] == pytest.approx(1.0) and result["map50"] == pytest.approx(1.0)
+
+
+def test_map_shifted_box_known_iou() -> None:
+    # shifted by 20 px: IoU = 80 / 120 = 0.667, a match at IoU thresholds 0.50 ... 0.65 (4 of 10)
+    result = _map([[20.0, 0.0, 120.0, 100.0]], [[0.0, 0.0, 100.0, 100.0]])
+    assert result["map50"] == pytest.approx(1.0)
+    assert result["map75"] == pytest.approx(0.0)
+    assert result["map"] == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _tiny_yolo(root: Path) -> None:
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 48), (i * 80, 20, 200)).save(root / "images" / "train" / f"{i}.jpg")
+    (root / "labels" / "train" / "0.txt").write_text("2 0.5 0.5 0.5 0.25\n0 0.25 0.75 0.1 0.2\n")
+    (root / "labels" / "train" / "1.txt").write_text("")
+
+
+def test_yolo_loader_generated(tmp_path: Path) -> None:
+    _tiny_yolo(tmp_path)
+    records = read_yolo(tmp_path, "train")
+    assert [len(r.labels) for r in records] == [2, 0, 0]
+    assert records[0].labels.tolist() == [3, 1]
+    assert torch.allclose(records[0].boxes[0], torch.tensor([0.25, 0.375, 0.75, 0.625]))
+    image, target = DetectionDataset(records, 32)[0]
+    assert image.shape == (3, 32, 32) and target["size"].tolist() == [48, 64]
+
+
+@pytest.mark.skipif(not COCO128.is_dir(), reason="data/coco128 not extracted (make data)")
+def test_yolo_loader_reads_coco128() -> None:
+    records = read_yolo(COCO128, "train2017")
+    assert len(records) == 128
+    first = records[0]
+    assert first.path.name == "000000000009.jpg" and first.image_id == 9
+    line = (COCO128 / "labels" / "train2017" / "000000000009.txt").read_text().splitlines()[0].split()
+    cls, cx, cy, w, h = int(line[0]), *map(float, line[1:])
+    assert first.labels[0].item() == cls + 1
+    assert torch.allclose(first.boxes[0], torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]).clamp(0, 1))
+    data = build_detection_data({"format": "yolo", "root": str(COCO128), "train_split": "train2017",
+                                 "val_split": "train2017", "num_classes": 80}, 32)
+    assert data.val is data.calib and data.num_classes == 80
+
+
+def test_coco_json_loader(tmp_path: Path) -> None:
+    Image.new("RGB", (80, 40)).save(tmp_path / "a.jpg")
+    ann = {"images": [{"id": 5, "file_name": "a.jpg", "width": 80, "height": 40}],
+           "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
+           "annotations": [{"image_id": 5, "category_id": 18, "bbox": [8, 4, 40, 20], "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    records, names = read_coco(tmp_path, tmp_path / "ann.json")
+    assert names == ["person", "dog"]
+    assert records[0].labels.tolist() == [2] and records[0].image_id == 5
+    assert torch.allclose(records[0].boxes[0], torch.tensor([0.1, 0.1, 0.6, 0.6]))
+
+
+# ----------------------------------------------------------------------------- ssd_tiny family
+
+
+@pytest.fixture(scope="module")
+def tiny_ssd():
+    from rlnas.spaces import create_supernet
+    from rlnas.spaces.ssd import ElasticSSD  # noqa: F401  (registers the SSD families)
+
+    torch.manual_seed(0)
+    net = create_supernet("ssd_tiny", num_classes=3)
+    net.train()
+    with torch.no_grad():  # non-trivial BN statistics
+        for _ in range(3):
+            net(torch.randn(4, 3, 32, 32))
+    return net.eval()
+
+
+def _tiny_archs(net) -> list:
+    import numpy as np
+
+    return [net.space.max_arch(), net.space.min_arch(), net.space.sample(np.random.default_rng(1))]
+
+
+def test_ssd_tiny_is_a_detection_family(tiny_ssd) -> None:
+    from rlnas.spaces import list_families
+
+    assert {"ssd_tiny", "ssd_mobilenet_v1"} <= set(list_families())
+    assert tiny_ssd.task == "detection" and tiny_ssd.num_classes == 3
+    assert tiny_ssd.space.max_arch().family == "ssd_tiny"
+    loc, conf = tiny_ssd(torch.zeros(1, 3, 32, 32))
+    assert loc.shape == (1, tiny_ssd.priors.shape[0], 4) and conf.shape == (1, tiny_ssd.priors.shape[0], 4)
+
+
+def test_ssd_extract_equals_supernet(tiny_ssd) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    for arch in _tiny_archs(tiny_ssd):
+        tiny_ssd.set_active(arch)
+        with torch.no_grad():
+            expected = tiny_ssd(x)
+            plain = tiny_ssd.extract(arch).eval()
+            got = plain(x)
+        assert not any(type(m).__name__.startswith("Elastic") for m in plain.modules())
+        assert torch.allclose(expected[0], got[0], atol=1e-5) and torch.allclose(expected[1], got[1], atol=1e-5)
+        assert torch.equal(plain.priors, tiny_ssd.priors)
+        assert tiny_ssd.count_params(arch) == sum(p.numel() for p in plain.parameters())
+    tiny_ssd.set_active(tiny_ssd.space.max_arch())
+
+
+def test_ssd_sort_channels_keeps_the_maximal_function() -> None:
+    from rlnas.spaces import create_supernet
+
+    torch.manual_seed(0)
+    net = create_supernet("ssd_tiny", num_classes=3).eval()
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        net.sort_channels()
+        after = net(x)
+    assert torch.allclose(before[0], after[0], atol=1e-4) and torch.allclose(before[1], after[1], atol=1e-4)
+
+
+def test_ssd_mobilenet_v1_layout() -> None:
+    from rlnas.spaces.ssd import SSD_MOBILENET_V1, ElasticSSD
+
+    net = ElasticSSD(SSD_MOBILENET_V1, num_classes=80)
+    assert net.feature_sizes() == [19, 10, 5, 3, 2, 1]
+    assert net.backbone.max_out_channels() == [512, 1024]
+    assert net.priors.shape == (3000, 4) and net.conf_heads[0].out_channels == 6 * 81
+
+
+def test_int8_detector_runs_in_openvino(tiny_ssd, tmp_path: Path) -> None:
+    from rlnas.detection.evaluate import compile_detector, detection_accuracy, evaluate_detection, export_int8
+
+    _tiny_yolo(tmp_path)
+    data = build_detection_data({"format": "yolo", "root": str(tmp_path), "train_split": "train",
+                                 "val_split": "train", "num_classes": 3}, 32)
+    arch = _tiny_archs(tiny_ssd)[2]
+    ir = tmp_path / "det_int8.xml"
+    quantized = export_int8(tiny_ssd, arch, data, calib_images=3, ir_path=ir)
+    assert ir.exists()
+    assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    compiled = compile_detector(quantized, 32)
+    images, _ = next(iter(data.loader("val", 1)))
+    out = compiled.create_infer_request().infer({0: images.numpy()})
+    loc, conf = (torch.from_numpy(out[compiled.output(n)].copy()) for n in ("loc", "conf"))
+    assert loc.shape == (1, 96, 4) and conf.shape == (1, 96, 4)
+    dets = postprocess(loc, conf, tiny_ssd.priors)[0]
+    assert dets["boxes"].ndim == 2 and dets["boxes"].shape[1] == 4
+    assert dets["boxes"].shape[0] == dets["scores"].shape[0] == dets["labels"].shape[0] > 0
+    fp32 = evaluate_detection(tiny_ssd, arch, data)
+    assert set(fp32) == {"map", "map50", "map75"} and all(-1.0 <= v <= 1.0 for v in fp32.values())
+    result = detection_accuracy(copy.deepcopy(tiny_ssd), arch, data, recal_images=3, calib_images=3)
+    assert {"map50", "map", "map50_int8", "map_int8"} <= set(result)
+    assert all(0.0 <= result[k] <= 1.0 for k in ("map50", "map", "map50_int8", "map_int8"))
+    assert set(result["stage_seconds"]) == {"extract", "recalibrate", "eval_fp32", "int8"}
+
+
+class Killed(Exception):
+    """Stands for SIGKILL after a training step."""
+
+
+def test_detection_training_resumes_and_writes_a_loadable_supernet(tmp_path: Path) -> None:
+    from rlnas.detection.train import train_detection_supernet
+    from rlnas.supernet import load_supernet
+    from rlnas.supernet.train import compose_config
+
+    _tiny_yolo(tmp_path / "data")
+    cfg = compose_config(["model=ssd_tiny", "dataset=coco128", "recipe=tiny", f"output_dir={tmp_path / 'run'}",
+                          "threads=1", f"dataset.root={tmp_path / 'data'}", "dataset.train_split=train",
+                          "dataset.val_split=train", "dataset.num_classes=3", "recipe.batch_size=2",
+                          "recipe.kd_alpha=0.5", "checkpoint.every_steps=1", "eval.recal_images=3",
+                          "log.progress=false", "log.tensorboard=false"])
+
+    def kill_at_first_step(trainer) -> None:
+        if trainer.progress.global_step == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_detection_supernet(cfg, on_step=kill_at_first_step)
+    path = train_detection_supernet(cfg)  # resumes from last.pt
+    net, meta = load_supernet(path)
+    assert net.task == "detection" and meta["family"] == "ssd_tiny" and meta["completed"]
+    assert meta["steps"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert {"val_acc_max", "val_map_max", "val_acc_min", "val_map_min"} <= set(meta["final"])
+    assert all(math.isfinite(v) for h in meta["history"] for v in h["losses"].values())
