@@ -7,7 +7,8 @@ Rows, per profile (host, kabylake_avx2, icelake_vnni):
   and INT8 (NNCF, calibrated on coco128 images);
 - Intel's production SSD + MobileNetV1 detector ``pedestrian-detection-adas-0002`` (1x3x384x672,
   DetectionOutput with NMS inside the graph) as shipped: the FP16 IR (FP16 and, where possible,
-  BF16) and the FP16-INT8 IR, as reference points measured by the same oracle.
+  BF16) and the FP16-INT8 IR, as reference points timed as is by ``LatencyOracle.measure_ir``
+  (same protocol and store; keyed by the IR files' content).
 
 The oracle interleaves a reference with every candidate; here that is the production INT8 IR, so
 the ``ratio`` column is "latency / pedestrian-detection-adas-0002 INT8" taken under the same
@@ -22,9 +23,7 @@ machine conditions. Weights of the SSD are untrained: latency does not depend on
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -54,36 +53,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-reference", action="store_true", help="no interleaved reference, no ratio")
     parser.add_argument("--force", action="store_true", help="re-measure even if the store has a result")
     return parser.parse_args()
-
-
-def ir_key(xml: Path) -> str:
-    """Identity of an IR file pair (content hash of .xml and .bin)."""
-    digest = hashlib.sha256()
-    for path in (xml, xml.with_suffix(".bin")):
-        digest.update(path.read_bytes())
-    return f"ir:{xml.parent.name}/{xml.stem}:{digest.hexdigest()[:24]}"
-
-
-def _no_module() -> Any:
-    raise RuntimeError("the IR was expected in the oracle's IR cache")
-
-
-def measure_ir(oracle: LatencyOracle, xml: Path, shape: tuple[int, ...], precision: str, force: bool) -> Any:
-    """Latency of an existing IR through the oracle.
-
-    Uses ``oracle.measure_ir`` when the oracle has it; otherwise stages the IR at the oracle's
-    cache path for its key (``prepare_ir`` reuses an IR found there), then ``measure``.
-    """
-    if hasattr(oracle, "measure_ir"):
-        return oracle.measure_ir(xml, shape, precision=precision)
-    key = ir_key(xml)
-    target = oracle.ir_path(key, shape, precision)
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # .bin first: the .xml's presence means the IR is complete
-        shutil.copyfile(xml.with_suffix(".bin"), target.with_suffix(".bin"))
-        shutil.copyfile(xml, target)
-    return oracle.measure(_no_module, shape, precision=precision, model_key=key, force=force)
 
 
 def ssd_precisions(profile_name: str, wanted: list[str] | None) -> list[str]:
@@ -123,7 +92,7 @@ def bench_profile(name: str, args: argparse.Namespace, net: Any, calib: list) ->
                     continue
                 if args.quick and precision == "bf16":
                     continue
-                result = measure_ir(oracle, xml, PEDESTRIAN_SHAPE, precision, args.force)
+                result = oracle.measure_ir(xml, PEDESTRIAN_SHAPE, precision=precision, force=args.force)
                 rows.append(row("pedestrian-detection-adas-0002 (384x672)", variant, precision, result, name))
     return rows
 

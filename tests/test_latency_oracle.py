@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -162,6 +165,121 @@ def test_worker_restarts_after_kill_and_timeout(oracle):
     assert oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2").status == "failed"
     r = oracle.measure(tiny(8, 2), SHAPE, "fp32", model_key="tiny8x2", retry_failed=True)
     assert r.ok, r.reason
+
+
+def save_tiny_ir(path, shape=SHAPE):
+    """A conv + relu + pool IR written with ``ov.save_model`` (no torch, no NNCF); ``shape`` may
+    hold -1 for dynamic dimensions."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter(list(shape), np.float32, name="x")
+    w = ops.constant(rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    y = ops.relu(ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1]))
+    y = ops.reduce_mean(y, ops.constant(np.array([2, 3], dtype=np.int64)), keep_dims=False)
+    ov.save_model(ov.Model([y], [x], "tiny_ir"), str(path), compress_to_fp16=False)
+    return path
+
+
+def sha256_of(*paths) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_ir(tmp_path_factory):
+    return save_tiny_ir(tmp_path_factory.mktemp("ir") / "tiny.xml")
+
+
+def test_measure_ir_times_an_existing_ir_then_caches_it(oracle, tiny_ir):
+    r = oracle.measure_ir(tiny_ir)
+    assert r.ok, r.reason
+    assert not r.cached and r.ir_reused
+    assert r.input_shape == SHAPE  # read from the IR's static input
+    assert r.model_key == "ir:" + sha256_of(tiny_ir, tiny_ir.with_suffix(".bin"))
+    assert r.ir_path == str(tiny_ir) and r.ir_size_bytes > 0
+    assert r.precision == "int8" and r.inference_precision == "f32"
+    assert r.ref_latency_ms > 0 and r.ratio > 0  # the module reference was interleaved
+    assert r.stage_seconds["convert"] == 0 and r.stage_seconds["quantize"] == 0 and "measure" in r.stage_seconds
+    assert not r.int8_kernels()  # an f32 IR taken as is: the "int8" label never quantizes it
+    start = time.perf_counter()
+    again = oracle.measure_ir(str(tiny_ir), SHAPE)
+    assert time.perf_counter() - start < 0.5
+    assert again.cached and again.latency_ms == r.latency_ms and again.model_key == r.model_key
+    forced = oracle.measure_ir(tiny_ir, force=True)
+    assert forced.ok and not forced.cached
+    fp32 = oracle.measure_ir(tiny_ir, precision="fp32")
+    assert fp32.ok and not fp32.cached and fp32.precision == "fp32"
+
+
+def test_measure_ir_key_is_the_content_not_the_path(oracle, tiny_ir, tmp_path):
+    first = oracle.measure_ir(tiny_ir)
+    copy = tmp_path / "copy.xml"
+    shutil.copyfile(tiny_ir, copy)
+    shutil.copyfile(tiny_ir.with_suffix(".bin"), copy.with_suffix(".bin"))
+    same = oracle.measure_ir(copy)
+    assert same.cached and same.model_key == first.model_key and same.latency_ms == first.latency_ms
+    other = tmp_path / "other.xml"  # same .xml, one weight changed in the .bin (same size)
+    shutil.copyfile(tiny_ir, other)
+    weights = bytearray(tiny_ir.with_suffix(".bin").read_bytes())
+    weights[:4] = np.float32(0.5).tobytes() if weights[:4] != np.float32(0.5).tobytes() else b"\0\0\0\0"
+    other.with_suffix(".bin").write_bytes(bytes(weights))
+    changed = oracle.measure_ir(other)
+    assert changed.ok and not changed.cached and changed.model_key != first.model_key
+    named = oracle.measure_ir(copy, model_key="my-ir")
+    assert named.model_key == "my-ir" and not named.cached
+
+
+def test_measure_ir_missing_or_bad_files_raise_before_anything(oracle, tiny_ir, tmp_path):
+    before = len(oracle.store)
+    with pytest.raises(FileNotFoundError, match="nope.xml"):
+        oracle.measure_ir(tmp_path / "nope.xml")
+    lonely = tmp_path / "lonely.xml"
+    shutil.copyfile(tiny_ir, lonely)
+    with pytest.raises(FileNotFoundError, match=r"lonely\.bin"):
+        oracle.measure_ir(lonely)
+    with pytest.raises(ValueError, match=r"\.xml"):
+        oracle.measure_ir(tiny_ir.with_suffix(".bin"))
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<net><layers>")
+    broken.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot read"):
+        oracle.measure_ir(broken)
+    with pytest.raises(ValueError, match="does not fit"):
+        oracle.measure_ir(tiny_ir, (1, 3, 32, 32))
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    a, b = ops.parameter(list(SHAPE), np.float32), ops.parameter(list(SHAPE), np.float32)
+    two = tmp_path / "two.xml"
+    ov.save_model(ov.Model([ops.add(a, b)], [a, b]), str(two))
+    with pytest.raises(ValueError, match="2 inputs"):
+        oracle.measure_ir(two)
+    with pytest.raises(ValueError, match="int8"):
+        oracle.measure_ir(tiny_ir, precision="int4")
+    assert len(oracle.store) == before
+
+
+def test_measure_ir_dynamic_input_needs_a_shape(oracle, tmp_path):
+    dynamic = save_tiny_ir(tmp_path / "dynamic.xml", shape=(-1, 3, -1, -1))
+    with pytest.raises(ValueError, match="dynamic"):
+        oracle.measure_ir(dynamic)
+    r = oracle.measure_ir(dynamic, (3, 16, 16))
+    assert r.ok, r.reason
+    assert r.input_shape == SHAPE and r.ratio > 0
+
+
+def test_reference_may_be_an_ir(tmp_path_factory, tiny_ir):
+    with make_oracle(tmp_path_factory, "host", reference=tiny_ir) as o:
+        assert o.cache_key("m", SHAPE, "int8")["reference"] == {"ir": o.measure_ir(tiny_ir).model_key}
+        r = o.measure(tiny(8, 1), SHAPE, "fp32", model_key="tiny8x1")
+        assert r.ok, r.reason
+        assert r.ref_latency_ms > 0 and r.ratio > 0
+    with pytest.raises(FileNotFoundError, match="reference IR"):
+        LatencyOracle("host", cache_dir=o.cache_dir, reference=tiny_ir.with_name("absent.xml"))
 
 
 @pytest.mark.skipif(bool(missing_flags("AVX2")), reason="host lacks AVX2")

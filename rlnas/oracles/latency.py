@@ -4,7 +4,9 @@ Pipeline of :meth:`LatencyOracle.measure` on a cache miss: ``ov.convert_model`` 
 input shape, ``nncf.quantize`` on the ``ov.Model`` (never on the torch model: slower and far more
 memory), IR saved under ``cache_dir/ir/<key>.xml``, then compiled and timed by the profile's
 worker process, interleaved with a reference model so that the result carries a ratio taken
-under the same machine conditions. Results, failures included, go to the measurement store.
+under the same machine conditions. :meth:`LatencyOracle.measure_ir` times an existing IR as is
+by the same path (store, lock, worker, reference). Results, failures included, go to the
+measurement store.
 """
 
 from __future__ import annotations
@@ -208,9 +210,11 @@ class LatencyOracle:
     :param store: a MeasurementStore or its path (default ``cache_dir/measurements.sqlite``).
     :param cache_dir: holds ``ir/`` (IRs, shared by profiles) and the worker log.
     :param reference: the model interleaved with every candidate (a0 by default in the search):
-        an nn.Module (converted at each candidate's shape and precision) or an IR .xml path
-        (used as is). None = no reference, no ratio.
-    :param reference_key: identity of a Module reference (default: its structural key).
+        an nn.Module or a zero-argument callable building one (converted at each candidate's
+        shape and precision), or an IR .xml path (used as is, identified by its content; a
+        dynamic-shape IR is reshaped to each candidate's shape). None = no reference, no ratio.
+    :param reference_key: identity of the reference in cache keys (default: the structural key of a
+        Module, ``"ir:" + sha256`` of an IR's files).
     :param timing: rounds, iterations and minimum times of the timing protocol.
     :param ratio_method: which of :data:`RATIO_METHODS` ``LatencyResult.ratio`` reports.
     :param timeout_s: per worker request (compile + timing); the worker is killed past it.
@@ -259,15 +263,36 @@ class LatencyOracle:
         if model_key is None:
             model = build_model(model)
             model_key = structural_key(model)
-        key = self.cache_key(model_key, shape, precision)
-        retry = self.retry_failed if retry_failed is None else retry_failed
-        if not force:
-            hit = self._lookup(key, retry)
-            if hit is not None:
-                return hit
-        result = self._measure_new(model, model_key, shape, precision, hint, calibration)
-        self.store.put(KIND, key, result.to_dict())
-        return result
+        return self._measure_cached(model_key, shape, precision, hint, force, retry_failed,
+                                    lambda: self.prepare_ir(model, model_key, shape, precision, calibration))
+
+    def measure_ir(self, xml_path: str | os.PathLike, input_shape: Sequence[int] | None = None,
+                   precision: str = "int8", model_key: str | None = None, force: bool = False,
+                   retry_failed: bool | None = None) -> LatencyResult:
+        """Latency of an existing OpenVINO IR, timed as is with the protocol of :meth:`measure`.
+
+        ``input_shape`` defaults to the IR's static input shape; an IR with a dynamic input needs
+        it (the worker reshapes the IR to it), and a given shape must be compatible with the IR's.
+        ``precision`` is not applied to the IR: it labels the record and picks the inference
+        precision hint (``fp32`` -> f32, ``bf16`` -> bf16, else the profile's). ``model_key``
+        defaults to ``"ir:" + sha256`` of the .xml and .bin contents, so an edited IR is measured
+        anew; it shares the store with :meth:`measure`'s keys. The IR must have one input.
+
+        Raised before anything is stored or timed: FileNotFoundError when the .xml or the .bin
+        beside it is missing, OSError when they cannot be read, ValueError when the path is not a
+        .xml, OpenVINO cannot read the IR, its input does not fit the (1, C, H, W) single-image
+        contract or ``input_shape``, or the precision is invalid. An IR that reads but fails to
+        compile or run gives a failed result, stored like :meth:`measure`'s.
+        """
+        check_precision(precision)
+        hint = self._hint(precision)
+        xml = check_ir_files(xml_path)
+        shape = ir_measure_shape(xml, ir_inputs(xml), input_shape)
+        if model_key is None:
+            model_key = ir_content_key(xml)
+        reused = {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}
+        return self._measure_cached(model_key, shape, precision, hint, force, retry_failed,
+                                    lambda: (xml, dict(reused), True))
 
     def cache_key(self, model_key: str, input_shape: Sequence[int], precision: str) -> dict[str, Any]:
         """Everything that changes the number of one measurement."""
@@ -325,11 +350,10 @@ class LatencyOracle:
         if reference is None:
             return None
         if isinstance(reference, (str, os.PathLike)):
-            path = Path(reference)
-            if path.suffix != ".xml" or not path.is_file() or not path.with_suffix(".bin").is_file():
-                raise ValueError(f"reference IR {path} needs an existing .xml with its .bin beside it")
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
-            return {"ir": digest, "bin_bytes": path.with_suffix(".bin").stat().st_size}
+            xml = check_ir_files(reference, what="reference IR")
+            ir_inputs(xml, what="reference IR")  # fail now, not at every measurement, if unreadable
+            self._reference = xml
+            return {"ir": reference_key or ir_content_key(xml)}
         return {"model": reference_key or structural_key(build_model(reference))}
 
     def _reference_ir(self, shape: tuple[int, ...], precision: str) -> Path | None:
@@ -353,14 +377,29 @@ class LatencyOracle:
             result.ratio_method = self.ratio_method
         return result
 
-    def _measure_new(self, model: ModelLike, model_key: str, shape: tuple[int, ...], precision: str,
-                     hint: str, calibration: Iterable | None) -> LatencyResult:
+    def _measure_cached(self, model_key: str, shape: tuple[int, ...], precision: str, hint: str, force: bool,
+                        retry_failed: bool | None, prepare: Callable[[], tuple[Path, dict[str, float], bool]],
+                        ) -> LatencyResult:
+        """The stored result for (model_key, shape, precision) unless ``force`` (or a failure to
+        retry); else ``prepare()`` gives the IR, which is timed, and the result is stored."""
+        key = self.cache_key(model_key, shape, precision)
+        retry = self.retry_failed if retry_failed is None else retry_failed
+        if not force:
+            hit = self._lookup(key, retry)
+            if hit is not None:
+                return hit
+        result = self._measure_new(prepare, model_key, shape, precision, hint)
+        self.store.put(KIND, key, result.to_dict())
+        return result
+
+    def _measure_new(self, prepare: Callable[[], tuple[Path, dict[str, float], bool]], model_key: str,
+                     shape: tuple[int, ...], precision: str, hint: str) -> LatencyResult:
         base = LatencyResult(status="failed", precision=precision, isa=self.profile.effective_isa(),
                              versions=dict(self.versions, protocol=str(PROTOCOL_VERSION)), model_key=model_key,
                              input_shape=shape, profile=self.profile.name, measured_at=time.time())
         start = time.perf_counter()
         try:
-            ir, stages, reused = self.prepare_ir(model, model_key, shape, precision, calibration)
+            ir, stages, reused = prepare()
         except IRBuildError as err:
             base.reason, base.stage_seconds = str(err), err.stage_seconds
             return base
@@ -369,8 +408,10 @@ class LatencyOracle:
         ref_start = time.perf_counter()
         ref_ir = self._reference_ir(shape, precision)
         base.stage_seconds["reference"] = time.perf_counter() - ref_start
-        msg = {"op": "measure", "cand": {"path": str(ir), "config": self.profile.compile_config(hint)},
-               "ref": {"path": str(ref_ir), "config": self.profile.compile_config(hint)} if ref_ir else None,
+        config, dims = self.profile.compile_config(hint), list(shape)
+        # "shape": the worker reshapes an IR with a dynamic input to it (static IRs are run as is)
+        msg = {"op": "measure", "cand": {"path": str(ir), "config": config, "shape": dims},
+               "ref": {"path": str(ref_ir), "config": config, "shape": dims} if ref_ir else None,
                "timing": asdict(self.timing), "lock_path": self.lock_path}
         try:
             reply = self.worker.request(msg, self.timeout_s)
@@ -401,6 +442,65 @@ class LatencyOracle:
             rel_error = ratio_rel_error(reply["cand_rounds"], reply["ref_rounds"])
             result.ratio_rel_error = rel_error if math.isfinite(rel_error) else None
             result.ratio, result.ratio_method = result.ratio_estimates[self.ratio_method], self.ratio_method
+
+
+# ---------------------------------------------------------------------- existing IRs
+
+
+def check_ir_files(xml_path: str | os.PathLike, what: str = "IR") -> Path:
+    """The absolute path of an IR .xml whose .bin exists beside it; ValueError if the path is not
+    a .xml, FileNotFoundError naming the missing file."""
+    xml = Path(xml_path).expanduser().absolute()
+    if xml.suffix != ".xml":
+        raise ValueError(f"{what} must be an OpenVINO IR .xml (with its .bin beside it), got {xml}")
+    for path in (xml, xml.with_suffix(".bin")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist (an IR is a .xml with its .bin beside it)")
+    return xml
+
+
+def ir_content_key(xml: Path) -> str:
+    """``"ir:" + sha256`` of the .xml then the .bin contents: the identity of an IR file pair."""
+    digest = hashlib.sha256()
+    for path in (xml, xml.with_suffix(".bin")):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return "ir:" + digest.hexdigest()
+
+
+def ir_inputs(xml: Path, what: str = "IR") -> list[Any]:
+    """The ``ov.PartialShape`` of each input of an IR, read by OpenVINO in this process (weights
+    are memory-mapped, not loaded); ValueError when OpenVINO cannot read it."""
+    import openvino as ov
+
+    try:
+        model = ov.Core().read_model(str(xml))
+    except Exception as err:
+        raise ValueError(f"OpenVINO cannot read {what} {xml}: {type(err).__name__}: {err}") from err
+    return [port.get_partial_shape() for port in model.inputs]
+
+
+def ir_measure_shape(xml: Path, inputs: list[Any], input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """The (1, C, H, W) shape to time a one-input IR at, given :func:`ir_inputs`: its static
+    shape, or ``input_shape`` if it fits; else ValueError."""
+    import openvino as ov
+
+    if len(inputs) != 1:
+        raise ValueError(f"IR {xml} has {len(inputs)} inputs; measure_ir times one-input IRs")
+    partial = inputs[0]
+    if input_shape is None:
+        if partial.is_dynamic:
+            raise ValueError(f"IR {xml} has a dynamic input {partial}: pass input_shape")
+        dims = [d.get_length() for d in partial]
+        try:
+            return check_input_shape(dims)
+        except ValueError as err:
+            raise ValueError(f"IR {xml} input {partial}: {err}") from None
+    shape = check_input_shape(input_shape)
+    if not partial.compatible(ov.PartialShape(list(shape))):
+        raise ValueError(f"input_shape {tuple(input_shape)} does not fit the input {partial} of IR {xml}")
+    return shape
 
 
 # ---------------------------------------------------------------------- IR building

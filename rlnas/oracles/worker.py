@@ -5,7 +5,8 @@ started with the cap in its environment. Protocol: one JSON object per line; req
 replies on a private copy of the original stdout (fd 1 itself is pointed at stderr so that
 anything OpenVINO prints cannot corrupt the protocol). The worker never imports torch.
 
-Requests: ``{"op": "ping"}``, ``{"op": "measure", ...}`` (see :func:`_measure`),
+Requests: ``{"op": "ping"}``, ``{"op": "measure", "cand": {"path", "config", "shape"}, "ref": ...|null,
+"timing", "lock_path"}`` (see :meth:`_Worker.measure`),
 ``{"op": "shutdown"}``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
 """
 
@@ -93,15 +94,18 @@ class _Worker:
                 "isa_env": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                 "capabilities": list(self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
 
-    def compile(self, path: str, config: dict[str, str]) -> tuple[Any, float]:
-        """Compiled model for (IR, config), from the LRU or compiled now; and the compile seconds."""
+    def compile(self, path: str, config: dict[str, str], shape: list[int] | None = None) -> tuple[Any, float]:
+        """Compiled model for (IR, config, shape), from the LRU or compiled now; and the compile
+        seconds. An IR with a dynamic input is reshaped to ``shape``; a static one runs as is."""
         stat = os.stat(path)
-        key = json.dumps([path, stat.st_mtime_ns, stat.st_size, config], sort_keys=True)
+        key = json.dumps([path, stat.st_mtime_ns, stat.st_size, config, shape], sort_keys=True)
         if key in self.compiled:
             self.compiled.move_to_end(key)
             return self.compiled[key], 0.0
         start = time.perf_counter()
         model = self.core.read_model(path)
+        if shape is not None and len(model.inputs) == 1 and model.inputs[0].get_partial_shape().is_dynamic:
+            model.reshape(shape)  # only the input decides: Model.is_dynamic() also counts e.g. NMS outputs
         compiled = self.core.compile_model(model, "CPU", config)
         seconds = time.perf_counter() - start
         self.compiled[key] = compiled
@@ -122,10 +126,10 @@ class _Worker:
         return req
 
     def measure(self, msg: dict[str, Any]) -> dict[str, Any]:
-        cand, compile_s = self.compile(msg["cand"]["path"], msg["cand"]["config"])
+        cand, compile_s = self.compile(msg["cand"]["path"], msg["cand"]["config"], msg["cand"].get("shape"))
         ref = None
         if msg.get("ref"):
-            ref, ref_compile_s = self.compile(msg["ref"]["path"], msg["ref"]["config"])
+            ref, ref_compile_s = self.compile(msg["ref"]["path"], msg["ref"]["config"], msg["ref"].get("shape"))
             compile_s += ref_compile_s
         timing = TimingConfig(**msg.get("timing", {}))
         lock_wait, rounds, measure_s = _timed_rounds(
@@ -237,6 +241,10 @@ def _serve(proto: IO[str]) -> None:
 
 
 def main() -> None:
+    # `import openvino` sends telemetry from a thread by forking (multiprocessing): the child can
+    # deadlock on sys.stdin's lock, held by the request loop, and outlive a killed worker; it also
+    # competes with the timing. Without the package, every openvino import site uses its stub.
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     proto_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
