@@ -1,0 +1,92 @@
+"""Classification data: ImageFolder decoding and caching, clear errors, deterministic batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlnas.data import DatasetError, DatasetSpec, build_data
+from rlnas.data.classification import square, write_synthetic_imagefolder
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR = REPO / "data" / "cifar10"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_imagefolder(tmp_path_factory.mktemp("ds") / "root", {"train": 12, "val": 5},
+                                       num_classes=3, size=20)
+
+
+def spec(root: Path, tmp: Path, **kw) -> dict:
+    return {"name": "imagefolder", "root": str(root), "train_split": "train", "val_split": "val",
+            "store_size": 16, "cache_dir": str(tmp / "cache"), **kw}
+
+
+def test_imagefolder_decodes_and_caches(folder: Path, tmp_path: Path) -> None:
+    data = build_data(spec(folder, tmp_path), 16)
+    assert data.classes == ["class0", "class1", "class2"] and data.num_classes == 3
+    assert data.train.images.shape == (36, 3, 16, 16) and data.train.images.dtype == torch.uint8
+    assert data.val.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    again = build_data(spec(folder, tmp_path), 16)
+    assert again.train.source.startswith("cache:")
+    assert torch.equal(again.train.images, data.train.images) and torch.equal(again.val.labels, data.val.labels)
+
+
+def test_missing_root_and_split_are_explained(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"not found.*make data.*dataset\.root="):
+        build_data({"name": "cifar10", "root": str(tmp_path / "nope"), "download_fallback": False}, 32)
+    with pytest.raises(DatasetError, match="split folder .*test.* is missing"):
+        build_data(spec(folder, tmp_path, val_split="test"), 16)
+    with pytest.raises(DatasetError, match="no root"):
+        DatasetSpec.from_config({"name": "imagefolder", "root": "???"})
+
+
+def test_train_batches_are_deterministic_and_resumable(folder: Path, tmp_path: Path) -> None:
+    data = build_data(spec(folder, tmp_path, pad=2), 24)
+    first = list(data.train_batches(8, epoch=3, seed=5))
+    assert len(first) == data.steps_per_epoch(8) == 4
+    assert first[0][0].shape == (8, 3, 24, 24) and first[0][0].dtype == torch.float32
+    resumed = list(data.train_batches(8, epoch=3, seed=5, start_step=2))
+    for (xa, ya), (xb, yb) in zip(first[2:], resumed, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other = next(iter(data.train_batches(8, epoch=4, seed=5)))
+    assert not torch.equal(other[0], first[0][0])
+    labels = torch.cat([y for _, y in first])
+    assert len(set(labels.tolist())) == 3
+
+
+def test_rrc_augmentation_and_eval_transform(folder: Path, tmp_path: Path) -> None:
+    data = build_data(spec(folder, tmp_path, augment="rrc", eval_crop=0.875), 12)
+    x, _ = next(iter(data.train_batches(6, epoch=0)))
+    assert x.shape == (6, 3, 12, 12) and torch.isfinite(x).all()
+    images, labels = data.val_images()
+    assert images.shape == (15, 3, 12, 12) and images.dtype == torch.uint8 and len(labels) == 15
+
+
+def test_subsets_are_seeded_and_cached(folder: Path, tmp_path: Path) -> None:
+    data = build_data(spec(folder, tmp_path), 16)
+    a = data.train_subset(10, seed=1)
+    assert a is data.train_subset(10, seed=1)
+    assert not torch.equal(a, data.train_subset(10, seed=2))
+    _, labels = data.val_images(6)
+    assert len(set(labels.tolist())) > 1  # a random subset, not the first (class-ordered) images
+
+
+def test_square_resizes_shorter_side_and_crops() -> None:
+    img = torch.arange(3 * 20 * 40, dtype=torch.float32).reshape(3, 20, 40).to(torch.uint8)
+    assert square(img, 10).shape == (3, 10, 10)
+
+
+@pytest.mark.skipif(not (CIFAR / "train").is_dir(), reason="data/cifar10 absent (run make data)")
+def test_tiny_config_reads_real_cifar(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "conf" / "dataset" / "tiny.yaml")
+    cfg.cache_dir = str(tmp_path)
+    data = build_data(cfg, 32)
+    assert len(data.train) == 256 and len(data.val) == 128 and data.num_classes == 10
+    assert data.train.images.shape[1:] == (3, 32, 32)
