@@ -90,3 +90,26 @@ def test_tiny_config_reads_real_cifar(tmp_path: Path) -> None:
     data = build_data(cfg, 32)
     assert len(data.train) == 256 and len(data.val) == 128 and data.num_classes == 10
     assert data.train.images.shape[1:] == (3, 32, 32)
+
+
+def test_cifar10_download_fallback_uses_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR10:  # stands in for the download: tests never touch the network
+        classes = ["airplane", "automobile"]
+
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append((root, train, download))
+            n = 6 if train else 4
+            self.data = np.full((n, 32, 32, 3), 7, dtype=np.uint8)
+            self.targets = [i % 2 for i in range(n)]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    data = build_data({"name": "cifar10", "root": str(tmp_path / "cifar10"), "train_split": "train",
+                       "val_split": "test", "store_size": 32, "download_fallback": True}, 32)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert len(data.train) == 6 and len(data.val) == 4 and data.classes == ["airplane", "automobile"]
+    assert int(data.train.images[0, 0, 0, 0]) == 7
