@@ -3,6 +3,14 @@
     .venv/bin/python experiments/train_baseline.py --supernet outputs/supernet/resnet50-cifar10-default
     .venv/bin/python experiments/train_baseline.py --quick          # resnet_tiny smoke run (~1 min)
 
+Beside a supernet run instead of after it (both on one thread, same wall time; how the README's
+comparison was made):
+
+    .venv/bin/rlnas-train-supernet threads=1 &                     # the default recipe
+    .venv/bin/python experiments/train_baseline.py --recipe default --epochs 8 --threads 1
+    .venv/bin/python experiments/train_baseline.py --supernet outputs/supernet/resnet50-cifar10-default \
+        --output outputs/supernet/resnet50-cifar10-default-baseline   # scores both once both are done
+
 Reads the supernet run's ``supernet.pt`` meta (model, dataset, recipe, training seconds), measures
 how many images/s the maximal network trains at, and trains it for as many epochs as fit in the
 same time with the same optimizer, schedule shape, augmentation and label smoothing, but no
@@ -50,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="baseline run directory (default: <supernet dir>-baseline)")
     p.add_argument("--probe-steps", type=int, default=8, help="steps to measure the training speed")
     p.add_argument("--quick", action="store_true", help="resnet_tiny on 512 CIFAR images, 20 s each")
+    p.add_argument("--recipe", help="train beside a supernet run: the recipe it uses (with --epochs)")
+    p.add_argument("--model", default="resnet50", help="with --recipe")
+    p.add_argument("--dataset", default="cifar10", help="with --recipe")
+    p.add_argument("--epochs", type=int, help="with --recipe: epochs of the maximal network alone")
+    p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
 
@@ -74,6 +87,30 @@ def baseline_config(meta: dict, seconds: float, epochs: int, out: Path):
     cfg.seed = meta.get("seed", 0)
     cfg.max_seconds = seconds
     return cfg
+
+
+def beside_config(args: argparse.Namespace):
+    """A max-only run of ``args.recipe`` for ``args.epochs`` epochs, started without waiting for the
+    supernet (same overrides as ``rlnas-train-supernet recipe.name=<recipe>-baseline ...``)."""
+    out = args.output or f"outputs/supernet/{args.model}-{args.dataset}-{args.recipe}-baseline"
+    return compose_config([f"model={args.model}", f"dataset={args.dataset}", f"recipe={args.recipe}",
+                           f"recipe.name={args.recipe}-baseline", "recipe.num_random=0",
+                           f"recipe.phases=[{{name: max, epochs: {args.epochs}, elastic: []}}]",
+                           f"output_dir={out}", f"threads={args.threads}", "log.progress=false"])
+
+
+def compare(supernet_path: Path, baseline: Path) -> None:
+    """Score both runs the same way (BN recalibration, full validation split) and print them."""
+    _, meta = load_supernet(supernet_path)
+    _, bmeta = load_supernet(baseline)
+    recal = 1000
+    results = {"supernet": score(supernet_path, recal), "baseline": score(baseline, recal)}
+    print(json.dumps({"seconds": {"supernet": meta["train_seconds"], "baseline": bmeta["train_seconds"]},
+                      "epochs": {"supernet": meta["epochs"], "baseline": bmeta["epochs"]},
+                      "val_top1": results}, indent=2))
+    print(f"max subnet: supernet {results['supernet']['max']:.4f} ({meta['train_seconds'] / 60:.1f} min) vs "
+          f"alone {results['baseline']['max']:.4f} ({bmeta['train_seconds'] / 60:.1f} min); min subnet from "
+          f"the supernet: {results['supernet']['min']:.4f} (BN recalibrated, full val split)")
 
 
 def probe_speed(meta: dict, steps: int) -> float:
@@ -110,32 +147,31 @@ def score(path: Path, recal: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.recipe:
+        if not args.epochs:
+            print("--recipe needs --epochs", file=sys.stderr)
+            return 2
+        print(train_supernet(beside_config(args)))
+        return 0
     if args.quick:
         supernet_path = quick_supernet(Path("outputs/supernet/quick-baseline-demo"))
     elif args.supernet:
         supernet_path = Path(args.supernet)
         supernet_path = supernet_path / "supernet.pt" if supernet_path.is_dir() else supernet_path
     else:
-        print("give --supernet <run dir> or --quick", file=sys.stderr)
+        print("give --supernet <run dir>, --recipe <name> --epochs N, or --quick", file=sys.stderr)
         return 2
     _, meta = load_supernet(supernet_path)
-    seconds = args.seconds or float(meta["train_seconds"])
-    speed = probe_speed(meta, args.probe_steps)
-    train_images = meta["dataset"]["train_images"]
-    epochs = max(1, math.floor(seconds * speed / train_images))
     out = Path(args.output or f"{supernet_path.parent}-baseline")
-    print(f"supernet: {supernet_path} ({meta['train_seconds']:.0f} s of training, {meta['epochs']} epochs)")
-    print(f"maximal network alone: {speed:.1f} img/s -> {epochs} epochs in {seconds:.0f} s -> {out}")
-    baseline = train_supernet(baseline_config(meta, seconds, epochs, out))
-    recal = 1000
-    results = {"supernet": score(supernet_path, recal), "baseline": score(baseline, recal)}
-    _, bmeta = load_supernet(baseline)
-    print(json.dumps({"seconds": {"supernet": meta["train_seconds"], "baseline": bmeta["train_seconds"]},
-                      "epochs": {"supernet": meta["epochs"], "baseline": bmeta["epochs"]},
-                      "val_top1": results}, indent=2))
-    print(f"max subnet: supernet {results['supernet']['max']:.4f} vs alone {results['baseline']['max']:.4f}; "
-          f"min subnet from the supernet: {results['supernet']['min']:.4f} (BN recalibrated, full val split)")
+    if not (out / "supernet.pt").is_file():
+        seconds = args.seconds or float(meta["train_seconds"])
+        speed = probe_speed(meta, args.probe_steps)
+        epochs = max(1, math.floor(seconds * speed / meta["dataset"]["train_images"]))
+        print(f"supernet: {supernet_path} ({meta['train_seconds']:.0f} s of training, {meta['epochs']} epochs)")
+        print(f"maximal network alone: {speed:.1f} img/s -> {epochs} epochs in {seconds:.0f} s -> {out}")
+        train_supernet(baseline_config(meta, seconds, epochs, out))
+    compare(supernet_path, out / "supernet.pt")
     return 0
 
 

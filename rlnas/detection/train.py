@@ -19,17 +19,15 @@ mAP@[.5:.95] as ``val_map_{max,min}``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 import rlnas
 from rlnas.arch import Arch
@@ -39,7 +37,7 @@ from rlnas.detection.loss import MultiBoxLoss
 from rlnas.spaces.base import Supernet
 from rlnas.spaces.ssd import ElasticSSD  # noqa: F401  (registers the SSD families)
 from rlnas.supernet.checkpoint import load_file
-from rlnas.supernet.train import Recipe, SupernetTrainer, phase_space, sandwich
+from rlnas.supernet.train import Recipe, SupernetTrainer, sandwich_step
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +59,19 @@ def distill_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor],
 def detection_train_step(supernet: Supernet, x: Tensor, targets: list[Target], archs: list[tuple[str, Arch]],
                          recipe: Recipe, optimizer: torch.optim.Optimizer, loss_fn: MultiBoxLoss,
                          autocast: Callable[[], AbstractContextManager]) -> dict[str, float]:
-    """Forward/backward every subnet of the sandwich (gradients accumulate), then one optimizer
-    step. Returns the mean loss per subnet kind."""
+    """:func:`~rlnas.supernet.train.sandwich_step` for detection (ground truth matched once): the
+    largest subnet learns the MultiBox loss, the others ``(1 - kd_alpha) * MultiBox + kd_alpha *``
+    :func:`distill_loss`."""
     loc_t, labels = loss_fn.targets(targets)
-    teacher: tuple[Tensor, Tensor] | None = None
-    sums: dict[str, list[float]] = {}
-    for kind, arch in archs:
-        supernet.set_active(arch)
-        with autocast():
-            loc, conf = supernet(x)
-        loc, conf = loc.float(), conf.float()
-        loss = loss_fn.from_matched(loc, conf, loc_t, labels)["loss"]
-        if teacher is None:
-            teacher = (loc.detach(), conf.detach())
-        elif recipe.kd_alpha > 0:
-            kd = distill_loss((loc, conf), teacher, labels, recipe.kd_temperature)
-            loss = (1 - recipe.kd_alpha) * loss + recipe.kd_alpha * kd
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} for the {kind} subnet {arch.short()}")
-        loss.backward()
-        sums.setdefault(kind, []).append(loss.item())
-    if recipe.grad_clip:
-        nn.utils.clip_grad_norm_(supernet.parameters(), recipe.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    supernet.set_active(archs[0][1])
-    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+    def subnet_loss(output: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor] | None) -> Tensor:
+        loss = loss_fn.from_matched(*output, loc_t, labels)["loss"]
+        if teacher is None or recipe.kd_alpha <= 0:
+            return loss
+        kd = distill_loss(output, teacher, labels, recipe.kd_temperature)
+        return (1 - recipe.kd_alpha) * loss + recipe.kd_alpha * kd
+
+    return sandwich_step(supernet, x, archs, recipe, optimizer, autocast, subnet_loss)
 
 
 @torch.no_grad()
@@ -124,10 +109,7 @@ class DetectionSupernetTrainer(SupernetTrainer):
         self.loss_fn = MultiBoxLoss(self.supernet.priors)
 
     def _build_data(self) -> DetectionData:
-        ds = dict(OmegaConf.to_container(self.cfg.dataset, resolve=True))
-        if self.recipe.train_images is not None:
-            ds["train_limit"] = int(self.recipe.train_images)
-        return build_detection_data(ds, self.resolution)
+        return build_detection_data(self._dataset_config(), self.resolution)
 
     def _init_weights(self) -> None:
         init = self.cfg.get("init") or {}
@@ -137,49 +119,15 @@ class DetectionSupernetTrainer(SupernetTrainer):
         elif init.get("torchvision"):
             raise ValueError("torchvision has no SSD-MobileNetV1 weights; use init.checkpoint=<mobilenet_v1 supernet.pt>")
 
-    def _run_epoch(self) -> None:
-        """The classification trainer's epoch with :func:`detection_train_step`."""
-        p = self.progress
-        phase_idx = self.recipe.phase_at(p.epoch)
-        phase = self.recipe.phases[phase_idx]
-        self._maybe_sort(phase_idx, phase)
-        space = phase_space(self.supernet.space, phase)
-        num_random = self.recipe.num_random if phase.num_random is None else phase.num_random
-        self.supernet.train()
-        for x, targets in self._batches(phase):
-            if self.recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            start = time.perf_counter()
-            archs = sandwich(space, num_random, np.random.default_rng([self.seed, p.global_step]))
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.last_losses = detection_train_step(self.supernet, x, targets, archs, self.recipe, self.optimizer,
-                                                    self.loss_fn, self.autocast)
-            self.scheduler.step()
-            seconds = time.perf_counter() - start
-            p.global_step += 1
-            p.step_in_epoch += 1
-            p.elapsed += seconds
-            self._log_step(lr, len(x) / seconds, len(archs))
-            every = int(self.cfg.checkpoint.get("every_steps") or 0)
-            if every and p.global_step % every == 0:
-                self.save_last()
-            if self.on_step is not None:
-                self.on_step(self)
-            if self._out_of_time():
-                return
-        p.epoch += 1
-        p.step_in_epoch = 0
-        self._end_of_epoch(phase)
-        self.save_last()
+    def _train_step(self, x: Tensor, y: list[Target], archs: list[tuple[str, Arch]]) -> dict[str, float]:
+        """:func:`detection_train_step` on a batch of images and their ground-truth targets."""
+        return detection_train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.loss_fn,
+                                    self.autocast)
 
-    def _evaluate(self, val_images: int | None, recal_images: int) -> dict[str, float]:
-        space = self.supernet.space
-        out = {}
-        for kind, arch in (("max", space.max_arch()), ("min", space.min_arch())):
-            result = evaluate_subnet_map(self.supernet, arch, self.data, val_images, recal_images)
-            out[f"val_acc_{kind}"], out[f"val_map_{kind}"] = result["map50"], result["map"]
-        self.supernet.train()
-        return out
+    def _evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
+        """mAP@.5 as ``val_acc`` (what the search constrains) and mAP@[.5:.95] as ``val_map``."""
+        result = evaluate_subnet_map(self.supernet, arch, self.data, val_images, recal_images)
+        return {"val_acc": result["map50"], "val_map": result["map"]}
 
 
 def train_detection_supernet(cfg: DictConfig | Mapping[str, Any],

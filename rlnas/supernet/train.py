@@ -198,24 +198,25 @@ def kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
                     reduction="batchmean", log_target=True) * t * t
 
 
-def train_step(supernet: Supernet, x: Tensor, y: Tensor, archs: list[tuple[str, Arch]], recipe: Recipe,
-               optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager]) -> dict[str, float]:
+def sandwich_step(supernet: Supernet, x: Tensor, archs: list[tuple[str, Arch]], recipe: Recipe,
+                  optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager],
+                  loss_fn: Callable[[Any, Any], Tensor]) -> dict[str, float]:
     """Forward/backward every subnet of the sandwich (gradients accumulate), then one optimizer
-    step. Returns the mean loss per subnet kind."""
-    teacher: Tensor | None = None
+    step. Returns the mean loss per subnet kind.
+
+    :param loss_fn: ``(output, teacher) -> loss`` of one subnet, from its fp32 output (a tensor or
+        a tuple of tensors) and the first (largest) subnet's detached output, None for that one.
+    """
+    teacher: Any = None
     sums: dict[str, list[float]] = {}
     for kind, arch in archs:
         supernet.set_active(arch)
         with autocast():
-            logits = supernet(x)
-        logits = logits.float()
+            output = supernet(x)
+        output = _map_tensors(output, Tensor.float)
+        loss = loss_fn(output, teacher)
         if teacher is None:
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            teacher = logits.detach()
-        else:
-            loss = recipe.kd_alpha * kd_loss(logits, teacher, recipe.kd_temperature)
-            if recipe.kd_alpha < 1:
-                loss = loss + (1 - recipe.kd_alpha) * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            teacher = _map_tensors(output, Tensor.detach)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} for the {kind} subnet {arch.short()}")
         loss.backward()
@@ -226,6 +227,27 @@ def train_step(supernet: Supernet, x: Tensor, y: Tensor, archs: list[tuple[str, 
     optimizer.zero_grad(set_to_none=True)
     supernet.set_active(archs[0][1])
     return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def train_step(supernet: Supernet, x: Tensor, y: Tensor, archs: list[tuple[str, Arch]], recipe: Recipe,
+               optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager]) -> dict[str, float]:
+    """:func:`sandwich_step` for classification: the largest subnet learns the labels (label
+    smoothing), the others ``kd_alpha * distillation + (1 - kd_alpha) * labels``."""
+
+    def loss_fn(logits: Tensor, teacher: Tensor | None) -> Tensor:
+        if teacher is None:
+            return F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        loss = recipe.kd_alpha * kd_loss(logits, teacher, recipe.kd_temperature)
+        if recipe.kd_alpha < 1:
+            loss = loss + (1 - recipe.kd_alpha) * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        return loss
+
+    return sandwich_step(supernet, x, archs, recipe, optimizer, autocast, loss_fn)
+
+
+def _map_tensors(output: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to a model output: a tensor, or each tensor of a tuple (e.g. SSD ``(loc, conf)``)."""
+    return tuple(fn(t) for t in output) if isinstance(output, tuple) else fn(output)
 
 
 def zero_init_residual(model: nn.Module) -> int:
@@ -356,10 +378,14 @@ class SupernetTrainer:
     # -- setup ------------------------------------------------------------------------------
 
     def _build_data(self) -> ClassificationData:
+        return build_classification_data(self._dataset_config(), self.resolution)
+
+    def _dataset_config(self) -> dict[str, Any]:
+        """The ``dataset`` config as a dict, limited to the recipe's ``train_images`` if set."""
         ds = _plain(self.cfg.dataset)
         if self.recipe.train_images is not None:
             ds["train_limit"] = int(self.recipe.train_images)
-        return build_classification_data(ds, self.resolution)
+        return ds
 
     def options(self, section: str) -> dict[str, Any]:
         """A run-option section (``checkpoint``, ``eval``, ``log``) with defaults for missing keys."""
@@ -447,7 +473,7 @@ class SupernetTrainer:
             start = time.perf_counter()
             archs = sandwich(space, num_random, np.random.default_rng([self.seed, p.global_step]))
             lr = self.optimizer.param_groups[0]["lr"]
-            self.last_losses = train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.autocast)
+            self.last_losses = self._train_step(x, y, archs)
             self.scheduler.step()
             seconds = time.perf_counter() - start
             p.global_step += 1
@@ -466,7 +492,12 @@ class SupernetTrainer:
         self._end_of_epoch(phase)
         self.save_last()
 
-    def _batches(self, phase: Phase) -> Iterator[tuple[Tensor, Tensor]]:
+    def _train_step(self, x: Tensor, y: Any, archs: list[tuple[str, Arch]]) -> dict[str, float]:
+        """One optimizer step on the batch ``(x, y)`` (``y``: whatever ``data.train_batches`` yields
+        as targets) over the sandwich ``archs``; returns the mean loss per subnet kind."""
+        return train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.autocast)
+
+    def _batches(self, phase: Phase) -> Iterator[tuple[Tensor, Any]]:
         p = self.progress
         batches = self.data.train_batches(self.recipe.batch_size, p.epoch, self.seed, p.step_in_epoch)
         if not self.options("log")["progress"]:
@@ -534,10 +565,16 @@ class SupernetTrainer:
         space = self.supernet.space
         out = {}
         for kind, arch in (("max", space.max_arch()), ("min", space.min_arch())):
-            out[f"val_acc_{kind}"] = evaluate_subnet(self.supernet, arch, self.data, val_images, recal_images,
-                                                     channels_last=self.recipe.channels_last)
+            out.update({f"{k}_{kind}": v for k, v in self._evaluate_arch(arch, val_images, recal_images).items()})
         self.supernet.train()
         return out
+
+    def _evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
+        """Validation metrics of one subnet (``val_acc``: the accuracy the search constrains); the
+        keys get the subnet kind appended (``val_acc_max``)."""
+        top1 = evaluate_subnet(self.supernet, arch, self.data, val_images, recal_images,
+                               channels_last=self.recipe.channels_last)
+        return {"val_acc": top1}
 
     def _finish(self) -> Path:
         ev = self.options("eval")

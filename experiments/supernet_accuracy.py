@@ -1,0 +1,107 @@
+"""FP32 and INT8 accuracy of a trained supernet's largest, smallest and middle sub-networks.
+
+    .venv/bin/python experiments/supernet_accuracy.py outputs/supernet/resnet50-cifar10-default
+    .venv/bin/python experiments/supernet_accuracy.py <run dir> --random 3 --eval-images 2000
+
+Every sub-network goes through the accuracy oracle exactly as in a search (BN recalibration on
+2000 training images, PyTorch FP32 top-1, NNCF INT8 with 300 real calibration images, OpenVINO
+INT8 top-1; the whole validation split by default), with the same measurement store, so a later
+search with the same settings reuses these results. The "middle" sub-networks are the uniform one
+(every stage one block shorter, middle width and expand ratio) and ``--random`` seeded random
+ones. Prints a markdown table (the README's) and writes it with the raw results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlnas.arch import Arch, SearchSpace
+from rlnas.data import build_data
+from rlnas.oracles.accuracy import AccuracyOracle
+from rlnas.supernet import load_supernet
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("supernet", help="a supernet.pt or its training directory")
+    p.add_argument("--random", type=int, default=3, help="seeded random sub-networks besides max/middle/min")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-images", type=int, default=None, help="default: the whole validation split")
+    p.add_argument("--recal-images", type=int, default=2000)
+    p.add_argument("--calib-images", type=int, default=300)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--store", default="cache/measurements.sqlite", help="measurement store ('' : none)")
+    p.add_argument("--output", help="JSON file (default: <supernet dir>/accuracy_table.json)")
+    return p.parse_args(argv)
+
+
+def middle_arch(space: SearchSpace) -> Arch:
+    """Every stage one block shorter than the maximum, the middle width and expand choices."""
+    depths = tuple(max(lo, hi - 1) for lo, hi in zip(space.min_depths, space.max_depths))
+    width = space.width_choices[len(space.width_choices) // 2]
+    expand = space.expand_choices[len(space.expand_choices) // 2] if space.has_expand else None
+    expands = tuple((expand,) * d for d in depths) if space.has_expand else ()
+    return Arch(space.family, depths, (width,) * space.num_stages, expands)
+
+
+def subnets(space: SearchSpace, random: int, seed: int) -> list[tuple[str, Arch]]:
+    rng = np.random.default_rng(seed)
+    return ([("largest (a0)", space.max_arch()), ("middle (uniform)", middle_arch(space))]
+            + [(f"random {i + 1}", space.sample(rng)) for i in range(random)]
+            + [("smallest", space.min_arch())])
+
+
+def table(rows: list[dict], a0_fp32: float) -> str:
+    lines = ["| sub-network | arch | params (M) | MMACs | FP32 top-1 | INT8 top-1 | INT8 / FP32(a0) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | `{r['arch']}` | {r['params'] / 1e6:.2f} | {r['macs'] / 1e6:.0f} | "
+                     f"{r['acc_fp32']:.4f} | {r['acc_int8']:.4f} | {r['acc_int8'] / a0_fp32:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    supernet, meta = load_supernet(args.supernet)
+    data = build_data(meta["dataset_config"], meta["resolution"])
+    oracle = AccuracyOracle(supernet, data, args.store or None, meta["checkpoint_id"],
+                            recal_images=args.recal_images, calib_images=args.calib_images,
+                            eval_images=args.eval_images, threads=args.threads)
+    n_eval = len(data.val) if args.eval_images is None else min(args.eval_images, len(data.val))
+    print(f"# {args.supernet}: {meta['family']} {meta['kwargs']}, recipe {meta['recipe']['name']}, "
+          f"{meta['epochs']} epochs, {meta['train_seconds'] / 60:.1f} min of training; "
+          f"{data.name} @ {data.resolution} px, {n_eval} eval images", flush=True)
+    rows = []
+    for name, arch in subnets(supernet.space, args.random, args.seed):
+        start = time.perf_counter()
+        result = oracle.evaluate(arch)
+        if not result.ok:
+            print(f"{name}: FAILED {result.reason}", file=sys.stderr)
+            return 1
+        rows.append({"name": name, "arch": arch.short(), "arch_json": arch.to_json(),
+                     "params": supernet.count_params(arch), "macs": supernet.count_macs(arch, data.resolution),
+                     "acc_fp32": result.acc_fp32, "acc_int8": result.acc_int8, "cached": result.cached,
+                     "seconds": time.perf_counter() - start})
+        print(f"  {name}: {arch.short()} fp32 {result.acc_fp32:.4f} int8 {result.acc_int8:.4f} "
+              f"({rows[-1]['seconds']:.1f} s{', cached' if result.cached else ''})", flush=True)
+    text = table(rows, rows[0]["acc_fp32"])
+    print("\n" + text)
+    base = Path(args.supernet)
+    out = Path(args.output or (base if base.is_dir() else base.parent) / "accuracy_table.json")
+    out.write_text(json.dumps({"supernet": str(args.supernet), "checkpoint_id": meta["checkpoint_id"],
+                               "train_seconds": meta["train_seconds"], "epochs": meta["epochs"],
+                               "eval_images": n_eval, "rows": rows, "markdown": text}, indent=2) + "\n")
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
