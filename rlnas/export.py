@@ -6,15 +6,21 @@ Writes under ``<run>/export/``:
 - ``model.pt``: standalone PyTorch model, ``{"state_dict", "arch", "family", "kwargs", ...}``
   (BN statistics recalibrated as the accuracy oracle does; optionally fine-tuned for
   ``export.finetune_epochs`` epochs with distillation from a0); :func:`load_exported` rebuilds it;
-- ``model.onnx``: FP32 ONNX (dynamic batch);
-- ``model.xml``/``model.bin``: OpenVINO INT8 IR, quantized by NNCF with real calibration images,
-  static input ``[1, 3, R, R]`` (as timed), so ``benchmark_app -m model.xml`` runs it as is;
-- ``report.md`` + ``report.json``: a0 vs found: FP32/INT8 accuracy, INT8 latency and throughput on
-  the profile, speed-up, IR and PyTorch sizes, params, MACs.
+- ``model.onnx``: FP32 ONNX of the network (dynamic batch; outputs ``logits``, or ``loc`` and
+  ``conf`` for detection);
+- ``model.xml``/``model.bin``: OpenVINO INT8 IR of the network, quantized by NNCF with real
+  calibration images, static input ``[1, 3, R, R]`` (as timed), so ``benchmark_app -m model.xml``
+  runs it as is. Detectors give raw ``loc``/``conf``: box decoding and NMS stay in Python
+  (:func:`rlnas.detection.boxes.postprocess` with the model's ``priors``);
+- ``report.md`` + ``report.json``: a0 vs found: FP32/INT8 accuracy (top-1, or mAP@.5 for
+  detection), INT8 latency and throughput on the profile, speed-up, IR and PyTorch sizes, params, MACs.
 
-The numbers come from the run's measurements (the oracles' cache); the exported IR's INT8 accuracy
-is measured again (``export.verify_images``) to check the artefact itself. Overrides after
-``run=`` change the run's saved config, e.g. ``rlnas-export run=<dir> export.finetune_epochs=2``.
+The numbers come from the run's measurements (the oracles' cache); the saved IR's INT8 accuracy is
+measured again (``export.verify_images``) by the accuracy oracle's own task pipeline
+(:class:`~rlnas.oracles.accuracy.TaskPipeline`), which also converts and calibrates it, so the
+artefact is checked exactly as the search measured. What else differs by task (distillation loss,
+``model.pt`` metadata, how to run the IR) is :data:`EXPORT_TASKS`. Overrides after ``run=`` change
+the run's saved config, e.g. ``rlnas-export run=<dir> export.finetune_epochs=2``.
 """
 
 from __future__ import annotations
@@ -26,15 +32,20 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from rlnas.arch import Arch
 from rlnas.oracles.evaluator import Measurement, read_history
+
+if TYPE_CHECKING:
+    from rlnas.oracles.accuracy import TaskPipeline
 
 log = logging.getLogger("rlnas.export")
 
@@ -94,28 +105,112 @@ def load_run_supernet(run_dir: Path):
 # -- building the artefacts ------------------------------------------------------------------------
 
 
-def finetune_distill(student: nn.Module, teacher: nn.Module, data: Any, epochs: int, lr: float,
-                     batch_size: int, temperature: float, seed: int = 0) -> nn.Module:
-    """Fine-tune ``student`` on the training split with distillation from ``teacher`` (a0):
-    SGD with a cosine schedule, loss = KL(teacher || student) at ``temperature``."""
-    from rlnas.supernet.train import kd_loss
+#: ``(student output, teacher output, the batch's targets) -> loss`` of one fine-tuning step
+DistillLoss = Callable[[Any, Any, Any], Tensor]
 
+
+def finetune_distill(student: nn.Module, teacher: nn.Module, data: Any, loss_fn: DistillLoss, epochs: int,
+                     lr: float, batch_size: int, seed: int = 0) -> nn.Module:
+    """Fine-tune ``student`` on the training split with distillation from ``teacher`` (a0):
+    SGD with a cosine schedule, loss ``loss_fn(student(x), teacher(x), targets)``."""
     teacher.eval()
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
     total = max(1, epochs * data.steps_per_epoch(batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     for epoch in range(epochs):
-        for x, _ in data.train_batches(batch_size, epoch, seed=seed + 1000):
+        for x, targets in data.train_batches(batch_size, epoch, seed=seed + 1000):
             with torch.no_grad():
-                target = teacher(x)
-            loss = kd_loss(student(x), target, temperature)
+                taught = teacher(x)
+            loss = loss_fn(student(x), taught, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         log.info("fine-tune epoch %d/%d: kd loss %.4f", epoch + 1, epochs, loss.item())
     return student.eval()
+
+
+def classification_distill(student: nn.Module, temperature: float) -> DistillLoss:
+    """KL(teacher || student) on the logits at ``temperature`` (the supernet trainer's ``kd_loss``)."""
+    from rlnas.supernet.train import kd_loss
+
+    return lambda out, taught, _labels: kd_loss(out, taught, temperature)
+
+
+def detection_distill(student: nn.Module, temperature: float) -> DistillLoss:
+    """The detection trainer's distillation: KL on every prior's class scores at ``temperature`` +
+    smooth L1 on the offsets of the priors matched to the batch's ground truth."""
+    from rlnas.detection.evaluate import priors_of
+    from rlnas.detection.loss import MultiBoxLoss
+    from rlnas.detection.train import distill_loss
+
+    matcher = MultiBoxLoss(priors_of(student))
+    return lambda out, taught, targets: distill_loss(out, taught, matcher.targets(targets)[1], temperature)
+
+
+def classification_meta(data: Any) -> dict[str, Any]:
+    """``model.pt`` entries of a classifier: input normalisation and class names."""
+    return {"mean": list(data.spec.mean), "std": list(data.spec.std), "classes": list(data.classes)}
+
+
+def detection_meta(data: Any) -> dict[str, Any]:
+    """``model.pt`` entries of a detector: input normalisation, class names (label ``i`` is
+    ``classes[i - 1]``, 0 is background) and the post-processing settings the mAP was scored with."""
+    from rlnas.data.detection import MEAN, STD
+    from rlnas.detection.boxes import PostProcess
+
+    return {"mean": list(MEAN), "std": list(STD), "classes": list(data.class_names),
+            "num_classes": int(data.num_classes), "postprocess": asdict(PostProcess())}
+
+
+def classification_usage(model: nn.Module, resolution: int) -> str:
+    """The report's note on the classifier IR's input and output."""
+    return (f"IR: static input [1, 3, {resolution}, {resolution}], output logits; run it with "
+            "`benchmark_app -m model.xml -d CPU -hint latency`")
+
+
+def detection_usage(model: nn.Module, resolution: int) -> str:
+    """The report's note on the detector IR's input, raw outputs and the Python post-processing."""
+    n, classes = len(model.priors), model.num_classes + 1
+    return (f"IR: static input [1, 3, {resolution}, {resolution}]; outputs loc [1, {n}, 4] (box offsets) and "
+            f"conf [1, {n}, {classes}] (logits, class 0 = background) for the {n} default boxes; no decoding or "
+            "NMS in the graph: `rlnas.detection.boxes.postprocess(loc, conf, load_exported('model.pt').priors)` "
+            "gives the boxes. `benchmark_app -m model.xml -d CPU -hint latency` runs it as is")
+
+
+@dataclass(frozen=True)
+class TaskExport:
+    """What the export does per task beyond the accuracy oracle's task pipeline.
+
+    :param distill: ``(student, temperature) -> DistillLoss`` for ``export.finetune_epochs``.
+    :param meta: ``data -> dict`` of preprocessing and class entries saved in ``model.pt``.
+    :param usage: ``(model, resolution) -> str``: how to run the IR (a note of the report).
+    """
+
+    distill: Callable[[nn.Module, float], DistillLoss]
+    meta: Callable[[Any], dict[str, Any]]
+    usage: Callable[[nn.Module, int], str]
+
+
+#: ``supernet.task`` -> what its export does differently
+EXPORT_TASKS: dict[str, TaskExport] = {
+    "classification": TaskExport(classification_distill, classification_meta, classification_usage),
+    "detection": TaskExport(detection_distill, detection_meta, detection_usage),
+}
+
+
+def task_of(accuracy: Any) -> tuple[TaskPipeline, TaskExport]:
+    """The accuracy oracle's :class:`~rlnas.oracles.accuracy.TaskPipeline` and the
+    :data:`EXPORT_TASKS` entry of its task; ExportError when either is missing."""
+    try:
+        pipeline = accuracy.pipeline
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+    task = EXPORT_TASKS.get(accuracy.task)
+    if task is None:
+        raise ExportError(f"export of {accuracy.task} models is not implemented (known: {sorted(EXPORT_TASKS)})")
+    return pipeline, task
 
 
 def torch_size_bytes(model: nn.Module) -> int:
@@ -125,51 +220,56 @@ def torch_size_bytes(model: nn.Module) -> int:
     return buf.tell()
 
 
-def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int) -> None:
-    """FP32 ONNX with a dynamic batch (TorchScript exporter: needs no onnxscript)."""
+def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int,
+                output_names: tuple[str, ...] = ("logits",)) -> None:
+    """FP32 ONNX with a dynamic batch (TorchScript exporter: needs no onnxscript); one name per
+    output of the network (e.g. ``loc``, ``conf`` for a detector)."""
     model = model.eval().to(memory_format=torch.contiguous_format)
+    dynamic = {name: {0: "batch"} for name in ("input", *output_names)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                          input_names=["input"], output_names=list(output_names), dynamic_axes=dynamic)
 
 
 def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Path,
-                   verify_images: int | None) -> tuple[int, float | None]:
-    """Quantize with real calibration images, save with a static batch-1 input; returns the IR
-    size and (unless ``verify_images == 0``) the IR's INT8 top-1 on the validation images."""
+                   verify_images: int | None) -> tuple[int, dict[str, float] | None]:
+    """Quantize ``model`` as the accuracy oracle does (its task's conversion, NNCF with
+    ``calib_images`` real calibration images), save it with a static batch-1 input, then (unless
+    ``verify_images == 0``) score the saved IR with the oracle's INT8 evaluation on
+    ``verify_images`` validation images (None: the oracle's evaluation set).
+
+    :returns: the IR size in bytes and the scores (keys of the task's ``metrics``) or None.
+    """
     import openvino as ov
 
-    from rlnas.oracles.accuracy import (
-        CALIB_SEED,
-        compile_cpu,
-        convert_to_openvino,
-        openvino_top1,
-        quantize_int8,
-        quiet,
-    )
     from rlnas.oracles.latency import ir_size
 
-    data = accuracy.data
-    images = data.train_subset(calib_images, CALIB_SEED)
-    calibration = [x.numpy() for x in data.batches(images, accuracy.calib_batch_size)]
-    with quiet():
-        quantized = quantize_int8(convert_to_openvino(model, data.resolution), calibration)
-    acc = None
-    if verify_images != 0:
-        compiled = compile_cpu(quantized, accuracy.batch_size, data.resolution, accuracy.inference_precision,
-                               accuracy.threads)
-        x, y = data.val_images(verify_images)
-        acc = openvino_top1(compiled, data.batches(x, accuracy.batch_size), y)
-    quantized.reshape([1, 3, data.resolution, data.resolution])
+    resolution = accuracy.data.resolution
+    quantized = accuracy.quantize(model, calib_images)
+    quantized.reshape([1, 3, resolution, resolution])
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(path), compress_to_fp16=False)
-    return ir_size(path), acc
+    scores = None
+    if verify_images != 0:
+        saved = ov.Core().read_model(str(path))
+        scores = accuracy.int8_scores(accuracy.compile(saved), verify_images)
+    return ir_size(path), scores
+
+
+def save_model(model: nn.Module, arch: Arch, meta: dict[str, Any], accuracy: Any, task: TaskExport,
+               path: Path) -> None:
+    """``model.pt``: the state dict with what :func:`load_exported` needs to rebuild the network,
+    and the task's preprocessing and class entries."""
+    data = accuracy.data
+    torch.save({"state_dict": model.state_dict(), "arch": arch.to_dict(), "family": meta["family"],
+                "kwargs": meta["kwargs"], "task": accuracy.task, "resolution": data.resolution,
+                **task.meta(data)}, path)
 
 
 def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild the model saved as ``model.pt`` by :func:`export_run` (eval mode)."""
+    """Rebuild the model saved as ``model.pt`` by :func:`export_run` (eval mode); a detector
+    returns ``(loc, conf)`` and carries its ``priors``."""
     from rlnas.spaces import create_supernet
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -189,6 +289,12 @@ def _numbers(m: Measurement) -> dict[str, Any]:
             "ir_size_bytes": m.ir_size_bytes, "feasible": m.feasible}
 
 
+NO_FEASIBLE_NOTE = "no feasible candidate was found: exporting a0 itself (the constraint holds for it)"
+LATENCY_NOTE = ("latency/throughput: OpenVINO INT8, batch 1, on the profile (median; throughput = 1000 / "
+                "latency). Absolute medians of a0 and the found network come from different moments; the "
+                "speed-up uses the ratio timed alongside a0 (interleaved rounds), robust to machine load")
+
+
 def export_run(cfg: DictConfig, run_dir: str | Path, setup: Any = None) -> dict[str, Any]:
     """Export the best feasible architecture of the run in ``run_dir`` (see module doc).
 
@@ -200,62 +306,27 @@ def export_run(cfg: DictConfig, run_dir: str | Path, setup: Any = None) -> dict[
     t0 = time.perf_counter()
     baseline, candidates = load_run(run_dir)
     best = best_feasible(candidates)
-    notes = []
-    if best is None:
-        notes.append("no feasible candidate was found: exporting a0 itself (the constraint holds for it)")
     chosen = best or baseline
     supernet, meta, accuracy, latency = _materials(cfg, run_dir, setup)
-    if getattr(supernet, "task", "classification") != "classification":
-        raise ExportError(f"export of {supernet.task} models is not implemented (classification only); the "
-                          f"measurements are in {run_dir}/evaluations.jsonl")
+    pipeline, task = task_of(accuracy)
     out = run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    arch = chosen.arch
-    (out / "arch.json").write_text(json.dumps({"arch": arch.to_dict(), "family": meta["family"],
-                                               "kwargs": meta["kwargs"], "short": arch.short()}, indent=2) + "\n")
-    model = accuracy.prepare(arch).to(memory_format=torch.contiguous_format)
-    found = _numbers(chosen)
-    epochs = int(cfg.export.finetune_epochs)
-    if epochs > 0:
-        teacher = accuracy.prepare(baseline.arch).to(memory_format=torch.contiguous_format)
-        model = finetune_distill(model, teacher, accuracy.data, epochs, float(cfg.export.finetune_lr),
-                                 int(cfg.export.finetune_batch_size), float(cfg.export.kd_temperature),
-                                 int(cfg.seed))
-        found["acc_fp32"] = accuracy.fp32_accuracy(model)
-        notes.append(f"fine-tuned {epochs} epoch(s) with distillation from a0; FP32/INT8 accuracy re-measured")
-    shape = (1, 3, accuracy.data.resolution, accuracy.data.resolution)
-    torch.save({"state_dict": model.state_dict(), "arch": arch.to_dict(), "family": meta["family"],
-                "kwargs": meta["kwargs"], "resolution": accuracy.data.resolution,
-                "mean": list(accuracy.data.spec.mean), "std": list(accuracy.data.spec.std),
-                "classes": list(accuracy.data.classes)}, out / "model.pt")
-    export_onnx(model, shape, out / "model.onnx", int(cfg.export.onnx_opset))
-    verify = cfg.export.verify_images
-    verify = accuracy._eval_count() if verify is None else int(verify)
-    ir_bytes, ir_acc = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify)
-    found["ir_size_bytes"] = ir_bytes
-    found["exported_ir_acc_int8"] = ir_acc
-    if epochs > 0 and ir_acc is not None:
-        found["acc_int8"] = ir_acc
-    found["torch_size_bytes"] = torch_size_bytes(model)
-    base = _numbers(baseline)
-    base["torch_size_bytes"] = torch_size_bytes(supernet.extract(baseline.arch))
+    found, notes = _numbers(chosen), ([] if best else [NO_FEASIBLE_NOTE])
+    model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes)
+    verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found)
+    notes += _timing_notes(found, latency, out / "model.xml", chosen)
+    if found["exported_ir_int8"]:
+        notes.append(f"exported INT8 IR re-measured on {verify} validation images: "
+                     f"{_scores_text(found['exported_ir_int8'], pipeline)} (search measured {pipeline.metric} "
+                     f"{_fmt(chosen.acc_int8)})")
+    notes += [LATENCY_NOTE, task.usage(model, accuracy.data.resolution)]
+    base = {**_numbers(baseline), "torch_size_bytes": torch_size_bytes(supernet.extract(baseline.arch))}
     target = float(cfg.tau) * float(baseline.acc_fp32)
-    timed = _time_ir(latency, out / "model.xml")
-    if timed is not None:
-        found["exported_ir_latency_ms"], found["exported_ir_ratio"] = timed.latency_ms, timed.ratio
-        notes.append(f"exported IR timed on the profile alongside a0: {timed.latency_ms:.3f} ms, ratio "
-                     f"{timed.ratio:.3f} (search measured {chosen.latency_ratio:.3f})")
-    if ir_acc is not None:
-        notes.append(f"exported INT8 IR re-measured on {verify} validation images: top-1 {ir_acc:.4f} "
-                     f"(search measured {chosen.acc_int8:.4f})")
-    notes += ["latency/throughput: OpenVINO INT8, batch 1, on the profile (median; throughput = 1000 / "
-              "latency). Absolute medians of a0 and the found network come from different moments; the "
-              "speed-up uses the ratio timed alongside a0 (interleaved rounds), robust to machine load",
-              "IR: static input [1, 3, R, R]; run it with `benchmark_app -m model.xml -d CPU -hint latency`"]
     summary = {
-        "setup": {"model": meta["family"], "dataset": cfg.dataset.name, "device profile": cfg.device.name,
-                  "tau": float(cfg.tau), "supernet checkpoint": meta.get("path"), "run": str(run_dir),
-                  "candidates measured": len(candidates)},
+        "setup": {"model": meta["family"], "task": accuracy.task, "dataset": cfg.dataset.name,
+                  "device profile": cfg.device.name, "tau": float(cfg.tau), "supernet checkpoint": meta.get("path"),
+                  "run": str(run_dir), "candidates measured": len(candidates)},
+        "metric": pipeline.metric, "metrics": dict(pipeline.metrics),
         "baseline": base, "found": found, "target": target, "feasible_found": best is not None,
         "speedup": (1.0 / chosen.latency_ratio) if chosen.latency_ratio else None,
         "files": {name: str(out / name) for name in ("arch.json", "model.pt", "model.onnx", "model.xml",
@@ -265,19 +336,75 @@ def export_run(cfg: DictConfig, run_dir: str | Path, setup: Any = None) -> dict[
     from rlnas.report import write_report
 
     write_report(out, summary)
-    _pareto_png(out, baseline, candidates, target, best)
+    _pareto_png(out, baseline, candidates, target, best, pipeline.metric)
     if setup is None and latency is not None:
         latency.close()
     return summary
 
 
+def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: TaskExport, found: dict[str, Any],
+             notes: list[str]) -> nn.Module:
+    """``arch`` prepared as the oracle measured it (BN recalibrated), fine-tuned with the task's
+    distillation from a0 when ``export.finetune_epochs > 0`` (its FP32 accuracy then re-measured)."""
+    model = accuracy.prepare(arch).to(memory_format=torch.contiguous_format)
+    epochs = int(cfg.export.finetune_epochs)
+    if epochs <= 0:
+        return model
+    teacher = accuracy.prepare(a0).to(memory_format=torch.contiguous_format)
+    loss_fn = task.distill(model, float(cfg.export.kd_temperature))
+    model = finetune_distill(model, teacher, accuracy.data, loss_fn, epochs, float(cfg.export.finetune_lr),
+                             int(cfg.export.finetune_batch_size), int(cfg.seed))
+    found["acc_fp32"] = accuracy.fp32_accuracy(model)
+    notes.append(f"fine-tuned {epochs} epoch(s) with distillation from a0; FP32/INT8 {accuracy.metric} re-measured")
+    return model
+
+
+def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, meta: dict[str, Any],
+                     accuracy: Any, task: TaskExport, found: dict[str, Any]) -> int:
+    """Write arch.json, model.pt, model.onnx and the INT8 IR; record sizes and the IR's re-measured
+    INT8 scores in ``found``. Returns how many validation images scored the IR."""
+    pipeline, resolution = accuracy.pipeline, accuracy.data.resolution
+    (out / "arch.json").write_text(json.dumps({"arch": arch.to_dict(), "family": meta["family"],
+                                               "kwargs": meta["kwargs"], "task": accuracy.task,
+                                               "short": arch.short()}, indent=2) + "\n")
+    save_model(model, arch, meta, accuracy, task, out / "model.pt")
+    export_onnx(model, (1, 3, resolution, resolution), out / "model.onnx", int(cfg.export.onnx_opset),
+                pipeline.output_names)
+    verify = accuracy.eval_count if cfg.export.verify_images is None else int(cfg.export.verify_images)
+    ir_bytes, scores = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify)
+    found.update(ir_size_bytes=ir_bytes, torch_size_bytes=torch_size_bytes(model), exported_ir_int8=scores,
+                 exported_ir_acc_int8=scores[pipeline.accuracy_key] if scores else None)
+    if scores and int(cfg.export.finetune_epochs) > 0:
+        found["acc_int8"] = found["exported_ir_acc_int8"]
+    return verify
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _scores_text(scores: dict[str, float], pipeline: TaskPipeline) -> str:
+    """``"mAP@.5 0.4120, mAP@[.5:.95] 0.2011, ..."``: every score with its label."""
+    return ", ".join(f"{label} {_fmt(scores[k])}" for k, label in pipeline.metrics.items() if k in scores)
+
+
+def _timing_notes(found: dict[str, Any], latency: Any, xml: Path, chosen: Measurement) -> list[str]:
+    """Time the exported IR alongside a0 (into ``found``); the note saying so, if it worked."""
+    timed = _time_ir(latency, xml)
+    if timed is None:
+        return []
+    found["exported_ir_latency_ms"], found["exported_ir_ratio"] = timed.latency_ms, timed.ratio
+    return [f"exported IR timed on the profile alongside a0: {timed.latency_ms:.3f} ms, ratio "
+            f"{timed.ratio:.3f} (search measured {chosen.latency_ratio:.3f})"]
+
+
 def _pareto_png(out: Path, baseline: Measurement, candidates: list[Measurement], target: float,
-                best: Measurement | None) -> None:
+                best: Measurement | None, metric: str) -> None:
     import matplotlib.pyplot as plt
 
     from rlnas.report import pareto_figure
 
-    fig = pareto_figure(candidates, baseline, target, best)
+    fig = pareto_figure(candidates, baseline, target, best, metric=metric)
     fig.savefig(out / "pareto.png")
     plt.close(fig)
 
@@ -306,7 +433,7 @@ def _materials(cfg: DictConfig, run_dir: Path, setup: Any) -> tuple[nn.Module, d
     try:
         data = build_data(cfg.dataset, int(cfg.resolution))
         profile = load_profile(cfg)
-    except (DatasetError, SetupError) as err:
+    except (DatasetError, SetupError, FileNotFoundError) as err:
         raise ExportError(str(err)) from err
     store = MeasurementStore(Path(cfg.cache_dir) / "measurements.sqlite")
     return (supernet, meta, build_accuracy_oracle(cfg, supernet, meta, data, store),

@@ -26,9 +26,9 @@ def pareto_front(measurements: Iterable[Measurement]) -> list[Measurement]:
 
 
 def pareto_figure(measurements: Sequence[Measurement], baseline: Measurement, target: float,
-                  best: Measurement | None = None, title: str = ""):
+                  best: Measurement | None = None, title: str = "", metric: str = "top-1 accuracy"):
     """Matplotlib figure: every candidate, the Pareto front, a0, the accuracy target and the best
-    feasible architecture."""
+    feasible architecture; ``metric`` labels the accuracy axis (e.g. ``mAP@.5``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +52,7 @@ def pareto_figure(measurements: Sequence[Measurement], baseline: Measurement, ta
                    edgecolors="tab:red", lw=2, label="best feasible")
     ax.axhline(target, ls="--", c="tab:red", lw=1, label="accuracy target")
     ax.set_xlabel("INT8 latency / a0 INT8 latency")
-    ax.set_ylabel("INT8 top-1 accuracy")
+    ax.set_ylabel(f"INT8 {metric}")
     ax.set_title(title or f"{len(ok)} measured architectures")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -100,7 +100,8 @@ def write_report(out_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Pa
     """Write ``report.json`` (the summary as is) and ``report.md`` (its human-readable form).
 
     ``summary`` keys: ``baseline`` and ``found`` (dicts of numbers), ``setup`` (profile, dataset,
-    tau...), ``files`` (name -> path), ``notes`` (list of strings).
+    tau...), ``files`` (name -> path), ``notes`` (list of strings), ``metric`` (the accuracy's
+    label, e.g. ``top-1`` or ``mAP@.5``; default ``accuracy``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,10 +112,12 @@ def write_report(out_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Pa
     return md_path, json_path
 
 
+#: (label, key, format); ``{metric}`` in a label is the accuracy's name (top-1, mAP@.5...)
 _REPORT_FIELDS = [
     ("architecture", "arch", None),
-    ("FP32 accuracy", "acc_fp32", ".4f"),
-    ("INT8 accuracy", "acc_int8", ".4f"),
+    ("FP32 {metric}", "acc_fp32", ".4f"),
+    ("INT8 {metric}", "acc_int8", ".4f"),
+    ("INT8 {metric} of the exported IR", "exported_ir_acc_int8", ".4f"),
     ("INT8 latency (ms, profile)", "latency_ms", ".3f"),
     ("a0 INT8 latency timed alongside (ms)", "ref_latency_ms", ".3f"),
     ("INT8 throughput (FPS, batch 1)", "throughput_fps", ".1f"),
@@ -128,10 +131,12 @@ _REPORT_FIELDS = [
 
 def _markdown(summary: dict[str, Any]) -> str:
     base, found = summary.get("baseline", {}), summary.get("found", {})
+    metric = summary.get("metric", "accuracy")
     rows = []
     for label, key, spec in _REPORT_FIELDS:
         cell = [base.get(key), found.get(key)]
-        rows.append([label] + [("-" if v is None else (format(v, spec) if spec else str(v))) for v in cell])
+        rows.append([label.format(metric=metric)]
+                    + [("-" if v is None else (format(v, spec) if spec else str(v))) for v in cell])
     lines = ["# rlnas search result", ""]
     setup = summary.get("setup", {})
     if setup:
@@ -139,7 +144,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines += [tabulate(rows, headers=["", "a0 (original)", "found"], tablefmt="github"), ""]
     if summary.get("speedup"):
         lines += [f"**INT8 speed-up on the profile: {summary['speedup']:.2f}x** "
-                  f"(accuracy target {summary.get('target', float('nan')):.4f}).", ""]
+                  f"(target: INT8 {metric} >= {summary.get('target', float('nan')):.4f}).", ""]
     files = summary.get("files", {})
     if files:
         lines += ["## Files", ""] + [f"- `{k}`: {v}" for k, v in files.items()] + [""]

@@ -90,7 +90,7 @@ def test_int8_evaluation_runs_the_quantized_model(trained) -> None:
     with torch.no_grad():  # a deliberately broken network: classes shifted by one
         model.fc.weight.copy_(model.fc.weight.roll(1, 0))
         model.fc.bias.copy_(model.fc.bias.roll(1, 0))
-    broken = compile_cpu(quantize_int8(convert_to_openvino(model, 16), oracle._calibration()), 24, 16)
+    broken = compile_cpu(quantize_int8(convert_to_openvino(model, 16), oracle.calibration()), 24, 16)
     assert oracle.int8_accuracy(broken) < acc_int8 - 0.4
 
 

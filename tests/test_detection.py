@@ -292,3 +292,144 @@ def test_detection_training_resumes_and_writes_a_loadable_supernet(tmp_path: Pat
     assert meta["steps"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
     assert {"val_acc_max", "val_map_max", "val_acc_min", "val_map_min"} <= set(meta["final"])
     assert all(math.isfinite(v) for h in meta["history"] for v in h["losses"].values())
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _label_with_own_detections(model: torch.nn.Module, data, root: Path) -> int:
+    """Overwrite the YOLO labels of the training images under ``root`` with ``model``'s FP32
+    detections (batched as the mAP evaluation batches), so that its FP32 mAP is about 1 and its
+    INT8 mAP measures what quantization changed. Returns the number of boxes written."""
+    written, seen = 0, 0
+    with torch.no_grad():
+        for images, _ in data.loader("val", 16):
+            for det in postprocess(*model(images), model.priors):
+                record = data.val.records[seen]
+                xy, wh = (det["boxes"][:, :2] + det["boxes"][:, 2:]) / 2, det["boxes"][:, 2:] - det["boxes"][:, :2]
+                rows = [f"{int(c) - 1} {x:.7f} {y:.7f} {w:.7f} {h:.7f}"
+                        for c, (x, y), (w, h) in zip(det["labels"], xy.tolist(), wh.tolist(), strict=True)]
+                (root / "labels" / "train" / f"{record.path.stem}.txt").write_text("\n".join(rows) + "\n")
+                written, seen = written + len(rows), seen + 1
+    return written
+
+
+class _FixedLatency:
+    """Latency oracle stand-in: a0 takes 2 ms, any other architecture 1 ms (ratio 0.5)."""
+
+    def __init__(self, a0) -> None:
+        self.a0 = a0
+
+    def measure(self, model, input_shape, precision="int8", model_key=None):
+        from types import SimpleNamespace
+
+        ms = 2.0 if self.a0.to_json() in model_key else 1.0
+        return SimpleNamespace(status="ok", latency_ms=ms, ref_latency_ms=2.0, ratio=ms / 2.0,
+                               throughput_fps=1000.0 / ms, ir_path=None, ir_size_bytes=None, cached=False)
+
+
+def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
+    """A run of ssd_tiny on 3 self-labelled images exported: the IR is the INT8 network alone and
+    scores what the oracle measured; model.pt, ONNX and the IR agree; the report speaks mAP."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import openvino as ov
+    from hydra import compose, initialize_config_dir
+
+    import rlnas
+    from rlnas.export import export_run, load_exported
+    from rlnas.oracles.accuracy import AccuracyOracle
+    from rlnas.oracles.evaluator import Evaluator
+
+    supernet, root, run = copy.deepcopy(tiny_ssd), tmp_path / "data", tmp_path / "run"
+    _tiny_yolo(root)
+    dataset = {"format": "yolo", "root": str(root), "train_split": "train", "val_split": "train", "num_classes": 3}
+
+    def oracle() -> AccuracyOracle:
+        data = build_detection_data(dataset, 32)
+        return AccuracyOracle(supernet, data, None, "test", recal_images=3, calib_images=3, threads=1)
+
+    a0, arch = supernet.space.max_arch(), _tiny_archs(supernet)[2]
+    labelling = oracle()
+    assert _label_with_own_detections(labelling.prepare(arch), labelling.data, root) > 10
+    accuracy = oracle()  # reads the new labels
+    evaluator = Evaluator(supernet, _FixedLatency(a0), accuracy, (1, 3, 32, 32), tau=0.0,
+                          history_path=run / "evaluations.jsonl")
+    measured = evaluator.evaluate(arch)
+    assert measured.feasible and measured.acc_fp32 > 0.95  # its own detections (a few clamped to zero area)
+    assert 0.2 < measured.acc_int8 <= 1.0
+
+    with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["model=ssd_tiny", "dataset=coco128", "device=host", "tau=0.0",
+                                                       "export.calib_images=3"])
+    meta = {"family": "ssd_tiny", "kwargs": {"num_classes": 3}, "path": None}
+    summary = export_run(cfg, run, setup=SimpleNamespace(supernet=supernet, meta=meta, accuracy=accuracy,
+                                                         latency=None))
+    out = Path(summary["out_dir"])
+
+    # report: mAP, re-measured on the saved IR by the oracle's pipeline = what the search measured
+    report = json.loads((out / "report.json").read_text())
+    found = report["found"]
+    assert report["metric"] == "mAP@.5" and report["setup"]["task"] == "detection"
+    assert found["arch_json"] == arch.to_json() and found["acc_fp32"] == measured.acc_fp32
+    assert set(found["exported_ir_int8"]) == {"map", "map50", "map75"}
+    assert found["exported_ir_acc_int8"] == found["exported_ir_int8"]["map50"]
+    assert found["exported_ir_acc_int8"] == pytest.approx(measured.acc_int8, abs=1e-6)
+    assert 0.0 < found["exported_ir_int8"]["map"] <= found["exported_ir_acc_int8"]
+    markdown = (out / "report.md").read_text()
+    assert "INT8 mAP@.5" in markdown and "top-1" not in markdown and "postprocess" in markdown
+
+    # model.pt: the recalibrated network; ONNX: the same function with a dynamic batch
+    model = load_exported(out / "model.pt")
+    assert torch.equal(model.priors, supernet.priors)
+    x = torch.stack([labelling.data.val[i][0] for i in range(3)])
+    with torch.no_grad():
+        ref = model(x)
+        prepared = accuracy.prepare(arch)(x)
+    for got, want in zip(ref, prepared, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+    core = ov.Core()
+    onnx = core.compile_model(core.read_model(out / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = onnx(x.numpy())
+    for name, want in zip(("loc", "conf"), ref, strict=True):
+        np.testing.assert_allclose(result[onnx.output(name)], want.numpy(), rtol=1e-3, atol=1e-3)
+
+    # IR: INT8, static [1, 3, 32, 32], raw loc/conf only (no decoding or NMS in the graph)
+    ir_model = core.read_model(out / "model.xml")
+    assert list(ir_model.input(0).get_shape()) == [1, 3, 32, 32]
+    ops = {op.get_type_name() for op in ir_model.get_ops()}
+    assert "FakeQuantize" in ops and not ops & {"NonMaxSuppression", "NMSRotated", "DetectionOutput"}
+    ir = core.compile_model(ir_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    out1 = ir(x[:1].numpy())
+    loc, conf = (out1[ir.output(name)] for name in ("loc", "conf"))
+    assert loc.shape == (1, 96, 4) and conf.shape == (1, 96, 4)
+    for got, want in ((loc, ref[0][:1]), (conf, ref[1][:1])):
+        assert not np.allclose(got, want.numpy(), atol=1e-6)  # quantized, not the FP32 graph
+        assert np.corrcoef(got.ravel(), want.numpy().ravel())[0, 1] > 0.9
+    dets = postprocess(torch.from_numpy(loc), torch.from_numpy(conf), model.priors)[0]
+    assert len(dets["boxes"]) > 0 and dets["labels"].min() >= 1
+
+
+def test_detection_finetune_distils_from_a0(tiny_ssd, tmp_path: Path) -> None:
+    """export.finetune_epochs on a detector: the trainer's distillation (class scores and matched
+    offsets) drives the SGD steps."""
+    from rlnas.export import EXPORT_TASKS, finetune_distill
+
+    _tiny_yolo(tmp_path)
+    data = build_detection_data({"format": "yolo", "root": str(tmp_path), "train_split": "train",
+                                 "val_split": "train", "num_classes": 3}, 32)
+    teacher = tiny_ssd.extract(tiny_ssd.space.max_arch()).eval()
+    student = tiny_ssd.extract(tiny_ssd.space.min_arch()).eval()
+    loss_fn = EXPORT_TASKS["detection"].distill(student, 1.0)
+    x, targets = next(iter(data.loader("calib", 3)))
+    with torch.no_grad():
+        assert loss_fn(student(x), student(x), targets).item() == pytest.approx(0.0, abs=1e-6)
+    loss_fn(student(x), teacher(x), targets).backward()
+    for heads in (student.loc_heads, student.conf_heads):  # offsets of matched priors, class scores
+        assert any(h.weight.grad.abs().sum() > 0 for h in heads)
+    before = copy.deepcopy(student.state_dict())
+    finetune_distill(student, teacher, data, loss_fn, epochs=1, lr=1e-4, batch_size=3)
+    after = student.state_dict()
+    assert not student.training and not torch.equal(after["conf_heads.0.weight"], before["conf_heads.0.weight"])
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())

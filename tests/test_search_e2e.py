@@ -40,7 +40,9 @@ def _image_folder(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    overrides = ["experiment=tiny", f"cache_dir={root / 'cache'}", "device=host", "logging.progress=false"]
+    # fp32_images=0: candidates skip the FP32 pass (acc_fp32 None), as the full experiments do
+    overrides = ["experiment=tiny", f"cache_dir={root / 'cache'}", "device=host", "logging.progress=false",
+                 "accuracy.fp32_images=0"]
     if not (REPO / "data" / "cifar10" / "train").is_dir():
         overrides.append(f"dataset.root={_image_folder(root / 'images')}")
     return root, overrides

@@ -110,14 +110,11 @@ def convert_detector(module: nn.Module, image_size: int) -> Any:
     return ov_model
 
 
-def quantize_detector(ov_model: Any, calibration: Iterable[Batch], num_images: int) -> Any:
-    """INT8 ``ov.Model`` by NNCF post-training quantization on the first ``num_images`` images of
-    ``calibration`` (``(images, targets)`` batches), with the accuracy oracle's NNCF settings."""
-    from rlnas.oracles.accuracy import quantize_int8, quiet
-
-    arrays = [images.numpy() for images, _ in calibration][: max(1, num_images)]
-    with quiet():
-        return quantize_int8(ov_model, arrays)
+def calibration_arrays(data: DetectionData, num_images: int) -> list[np.ndarray]:
+    """The first ``num_images`` un-augmented training images as batch-1 arrays: the INT8
+    calibration set of every detector quantization (oracle and export alike)."""
+    n = min(num_images, len(data.calib))
+    return [images.numpy() for images, _ in data.loader("calib", 1, max_images=n)]
 
 
 def compile_detector(ov_model: Any, image_size: int, inference_precision: str = "f32",
@@ -147,10 +144,12 @@ def export_int8(model: nn.Module, arch: Arch | None, data: DetectionData, *, cal
     """
     import openvino as ov
 
+    from rlnas.oracles.accuracy import quantize_int8, quiet
+
     plain = model.extract(arch) if isinstance(model, Supernet) else model
     ov_model = convert_detector(plain, data.image_size)
-    n = min(calib_images, len(data.calib))
-    quantized = quantize_detector(ov_model, data.loader("calib", 1, max_images=n), n)
+    with quiet():
+        quantized = quantize_int8(ov_model, calibration_arrays(data, calib_images))
     if ir_path is not None:
         ov.save_model(quantized, str(ir_path))
     return quantized
@@ -170,6 +169,16 @@ def evaluate_detection_int8(model: nn.Module, arch: Arch | None, data: Detection
     priors = priors_of(model) if priors is None else priors
     quantized = export_int8(model, arch, data, calib_images=calib_images, ir_path=ir_path)
     compiled = compile_detector(quantized, data.image_size, inference_precision, threads)
+    return evaluate_compiled(compiled, data, priors, split=split, max_images=max_images, post=post)
+
+
+def evaluate_compiled(compiled: Any, data: DetectionData, priors: torch.Tensor, *, split: str = "val",
+                      max_images: int | None = None, post: PostProcess | None = None) -> dict[str, float]:
+    """COCO mAP of a compiled OpenVINO detector (static batch 1, outputs ``loc`` and ``conf``) on
+    the first ``max_images`` images of ``split``; decoding and NMS run in PyTorch.
+
+    :returns: ``{"map", "map50", "map75"}`` as :func:`evaluate_detection`.
+    """
     loader = data.loader(split, 1, max_images=max_images)
     return score_batches(_openvino_outputs(compiled, loader), priors, post)
 

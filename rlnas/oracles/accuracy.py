@@ -15,19 +15,25 @@ Pipeline of :meth:`AccuracyOracle.evaluate` on a cache miss (classification):
 
 Results, failures included, go to the :class:`~rlnas.oracles.store.MeasurementStore` (kind
 ``accuracy``) under a key holding the supernet's ``checkpoint_id``, the architecture, the data
-identity, every size and seed, the host ISA and library versions. Evaluation is dispatched on
-``supernet.task`` (:data:`TASK_PIPELINES`), so detection plugs in its own pipeline.
+identity, every size and seed, the host ISA and library versions.
+
+Everything task-specific is a :class:`TaskPipeline` in :data:`TASK_PIPELINES`, picked by
+``supernet.task``: calling it measures one architecture, and its steps (recalibrate, FP32 scores,
+calibration images, convert, compile, INT8 scores) back the oracle's public methods, which the
+export uses to build and check its INT8 IR exactly as the search measured it. Detection
+(:class:`DetectionPipeline`) scores COCO mAP, mAP@.5 being the accuracy.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import io
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -239,7 +245,8 @@ class AccuracyOracle:
 
     :param supernet: trained :class:`~rlnas.spaces.base.Supernet` (never modified).
     :param data: the dataset object (:class:`~rlnas.data.classification.ClassificationData` for
-        classification) at the resolution the supernet was trained for.
+        classification, :class:`~rlnas.data.detection.DetectionData` for detection) at the
+        resolution the supernet was trained for.
     :param store: a :class:`MeasurementStore`, a path to one, or None (no caching).
     :param checkpoint_id: the supernet checkpoint's content hash (``meta["checkpoint_id"]``).
     :param recal_images: training images for BN recalibration (0: keep the supernet's statistics).
@@ -302,12 +309,31 @@ class AccuracyOracle:
         """Everything that changes the numbers of ``arch``."""
         self.supernet.space.validate(arch)
         return {"protocol": PROTOCOL, "task": self.task, "checkpoint_id": self.checkpoint_id,
-                "arch": arch.to_json(), "data": self._data_identity(), "eval_images": self._eval_count(),
+                "arch": arch.to_json(), "data": self._data_identity(), "eval_images": self.eval_count,
                 "fp32_images": self._fp32_count(arch), "recal_images": self.recal_images,
                 "recal_seed": RECAL_SEED, "calib_images": self.calib_images, "calib_seed": CALIB_SEED,
                 "calib_batch_size": self.calib_batch_size, "batch_size": self.batch_size,
                 "threads": self.threads, "inference_precision": self.inference_precision,
                 "isa": self._isa, "versions": self.versions}
+
+    @property
+    def pipeline(self) -> TaskPipeline:
+        """The :class:`TaskPipeline` of this oracle's task (ValueError naming the known tasks)."""
+        pipeline = TASK_PIPELINES.get(self.task)
+        if pipeline is None:
+            raise ValueError(f"no accuracy pipeline for task {self.task!r}; known: {sorted(TASK_PIPELINES)}")
+        return pipeline
+
+    @property
+    def metric(self) -> str:
+        """Label of the accuracy this oracle reports, e.g. ``top-1`` or ``mAP@.5``."""
+        return self.pipeline.metric
+
+    @property
+    def eval_count(self) -> int:
+        """Validation images scored: ``eval_images`` capped at the split's size (None: all)."""
+        total = len(self.data.val)
+        return total if self.eval_images is None else min(int(self.eval_images), total)
 
     def prepare(self, arch: Arch) -> nn.Module:
         """``arch`` extracted from the supernet with recalibrated BN statistics, in eval mode."""
@@ -315,28 +341,42 @@ class AccuracyOracle:
 
     def recalibrate(self, model: nn.Module) -> nn.Module:
         """Re-estimate the BN statistics of an extracted model on ``recal_images`` training images."""
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.recal_images > 0:
-            images = self.data.train_subset(self.recal_images, RECAL_SEED)
-            recalibrate_bn(model, self.data.batches(images, self.batch_size), self.channels_last)
-        return model.eval()
+        return self.pipeline.recalibrate(self, model)
+
+    def fp32_scores(self, model: nn.Module, count: int | None = None) -> dict[str, float]:
+        """PyTorch scores (keys of ``pipeline.metrics``) of a prepared model on ``count``
+        validation images (None: the evaluation set)."""
+        return self.pipeline.fp32_scores(self, model, self.eval_count if count is None else count)
 
     def fp32_accuracy(self, model: nn.Module, count: int | None = None) -> float:
-        """PyTorch top-1 of a prepared model on ``count`` validation images (None: the eval set)."""
-        images, labels = self.data.val_images(self._eval_count() if count is None else count)
-        return torch_top1(model, self.data.batches(images, self.batch_size), labels, self.channels_last)
+        """The accuracy (top-1, mAP@.5...) among :meth:`fp32_scores`."""
+        return self.fp32_scores(model, count)[self.pipeline.accuracy_key]
+
+    def calibration(self, count: int | None = None) -> list[np.ndarray]:
+        """INT8 calibration inputs: ``count`` real training images (None: ``calib_images``)."""
+        return self.pipeline.calibration(self, self.calib_images if count is None else count)
+
+    def quantize(self, model: nn.Module, calib_images: int | None = None) -> Any:
+        """Convert a prepared model and quantize it by NNCF on real calibration images
+        (:meth:`calibration`): the INT8 ``ov.Model``, dynamic batch."""
+        with quiet():
+            return quantize_int8(self.pipeline.convert(self, model), self.calibration(calib_images))
+
+    def compile(self, ov_model: Any) -> Any:
+        """Compile an ``ov.Model`` for CPU as evaluation runs it (static batch, explicit precision)."""
+        return self.pipeline.compile(self, ov_model)
 
     def build_int8(self, model: nn.Module) -> Any:
         """Convert, quantize with real calibration images and compile a prepared model."""
-        with quiet():
-            quantized = quantize_int8(convert_to_openvino(model, self.data.resolution), self._calibration())
-        return compile_cpu(quantized, self.batch_size, self.data.resolution, self.inference_precision, self.threads)
+        return self.compile(self.quantize(model))
 
-    def int8_accuracy(self, compiled: Any) -> float:
-        """OpenVINO top-1 of a compiled model on the evaluation images."""
-        images, labels = self.data.val_images(self._eval_count())
-        return openvino_top1(compiled, self.data.batches(images, self.batch_size), labels)
+    def int8_scores(self, compiled: Any, count: int | None = None) -> dict[str, float]:
+        """OpenVINO scores of a compiled model on ``count`` validation images (None: the evaluation set)."""
+        return self.pipeline.int8_scores(self, compiled, self.eval_count if count is None else count)
+
+    def int8_accuracy(self, compiled: Any, count: int | None = None) -> float:
+        """The accuracy among :meth:`int8_scores`."""
+        return self.int8_scores(compiled, count)[self.pipeline.accuracy_key]
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -353,10 +393,10 @@ class AccuracyOracle:
         return result
 
     def _measure(self, arch: Arch) -> AccuracyResult:
-        pipeline = TASK_PIPELINES.get(self.task)
-        if pipeline is None:
-            return AccuracyResult("failed", f"no accuracy pipeline for task {self.task!r}; "
-                                            f"known: {sorted(TASK_PIPELINES)}")
+        try:
+            pipeline = self.pipeline
+        except ValueError as err:
+            return AccuracyResult("failed", str(err))
         stage = _Stage()
         start = time.perf_counter()
         try:
@@ -368,18 +408,10 @@ class AccuracyOracle:
         result.stage_seconds = {**stage.seconds, "total": time.perf_counter() - start}
         return result
 
-    def _calibration(self) -> list[np.ndarray]:
-        images = self.data.train_subset(self.calib_images, CALIB_SEED)
-        return [x.numpy() for x in self.data.batches(images, self.calib_batch_size)]
-
-    def _eval_count(self) -> int:
-        total = len(self.data.val)
-        return total if self.eval_images is None else min(int(self.eval_images), total)
-
     def _fp32_count(self, arch: Arch) -> int:
         if self.fp32_images is None or arch == self.supernet.space.max_arch():
-            return self._eval_count()
-        return min(int(self.fp32_images), self._eval_count())
+            return self.eval_count
+        return min(int(self.fp32_images), self.eval_count)
 
     def _data_identity(self) -> dict[str, Any]:
         identity = getattr(self.data, "identity", None)
@@ -388,47 +420,161 @@ class AccuracyOracle:
         return {"type": type(self.data).__name__, "repr": repr(self.data)}
 
 
-def classification_pipeline(oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
-    """Recalibrate, FP32 top-1 in PyTorch, INT8 top-1 in OpenVINO (see the module docstring)."""
-    with stage("extract"):
-        model = oracle.supernet.extract(arch)
-    with stage("recalibrate"):
-        model = oracle.recalibrate(model)
-    acc_fp32 = None
-    fp32_count = oracle._fp32_count(arch)
-    if fp32_count > 0:
-        with stage("eval_fp32"):
-            acc_fp32 = oracle.fp32_accuracy(model, fp32_count)
-    with stage("convert"), quiet():
-        ov_model = convert_to_openvino(model, oracle.data.resolution)
-    with stage("quantize"), quiet():
-        quantized = quantize_int8(ov_model, oracle._calibration())
-    with stage("compile"):
-        compiled = compile_cpu(quantized, oracle.batch_size, oracle.data.resolution,
-                               oracle.inference_precision, oracle.threads)
-    with stage("eval_int8"):
-        acc_int8 = oracle.int8_accuracy(compiled)
-    details = {"eval_images": oracle._eval_count(), "fp32_images": fp32_count,
-               "int8_primitives": int8_primitive_count(compiled)}
-    return AccuracyResult("ok", "", acc_fp32, acc_int8, details=details)
+class TaskPipeline(abc.ABC):
+    """How accuracy is measured for one ``supernet.task`` (one instance per task in
+    :data:`TASK_PIPELINES`). Calling it measures one architecture for the oracle (timing its
+    stages); the other methods are the steps, reached through the oracle's public methods.
+
+    ``metrics`` maps score keys to labels, the accuracy (the search's constraint) first;
+    ``output_names`` names the network's outputs in ONNX and the IR.
+    """
+
+    metrics: dict[str, str]
+    output_names: tuple[str, ...]
+
+    @property
+    def accuracy_key(self) -> str:
+        """The score key of the accuracy, e.g. ``top1`` or ``map50``."""
+        return next(iter(self.metrics))
+
+    @property
+    def metric(self) -> str:
+        """The accuracy's label, e.g. ``top-1`` or ``mAP@.5``."""
+        return self.metrics[self.accuracy_key]
+
+    def __call__(self, oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
+        """Extract, recalibrate, FP32 in PyTorch, convert, quantize, compile, INT8 in OpenVINO."""
+        with stage("extract"):
+            model = oracle.supernet.extract(arch)
+        with stage("recalibrate"):
+            model = oracle.recalibrate(model)
+        acc_fp32 = None
+        fp32_count = oracle._fp32_count(arch)
+        if fp32_count > 0:
+            with stage("eval_fp32"):
+                acc_fp32 = oracle.fp32_accuracy(model, fp32_count)
+        with stage("convert"), quiet():
+            ov_model = self.convert(oracle, model)
+        with stage("quantize"), quiet():
+            quantized = quantize_int8(ov_model, oracle.calibration())
+        with stage("compile"):
+            compiled = oracle.compile(quantized)
+        with stage("eval_int8"):
+            acc_int8 = oracle.int8_accuracy(compiled)
+        details = {"eval_images": oracle.eval_count, "fp32_images": fp32_count,
+                   "int8_primitives": int8_primitive_count(compiled)}
+        return AccuracyResult("ok", "", acc_fp32, acc_int8, details=details)
+
+    @abc.abstractmethod
+    def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
+        """BN statistics of an extracted model re-estimated on training images; eval mode."""
+
+    @abc.abstractmethod
+    def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
+        """Scores (keys of ``metrics``) of a PyTorch model on ``count`` validation images."""
+
+    @abc.abstractmethod
+    def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
+        """``count`` real training images as NNCF calibration batches."""
+
+    @abc.abstractmethod
+    def convert(self, oracle: AccuracyOracle, model: nn.Module) -> Any:
+        """The FP32 ``ov.Model`` of a prepared model (dynamic batch)."""
+
+    @abc.abstractmethod
+    def compile(self, oracle: AccuracyOracle, ov_model: Any) -> Any:
+        """``ov_model`` compiled for CPU with the static batch :meth:`int8_scores` feeds."""
+
+    @abc.abstractmethod
+    def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
+        """Scores of a compiled OpenVINO model on ``count`` validation images."""
 
 
-def detection_pipeline(oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
-    """Detection: delegated to :func:`rlnas.detection.evaluate.detection_accuracy` (mAP@.5 as
-    the accuracy, mAP@[.5:.95] in ``details``); the supernet's BN buffers are restored after."""
-    from rlnas.detection.evaluate import detection_accuracy
+class ClassificationPipeline(TaskPipeline):
+    """Top-1 (see the module docstring): seeded training subsets for BN recalibration and INT8
+    calibration, batched evaluation."""
 
-    with stage("detection"), preserved_bn_state(oracle.supernet):
-        out = detection_accuracy(oracle.supernet, arch, oracle.data, recal_images=oracle.recal_images,
-                                 calib_images=oracle.calib_images, eval_images=oracle.eval_images,
-                                 inference_precision=oracle.inference_precision, threads=oracle.threads)
-    stage.seconds.update(out.get("stage_seconds", {}))
-    details = {k: v for k, v in out.items() if k not in ("stage_seconds", "map50", "map50_int8")}
-    return AccuracyResult("ok", "", out["map50"], out["map50_int8"], details=details)
+    metrics = {"top1": "top-1"}
+    output_names = ("logits",)
+
+    def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
+        if oracle.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if oracle.recal_images > 0:
+            images = oracle.data.train_subset(oracle.recal_images, RECAL_SEED)
+            recalibrate_bn(model, oracle.data.batches(images, oracle.batch_size), oracle.channels_last)
+        return model.eval()
+
+    def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
+        images, labels = oracle.data.val_images(count)
+        return {"top1": torch_top1(model, oracle.data.batches(images, oracle.batch_size), labels,
+                                   oracle.channels_last)}
+
+    def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
+        images = oracle.data.train_subset(count, CALIB_SEED)
+        return [x.numpy() for x in oracle.data.batches(images, oracle.calib_batch_size)]
+
+    def convert(self, oracle: AccuracyOracle, model: nn.Module) -> Any:
+        return convert_to_openvino(model, oracle.data.resolution)
+
+    def compile(self, oracle: AccuracyOracle, ov_model: Any) -> Any:
+        return compile_cpu(ov_model, oracle.batch_size, oracle.data.resolution, oracle.inference_precision,
+                           oracle.threads)
+
+    def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
+        images, labels = oracle.data.val_images(count)
+        return {"top1": openvino_top1(compiled, oracle.data.batches(images, oracle.batch_size), labels)}
 
 
-#: ``supernet.task`` -> pipeline ``(oracle, arch, stage) -> AccuracyResult``
-TASK_PIPELINES: dict[str, Callable[[AccuracyOracle, Arch, _Stage], AccuracyResult]] = {
-    "classification": classification_pipeline,
-    "detection": detection_pipeline,
+def _det() -> Any:
+    """:mod:`rlnas.detection.evaluate`, imported on first use (it imports this module)."""
+    from rlnas.detection import evaluate
+
+    return evaluate
+
+
+class DetectionPipeline(TaskPipeline):
+    """COCO mAP with :mod:`rlnas.detection.evaluate` (mAP@.5 is the accuracy): only the network
+    (raw ``loc``/``conf``) is converted and quantized, at batch 1 on the first images of each
+    split; decoding and NMS run in PyTorch."""
+
+    metrics = {"map50": "mAP@.5", "map": "mAP@[.5:.95]", "map75": "mAP@.75"}
+    output_names = ("loc", "conf")
+
+    def __call__(self, oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
+        """Delegated to :func:`rlnas.detection.evaluate.detection_accuracy` (the same steps as
+        below; mAP@[.5:.95] in ``details``); the supernet's BN buffers are restored after."""
+        with stage("detection"), preserved_bn_state(oracle.supernet):
+            out = _det().detection_accuracy(
+                oracle.supernet, arch, oracle.data, recal_images=oracle.recal_images,
+                calib_images=oracle.calib_images, eval_images=oracle.eval_images,
+                inference_precision=oracle.inference_precision, threads=oracle.threads)
+        stage.seconds.update(out.get("stage_seconds", {}))
+        details = {k: v for k, v in out.items() if k not in ("stage_seconds", "map50", "map50_int8")}
+        return AccuracyResult("ok", "", out["map50"], out["map50_int8"], details=details)
+
+    def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
+        return _det().recalibrate(model, oracle.data, oracle.recal_images)
+
+    def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
+        return _det().evaluate_detection(model, None, oracle.data, max_images=count)
+
+    def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
+        return _det().calibration_arrays(oracle.data, count)
+
+    def convert(self, oracle: AccuracyOracle, model: nn.Module) -> Any:
+        return _det().convert_detector(model, oracle.data.image_size)
+
+    def compile(self, oracle: AccuracyOracle, ov_model: Any) -> Any:
+        return _det().compile_detector(ov_model, oracle.data.image_size, oracle.inference_precision, oracle.threads)
+
+    def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
+        det = _det()
+        return det.evaluate_compiled(compiled, oracle.data, det.priors_of(oracle.supernet), max_images=count)
+
+
+#: ``supernet.task`` -> its :class:`TaskPipeline`
+TASK_PIPELINES: dict[str, TaskPipeline] = {
+    "classification": ClassificationPipeline(),
+    "detection": DetectionPipeline(),
 }

@@ -62,7 +62,8 @@ class TensorBoardLogger:
         if m.ok:
             w.add_scalar("search/latency_ratio", m.latency_ratio, step)
             w.add_scalar("search/acc_int8", m.acc_int8, step)
-            w.add_scalar("search/acc_fp32", m.acc_fp32, step)
+            if m.acc_fp32 is not None:  # None with accuracy.fp32_images=0 (candidates skip FP32)
+                w.add_scalar("search/acc_fp32", m.acc_fp32, step)
         best = evaluator.best_feasible()
         if best is not None:
             w.add_scalar("search/best_feasible_latency_ratio", best.latency_ratio, step)
@@ -87,8 +88,9 @@ class TensorBoardLogger:
     def add_pareto(self, evaluator: Evaluator) -> None:
         import matplotlib.pyplot as plt
 
+        metric = getattr(evaluator.accuracy_oracle, "metric", "top-1")
         fig = pareto_figure(evaluator.history, evaluator.baseline, evaluator.target_accuracy,
-                            evaluator.best_feasible())
+                            evaluator.best_feasible(), metric=f"{metric} accuracy")
         self.writer.add_figure("search/pareto_front", fig, evaluator.unique_evaluations)
         plt.close(fig)
 
