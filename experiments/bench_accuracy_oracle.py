@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlnas.data import build_data
+import rlnas
 from rlnas.oracles.accuracy import AccuracyOracle
 from rlnas.oracles.store import MeasurementStore
 from rlnas.spaces import create_supernet
 from rlnas.supernet import load_supernet
 from rlnas.supernet.train import Phase, Recipe, make_optimizer, phase_space, sandwich, train_step
+from rlnas.tasks import build_data
 
 STAGES = ("extract", "recalibrate", "eval_fp32", "convert", "quantize", "compile", "eval_int8", "total")
 TARGET_S = 15.0
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50")
     p.add_argument("--stem", default="imagenet", help="imagenet (7x7/2 + max pool) or cifar (stride 1, no pool)")
-    p.add_argument("--dataset", default="conf/dataset/cifar10.yaml")
+    p.add_argument("--dataset", default=str(rlnas.CONF_DIR / "dataset" / "cifar10.yaml"))
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--checkpoint", help="a trained supernet.pt (or its directory)")
     p.add_argument("--candidates", type=int, default=5, help="a0, min, then random archs")

@@ -31,7 +31,9 @@ from typing import Any
 from tabulate import tabulate
 
 from rlnas.data.detection import build_detection_data
-from rlnas.oracles import LatencyOracle, QuantizationConfig, TimingConfig, list_profiles, load_profile
+from rlnas.oracles.device import list_profiles, load_profile
+from rlnas.oracles.latency import LatencyOracle, QuantizationConfig
+from rlnas.oracles.worker import TimingConfig
 from rlnas.spaces import create_supernet
 from rlnas.spaces.ssd import ElasticSSD  # noqa: F401  (registers the SSD families until __init__ imports it)
 

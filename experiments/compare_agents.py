@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from tabulate import tabulate
 
 import rlnas
-from rlnas.search.app import build_setup
+from rlnas.runsetup import build_setup
 
 AGENTS = ("ppo", "random", "evolution")
 #: quick mode: a population smaller than the budget, or evolution never gets past initialisation

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rlnas.data import build_data
 from rlnas.spaces import create_supernet
 from rlnas.supernet import load_supernet
 from rlnas.supernet.train import (
@@ -49,6 +48,7 @@ from rlnas.supernet.train import (
     train_step,
     train_supernet,
 )
+from rlnas.tasks import build_data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

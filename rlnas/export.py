@@ -19,7 +19,7 @@ The numbers come from the run's measurements (the oracles' cache); the saved IR'
 measured again (``export.verify_images``) by the accuracy oracle's own task pipeline
 (:class:`~rlnas.oracles.accuracy.TaskPipeline`), which also converts and calibrates it, so the
 artefact is checked exactly as the search measured. What else differs by task (distillation loss,
-``model.pt`` metadata, how to run the IR) is :data:`EXPORT_TASKS`. Overrides after ``run=`` change
+``model.pt`` metadata, how to run the IR) is in the task registry (:mod:`rlnas.tasks`). Overrides after ``run=`` change
 the run's saved config, e.g. ``rlnas-export run=<dir> export.finetune_epochs=2``.
 """
 
@@ -32,20 +32,30 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import openvino as ov
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
 from rlnas.arch import Arch
-from rlnas.oracles.evaluator import Measurement, read_history
-
-if TYPE_CHECKING:
-    from rlnas.oracles.accuracy import TaskPipeline
+from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, run_finalists, save_int8_ir, teacher_of
+from rlnas.oracles.accuracy import TaskPipeline
+from rlnas.oracles.device import host_cpu_model
+from rlnas.oracles.latency import ir_size
+from rlnas.ovtools import name_tensors, with_image_preprocessing
+from rlnas.report import pareto_figure, write_report
+from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
+from rlnas.search.evaluator import Measurement, read_history
+from rlnas.spaces import create_supernet
+from rlnas.tasks import DistillLoss, Task, TaskError, get_task
+from rlnas.validate import ConfigError, check_search
 
 log = logging.getLogger("rlnas.export")
 
@@ -61,8 +71,6 @@ class ExportError(RuntimeError):
 
 def load_run(run_dir: Path) -> tuple[Measurement, list[Measurement]]:
     """The baseline and the candidates measured by the run in ``run_dir``."""
-    from rlnas.search.app import HISTORY_NAME
-
     path = run_dir / HISTORY_NAME
     if not path.is_file():
         raise ExportError(f"{path} not found: {run_dir} holds no search measurements yet. Run "
@@ -84,29 +92,20 @@ def best_feasible(candidates: list[Measurement]) -> Measurement | None:
     return min(feasible, key=lambda m: m.latency_ratio) if feasible else None
 
 
-def load_run_supernet(run_dir: Path):
-    """The supernet the run searched (path recorded in ``<run>/supernet.json``)."""
-    from rlnas.search.app import SUPERNET_META_NAME
-    from rlnas.supernet import CheckpointError, load_supernet
-
+def run_supernet_path(run_dir: Path) -> str:
+    """The supernet checkpoint the run searched (recorded in ``<run>/supernet.json``)."""
     meta_path = run_dir / SUPERNET_META_NAME
     if not meta_path.is_file():
         raise ExportError(f"{meta_path} not found: not a finished rlnas-search setup; run "
                           f"`rlnas-search run_dir={run_dir}` first")
-    meta = json.loads(meta_path.read_text())
-    try:
-        return load_supernet(meta["path"])
-    except CheckpointError as err:
-        raise ExportError(f"{err}. The run used the supernet at {meta['path']}; retrain it with the run's "
-                          f"config (`rlnas-search run_dir={run_dir}` trains it when missing) or restore "
-                          "the file.") from err
+    path = json.loads(meta_path.read_text())["path"]
+    if not Path(path).is_file():
+        raise ExportError(f"the run used the supernet at {path}, which is gone; retrain it with the run's "
+                          f"config (`rlnas-search run_dir={run_dir}` trains it when missing) or restore the file")
+    return path
 
 
 # -- building the artefacts ------------------------------------------------------------------------
-
-
-#: ``(student output, teacher output, the batch's targets) -> loss`` of one fine-tuning step
-DistillLoss = Callable[[Any, Any, Any], Tensor]
 
 
 def finetune_distill(student: nn.Module, teacher: nn.Module, data: Any, loss_fn: DistillLoss, epochs: int,
@@ -131,86 +130,13 @@ def finetune_distill(student: nn.Module, teacher: nn.Module, data: Any, loss_fn:
     return student.eval()
 
 
-def classification_distill(student: nn.Module, temperature: float) -> DistillLoss:
-    """KL(teacher || student) on the logits at ``temperature`` (the supernet trainer's ``kd_loss``)."""
-    from rlnas.supernet.train import kd_loss
-
-    return lambda out, taught, _labels: kd_loss(out, taught, temperature)
-
-
-def detection_distill(student: nn.Module, temperature: float) -> DistillLoss:
-    """The detection trainer's distillation: KL on every prior's class scores at ``temperature`` +
-    smooth L1 on the offsets of the priors matched to the batch's ground truth."""
-    from rlnas.detection.evaluate import priors_of
-    from rlnas.detection.loss import MultiBoxLoss
-    from rlnas.detection.train import distill_loss
-
-    matcher = MultiBoxLoss(priors_of(student))
-    return lambda out, taught, targets: distill_loss(out, taught, matcher.targets(targets)[1], temperature)
-
-
-def classification_meta(data: Any) -> dict[str, Any]:
-    """``model.pt`` entries of a classifier: input normalisation and class names."""
-    return {"mean": list(data.spec.mean), "std": list(data.spec.std), "classes": list(data.classes)}
-
-
-def detection_meta(data: Any) -> dict[str, Any]:
-    """``model.pt`` entries of a detector: input normalisation, class names (label ``i`` is
-    ``classes[i - 1]``, 0 is background) and the post-processing settings the mAP was scored with."""
-    from rlnas.data.detection import MEAN, STD
-    from rlnas.detection.boxes import PostProcess
-
-    return {"mean": list(MEAN), "std": list(STD), "classes": list(data.class_names),
-            "num_classes": int(data.num_classes), "postprocess": asdict(PostProcess())}
-
-
-def classification_usage(model: nn.Module, resolution: int) -> str:
-    """The report's note on the classifier IR's input and output."""
-    return (f"IR: static input [1, 3, {resolution}, {resolution}], output logits; run it with "
-            "`benchmark_app -m model.xml -d CPU -hint latency`")
-
-
-def detection_usage(model: nn.Module, resolution: int) -> str:
-    """The report's note on the detector IR's input, raw outputs and the Python post-processing."""
-    n, classes = len(model.priors), model.num_classes + 1
-    return (f"IR: static input [1, 3, {resolution}, {resolution}]; outputs loc [1, {n}, 4] (box offsets) and "
-            f"conf [1, {n}, {classes}] (logits, class 0 = background) for the {n} default boxes; no decoding or "
-            "NMS in the graph: `rlnas.detection.boxes.postprocess(loc, conf, load_exported('model.pt').priors)` "
-            "gives the boxes. `benchmark_app -m model.xml -d CPU -hint latency` runs it as is")
-
-
-@dataclass(frozen=True)
-class TaskExport:
-    """What the export does per task beyond the accuracy oracle's task pipeline.
-
-    :param distill: ``(student, temperature) -> DistillLoss`` for ``export.finetune_epochs``.
-    :param meta: ``data -> dict`` of preprocessing and class entries saved in ``model.pt``.
-    :param usage: ``(model, resolution) -> str``: how to run the IR (a note of the report).
-    """
-
-    distill: Callable[[nn.Module, float], DistillLoss]
-    meta: Callable[[Any], dict[str, Any]]
-    usage: Callable[[nn.Module, int], str]
-
-
-#: ``supernet.task`` -> what its export does differently
-EXPORT_TASKS: dict[str, TaskExport] = {
-    "classification": TaskExport(classification_distill, classification_meta, classification_usage),
-    "detection": TaskExport(detection_distill, detection_meta, detection_usage),
-}
-
-
-def task_of(accuracy: Any) -> tuple[TaskPipeline, TaskExport]:
-    """The accuracy oracle's :class:`~rlnas.oracles.accuracy.TaskPipeline` and the
-    :data:`EXPORT_TASKS` entry of its task; ExportError when either is missing."""
+def task_of(accuracy: Any) -> tuple[TaskPipeline, Task]:
+    """The accuracy oracle's :class:`~rlnas.oracles.accuracy.TaskPipeline` and its task's
+    registry entry; ExportError for a task that is not registered."""
     try:
-        pipeline = accuracy.pipeline
-    except ValueError as err:
+        return accuracy.pipeline, get_task(accuracy.task)
+    except TaskError as err:
         raise ExportError(str(err)) from err
-    task = EXPORT_TASKS.get(accuracy.task)
-    if task is None:
-        raise ExportError(f"export of {accuracy.task} models is not implemented (known: {sorted(EXPORT_TASKS)})")
-    return pipeline, task
 
 
 def torch_size_bytes(model: nn.Module) -> int:
@@ -233,23 +159,26 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int
 
 
 def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Path,
-                   verify_images: int | None) -> tuple[int, dict[str, float] | None]:
+                   verify_images: int | None, normalisation: tuple[list[float], list[float]] | None = None,
+                   ) -> tuple[int, dict[str, float] | None]:
     """Quantize ``model`` as the accuracy oracle does (its task's conversion, NNCF with
-    ``calib_images`` real calibration images), save it with a static batch-1 input, then (unless
-    ``verify_images == 0``) score the saved IR with the oracle's INT8 evaluation on
-    ``verify_images`` validation images (None: the oracle's evaluation set).
+    ``calib_images`` real calibration images), save it with a static batch-1 input named
+    ``input`` and outputs named by the task, then (unless ``verify_images == 0``) score the saved
+    IR with the oracle's INT8 evaluation on ``verify_images`` validation images (None: the
+    oracle's evaluation set). With ``normalisation`` (mean, std), a second IR beside it,
+    ``<name>_uint8.xml``, takes uint8 NHWC images and normalises them inside the graph.
 
     :returns: the IR size in bytes and the scores (keys of the task's ``metrics``) or None.
     """
-    import openvino as ov
-
-    from rlnas.oracles.latency import ir_size
-
     resolution = accuracy.data.resolution
     quantized = accuracy.quantize(model, calib_images)
     quantized.reshape([1, 3, resolution, resolution])
+    name_tensors(quantized, "input", accuracy.pipeline.output_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(path), compress_to_fp16=False)
+    if normalisation is not None:
+        ov.save_model(with_image_preprocessing(quantized, *normalisation), str(path.with_name(f"{path.stem}_uint8.xml")),
+                      compress_to_fp16=False)
     scores = None
     if verify_images != 0:
         saved = ov.Core().read_model(str(path))
@@ -257,7 +186,7 @@ def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Pat
     return ir_size(path), scores
 
 
-def save_model(model: nn.Module, arch: Arch, meta: dict[str, Any], accuracy: Any, task: TaskExport,
+def save_model(model: nn.Module, arch: Arch, meta: dict[str, Any], accuracy: Any, task: Task,
                path: Path) -> None:
     """``model.pt``: the state dict with what :func:`load_exported` needs to rebuild the network,
     and the task's preprocessing and class entries."""
@@ -270,8 +199,6 @@ def save_model(model: nn.Module, arch: Arch, meta: dict[str, Any], accuracy: Any
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild the model saved as ``model.pt`` by :func:`export_run` (eval mode); a detector
     returns ``(loc, conf)`` and carries its ``priors``."""
-    from rlnas.spaces import create_supernet
-
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model = create_supernet(ckpt["family"], **ckpt["kwargs"]).extract(Arch.from_dict(ckpt["arch"]))
     model.load_state_dict(ckpt["state_dict"])
@@ -290,59 +217,151 @@ def _numbers(m: Measurement) -> dict[str, Any]:
 
 
 NO_FEASIBLE_NOTE = "no feasible candidate was found: exporting a0 itself (the constraint holds for it)"
-LATENCY_NOTE = ("latency/throughput: OpenVINO INT8, batch 1, on the profile (median; throughput = 1000 / "
-                "latency). Absolute medians of a0 and the found network come from different moments; the "
-                "speed-up uses the ratio timed alongside a0 (interleaved rounds), robust to machine load")
+LATENCY_NOTE = ("latency: OpenVINO INT8, batch 1, on the profile (median). Absolute medians of a0 and the found "
+                "network come from different moments; the speed-up uses the ratio timed alongside a0 "
+                "(interleaved rounds), robust to machine load. Throughput: OpenVINO's throughput mode "
+                "(PERFORMANCE_HINT THROUGHPUT, the plugin's streams and requests) on the profile's threads, a0's "
+                "and the exported IR measured in alternation")
 
 
-def export_run(cfg: DictConfig, run_dir: str | Path, setup: Any = None) -> dict[str, Any]:
-    """Export the best feasible architecture of the run in ``run_dir`` (see module doc).
+def export_run(cfg: DictConfig, run_dir: str | Path, setup: RunSetup | None = None) -> dict[str, Any]:
+    """Export the run's result (see module doc): with ``finalists.k > 0`` the finalist chosen by
+    :func:`rlnas.finalists.run_finalists` (fine-tuned, confirmed), else the best feasible
+    candidate as the search measured it.
 
-    :param setup: the search's :class:`~rlnas.search.app.SearchSetup` (reuses its supernet, data
-        and accuracy oracle); None builds them from the run's files (``rlnas-export``).
+    :param setup: the search's :class:`~rlnas.runsetup.RunSetup` (reuses its supernet, a0, data and
+        oracles); None builds it from the run's config and supernet (``rlnas-export``).
     :returns: the report summary (also written as ``report.json``).
     """
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     baseline, candidates = load_run(run_dir)
-    best = best_feasible(candidates)
-    chosen = best or baseline
-    supernet, meta, accuracy, latency = _materials(cfg, run_dir, setup)
+    own = setup is None
+    setup = setup or _setup_of_run(cfg, run_dir)
+    try:
+        return _export(cfg, run_dir, setup, baseline, candidates, t0)
+    finally:
+        if own:
+            setup.close()
+
+
+def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measurement, candidates: list[Measurement],
+            t0: float) -> dict[str, Any]:
+    supernet, meta, accuracy, latency = setup.supernet, setup.meta, setup.accuracy, setup.latency
     pipeline, task = task_of(accuracy)
     out = run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    found, notes = _numbers(chosen), ([] if best else [NO_FEASIBLE_NOTE])
-    model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes)
+    a0_acc = setup.a0_accuracy("val")
+    target = float(cfg.tau) * float(a0_acc.acc_fp32 if a0_acc is not None else baseline.acc_fp32)
+    fin_cfg = FinalistsConfig(**plain(cfg.finalists))
+    finals = None
+    if fin_cfg.k > 0 and candidates and accuracy.task == "classification":
+        finals = run_finalists(setup, candidates, instantiate(cfg.reward), target, run_dir, fin_cfg, int(cfg.seed))
+    best = best_feasible(candidates)
+    notes: list[str] = []
+    if finals and finals["finalists"]:
+        row = next(f for f in finals["finalists"] if f["name"] == finals["chosen"])
+        chosen_arch = Arch.from_dict(row["arch"])
+        chosen = next(m for m in candidates if m.arch == chosen_arch)
+        model = supernet.extract(chosen_arch)
+        model.load_state_dict(torch.load(row["weights_path"], map_location="cpu", weights_only=False)["state_dict"])
+        model.eval()
+        found = {**_numbers(chosen), **_finalist_numbers(row), "feasible": row["feasible"]}
+        notes.append(f"finalist {row['name']} of {len(finals['finalists'])}: fine-tuned {fin_cfg.epochs:g} epoch(s) "
+                     "from a0 by distillation, chosen as the fastest in the confirmation whose INT8 validation "
+                     f"accuracy meets the target; {'feasible' if row['feasible'] else 'NO finalist is feasible'}")
+    else:
+        chosen = best or baseline
+        found = _numbers(chosen)
+        notes += [] if best else [NO_FEASIBLE_NOTE]
+        if finals is not None:
+            notes.append(finals.get("note", ""))
+        model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes)
     verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found)
-    notes += _timing_notes(found, latency, out / "model.xml", chosen)
+    if not finals or not finals["finalists"]:
+        notes += _timing_notes(found, latency, out / "model.xml", chosen)
     if found["exported_ir_int8"]:
         notes.append(f"exported INT8 IR re-measured on {verify} validation images: "
                      f"{_scores_text(found['exported_ir_int8'], pipeline)} (search measured {pipeline.metric} "
                      f"{_fmt(chosen.acc_int8)})")
-    notes += [LATENCY_NOTE, task.usage(model, accuracy.data.resolution)]
     base = {**_numbers(baseline), "torch_size_bytes": torch_size_bytes(supernet.extract(baseline.arch))}
-    target = float(cfg.tau) * float(baseline.acc_fp32)
+    notes += _profile_artefacts(out, setup, run_dir, found, base)
+    notes += [LATENCY_NOTE, task.usage(model, accuracy.data.resolution)]
     summary = {
         "setup": {"model": meta["family"], "task": accuracy.task, "dataset": cfg.dataset.name,
                   "device profile": cfg.device.name, "tau": float(cfg.tau), "supernet checkpoint": meta.get("path"),
-                  "run": str(run_dir), "candidates measured": len(candidates)},
+                  "a0": str(setup.a0.path) if setup.a0 else None, "run": str(run_dir),
+                  "candidates measured": len(candidates), "host cpu": host_cpu_model()},
         "metric": pipeline.metric, "metrics": dict(pipeline.metrics),
-        "baseline": base, "found": found, "target": target, "feasible_found": best is not None,
-        "speedup": (1.0 / chosen.latency_ratio) if chosen.latency_ratio else None,
+        "a0": _a0_numbers(setup, finals), "baseline": base, "found": found, "target": target,
+        "feasible_found": bool(found.get("feasible")), "finalists": finals,
+        "speedup": _speedup(found, chosen),
         "files": {name: str(out / name) for name in ("arch.json", "model.pt", "model.onnx", "model.xml",
-                                                     "model.bin", "report.md", "report.json")},
-        "notes": notes, "out_dir": str(out), "export_seconds": time.perf_counter() - t0,
+                                                     "model.bin", "model_uint8.xml", "model_uint8.bin",
+                                                     "benchmark_app_config.json", "report.md", "report.json")},
+        "notes": [n for n in notes if n], "out_dir": str(out), "export_seconds": time.perf_counter() - t0,
     }
-    from rlnas.report import write_report
-
     write_report(out, summary)
     _pareto_png(out, baseline, candidates, target, best, pipeline.metric)
-    if setup is None and latency is not None:
-        latency.close()
     return summary
 
 
-def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: TaskExport, found: dict[str, Any],
+def _profile_artefacts(out: Path, setup: RunSetup, run_dir: Path, found: dict[str, Any],
+                       base: dict[str, Any]) -> list[str]:
+    """``benchmark_app_config.json`` (the profile's CPU properties) and the throughput of a0's and
+    the exported IR in throughput mode; the report's notes on both."""
+    latency = setup.latency
+    if latency is None:
+        return []
+    profile = latency.profile
+    (out / "benchmark_app_config.json").write_text(json.dumps(
+        {"CPU": profile.compile_config(profile.inference_precision)}, indent=2) + "\n")
+    env = " ".join(f"{k}={v}" for k, v in profile.env().items())
+    notes = [f"reproduce the profile's latency: `{env + ' ' if env else ''}benchmark_app -m model.xml -d CPU "
+             f"-load_config benchmark_app_config.json -nireq 1` ({profile.isa or 'native'} ISA, {profile.threads} "
+             f"threads, INFERENCE_PRECISION_HINT {profile.inference_precision}); model_uint8.xml takes uint8 NHWC "
+             "images and normalises them inside the graph"]
+    a0_ir = run_dir / FINALISTS_DIR / A0_NAME / "model.xml"
+    if not a0_ir.is_file():
+        a0_ir = save_int8_ir(setup, teacher_of(setup)[0], out / "reference" / "a0.xml", int(setup.cfg.export.calib_images))
+    try:
+        fps = latency.throughput({"a0": a0_ir, "exported": out / "model.xml"})
+    except Exception as err:  # the artefacts exist either way; the throughput is a report figure
+        log.warning("throughput not measured: %s", err)
+        return notes
+    found["throughput_fps"], base["throughput_fps"] = fps["exported"], fps["a0"]
+    return notes
+
+
+def _finalist_numbers(row: dict[str, Any]) -> dict[str, Any]:
+    """A finalist's fine-tuned accuracies and confirmed timing, in the report's ``found`` keys."""
+    after = row["after"]
+    return {"acc_fp32": after["val_fp32"], "acc_int8": after["val_int8"], "holdout_fp32": after["holdout_fp32"],
+            "holdout_int8": after["holdout_int8"], "confirmed_ratio": row["confirmed_ratio"],
+            "confirmed_ci": row["confirmed_ci"], "latency_ms": row["confirmed_latency_ms"]}
+
+
+def _a0_numbers(setup: RunSetup, finals: dict[str, Any] | None) -> dict[str, Any] | None:
+    """a0's own row: FP32/INT8 accuracy as deployed on validation and held-out images, and its
+    latency in the confirmation."""
+    if setup.a0 is None:
+        return None
+    val, held = setup.a0_accuracy("val"), setup.a0_accuracy("holdout")
+    row = {"checkpoint": str(setup.a0.path), "sha256": setup.a0.sha256, "val_fp32": val.acc_fp32,
+           "val_int8": val.acc_int8, "holdout_fp32": held.acc_fp32, "holdout_int8": held.acc_int8,
+           "torch_size_bytes": torch_size_bytes(setup.a0.model)}
+    if finals and finals.get("confirmation"):
+        row["latency_ms"] = finals["confirmation"]["latency_ms"]["a0"]
+    return row
+
+
+def _speedup(found: dict[str, Any], chosen: Measurement) -> float | None:
+    """1 / the confirmed ratio when there is one, else the search's ratio."""
+    ratio = found.get("confirmed_ratio") or chosen.latency_ratio
+    return 1.0 / ratio if ratio else None
+
+
+def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: Task, found: dict[str, Any],
              notes: list[str]) -> nn.Module:
     """``arch`` prepared as the oracle measured it (BN recalibrated), fine-tuned with the task's
     distillation from a0 when ``export.finetune_epochs > 0`` (its FP32 accuracy then re-measured)."""
@@ -360,7 +379,7 @@ def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: TaskExp
 
 
 def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, meta: dict[str, Any],
-                     accuracy: Any, task: TaskExport, found: dict[str, Any]) -> int:
+                     accuracy: Any, task: Task, found: dict[str, Any]) -> int:
     """Write arch.json, model.pt, model.onnx and the INT8 IR; record sizes and the IR's re-measured
     INT8 scores in ``found``. Returns how many validation images scored the IR."""
     pipeline, resolution = accuracy.pipeline, accuracy.data.resolution
@@ -371,7 +390,9 @@ def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, m
     export_onnx(model, (1, 3, resolution, resolution), out / "model.onnx", int(cfg.export.onnx_opset),
                 pipeline.output_names)
     verify = accuracy.eval_count if cfg.export.verify_images is None else int(cfg.export.verify_images)
-    ir_bytes, scores = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify)
+    entries = task.meta(accuracy.data)
+    ir_bytes, scores = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify,
+                                      (entries["mean"], entries["std"]))
     found.update(ir_size_bytes=ir_bytes, torch_size_bytes=torch_size_bytes(model), exported_ir_int8=scores,
                  exported_ir_acc_int8=scores[pipeline.accuracy_key] if scores else None)
     if scores and int(cfg.export.finetune_epochs) > 0:
@@ -402,8 +423,6 @@ def _pareto_png(out: Path, baseline: Measurement, candidates: list[Measurement],
                 best: Measurement | None, metric: str) -> None:
     import matplotlib.pyplot as plt
 
-    from rlnas.report import pareto_figure
-
     fig = pareto_figure(candidates, baseline, target, best, metric=metric)
     fig.savefig(out / "pareto.png")
     plt.close(fig)
@@ -421,23 +440,14 @@ def _time_ir(latency: Any, xml: Path) -> Any:
     return result if result.ok else None
 
 
-def _materials(cfg: DictConfig, run_dir: Path, setup: Any) -> tuple[nn.Module, dict[str, Any], Any, Any]:
-    """Supernet, its meta, the accuracy and latency oracles: from the running search, or rebuilt."""
-    if setup is not None:
-        return setup.supernet, setup.meta, setup.accuracy, setup.latency
-    from rlnas.data import DatasetError, build_data
-    from rlnas.oracles.store import MeasurementStore
-    from rlnas.search.app import SetupError, build_accuracy_oracle, build_latency_oracle, load_profile
-
-    supernet, meta = load_run_supernet(run_dir)
+def _setup_of_run(cfg: DictConfig, run_dir: Path) -> RunSetup:
+    """The run's setup rebuilt from its config, on the supernet it searched."""
+    cfg = cfg.copy()
+    cfg.supernet.checkpoint = run_supernet_path(run_dir)
     try:
-        data = build_data(cfg.dataset, int(cfg.resolution))
-        profile = load_profile(cfg)
-    except (DatasetError, SetupError, FileNotFoundError) as err:
+        return build_setup(cfg)
+    except SetupError as err:
         raise ExportError(str(err)) from err
-    store = MeasurementStore(Path(cfg.cache_dir) / "measurements.sqlite")
-    return (supernet, meta, build_accuracy_oracle(cfg, supernet, meta, data, store),
-            build_latency_oracle(cfg, supernet, meta, store, profile))
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -446,8 +456,6 @@ def _materials(cfg: DictConfig, run_dir: Path, setup: Any) -> tuple[nn.Module, d
 def compose_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The run's saved config (``<run>/.hydra/config.yaml``) with Hydra overrides applied; an
     unknown key fails with Hydra's message."""
-    from hydra import compose, initialize_config_dir
-
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise ExportError(f"{saved} not found: {run_dir} is not an rlnas-search run directory. Run "
@@ -470,13 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run directory {run_dir} does not exist; search first: `rlnas-search run_dir={run_dir}`",
               file=sys.stderr)
         return 2
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
-        cfg = compose_run_config(run_dir, overrides)
+        cfg = check_search(compose_run_config(run_dir, overrides))
         summary = export_run(cfg, run_dir)
-    except (ExportError, HydraException, OmegaConfBaseException) as err:
+    except (ExportError, ConfigError, HydraException, OmegaConfBaseException) as err:
         print(f"rlnas-export: {err}", file=sys.stderr)
         return 2
     print((Path(summary["out_dir"]) / "report.md").read_text())

@@ -1,63 +1,17 @@
-"""Result tables, the Pareto front (INT8 latency vs INT8 accuracy) and the export report."""
+"""Result tables and the export report (the Pareto front itself: :mod:`rlnas.search.pareto`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from rlnas.oracles.evaluator import Measurement
+from rlnas.search.evaluator import Measurement
+from rlnas.search.pareto import pareto_figure, pareto_front
 
-
-def pareto_front(measurements: Iterable[Measurement]) -> list[Measurement]:
-    """Successful measurements not dominated in (lower latency ratio, higher INT8 accuracy),
-    sorted by latency ratio."""
-    ok = sorted((m for m in measurements if m.ok and m.latency_ratio is not None and m.acc_int8 is not None),
-                key=lambda m: (m.latency_ratio, -m.acc_int8))
-    front, best_acc = [], float("-inf")
-    for m in ok:
-        if m.acc_int8 > best_acc:
-            front.append(m)
-            best_acc = m.acc_int8
-    return front
-
-
-def pareto_figure(measurements: Sequence[Measurement], baseline: Measurement, target: float,
-                  best: Measurement | None = None, title: str = "", metric: str = "top-1 accuracy"):
-    """Matplotlib figure: every candidate, the Pareto front, a0, the accuracy target and the best
-    feasible architecture; ``metric`` labels the accuracy axis (e.g. ``mAP@.5``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
-    ok = [m for m in measurements if m.ok and m.latency_ratio is not None]
-    feas = [m for m in ok if m.feasible]
-    infeas = [m for m in ok if not m.feasible]
-    ax.scatter([m.latency_ratio for m in infeas], [m.acc_int8 for m in infeas], s=14, c="tab:gray",
-               alpha=0.6, label="infeasible")
-    ax.scatter([m.latency_ratio for m in feas], [m.acc_int8 for m in feas], s=14, c="tab:blue",
-               label="feasible")
-    front = pareto_front(list(measurements) + [baseline])
-    ax.step([m.latency_ratio for m in front], [m.acc_int8 for m in front], where="post", c="tab:blue",
-            lw=1, label="Pareto front")
-    ax.scatter([baseline.latency_ratio or 1.0], [baseline.acc_int8], marker="*", s=120, c="black",
-               label="a0 (original)")
-    if best is not None:
-        ax.scatter([best.latency_ratio], [best.acc_int8], marker="o", s=90, facecolors="none",
-                   edgecolors="tab:red", lw=2, label="best feasible")
-    ax.axhline(target, ls="--", c="tab:red", lw=1, label="accuracy target")
-    ax.set_xlabel("INT8 latency / a0 INT8 latency")
-    ax.set_ylabel(f"INT8 {metric}")
-    ax.set_title(title or f"{len(ok)} measured architectures")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
+__all__ = ["comparison_rows", "pareto_figure", "pareto_front", "result_table", "write_report"]
 
 
 def _fmt(x: Any, spec: str) -> str:
@@ -120,7 +74,7 @@ _REPORT_FIELDS = [
     ("INT8 {metric} of the exported IR", "exported_ir_acc_int8", ".4f"),
     ("INT8 latency (ms, profile)", "latency_ms", ".3f"),
     ("a0 INT8 latency timed alongside (ms)", "ref_latency_ms", ".3f"),
-    ("INT8 throughput (FPS, batch 1)", "throughput_fps", ".1f"),
+    ("INT8 throughput (FPS, throughput mode; a0's IR / exported)", "throughput_fps", ".1f"),
     ("latency ratio to a0", "latency_ratio", ".3f"),
     ("params", "params", ",d"),
     ("MACs", "macs", ",d"),
@@ -129,22 +83,70 @@ _REPORT_FIELDS = [
 ]
 
 
+def _cell(value: Any, spec: str | None) -> str:
+    return "-" if value is None else (format(value, spec) if spec else str(value))
+
+
+def _a0_table(a0: dict[str, Any], found: dict[str, Any], metric: str) -> list[str]:
+    """a0 as deployed beside the exported network, validation and held-out images."""
+    fields = [("FP32 {m}, validation images", "val_fp32", "acc_fp32"),
+              ("INT8 {m}, validation images", "val_int8", "acc_int8"),
+              ("FP32 {m}, held-out images", "holdout_fp32", "holdout_fp32"),
+              ("INT8 {m}, held-out images", "holdout_int8", "holdout_int8"),
+              ("INT8 latency in the confirmation (ms)", "latency_ms", "latency_ms")]
+    rows = [[label.format(m=metric), _cell(a0.get(a), ".4f"), _cell(found.get(f), ".4f")] for label, a, f in fields]
+    return ["## a0 (the model you deploy, as deployed) and the exported network", "",
+            tabulate(rows, headers=["", "a0", "exported"], tablefmt="github"), ""]
+
+
+def _finalists_table(finals: dict[str, Any], metric: str) -> list[str]:
+    """Every finalist before/after fine-tuning, with its search and confirmation timings."""
+    rows = []
+    for f in finals.get("finalists", []):
+        b, a = f["before"], f["after"]
+        ci = f.get("confirmed_ci") or [None, None]
+        rows.append([f["name"] + (" (exported)" if f["name"] == finals.get("chosen") else ""), f["short"],
+                     _cell(f["search"].get("latency_ratio"), ".3f"), _cell(f.get("confirmed_ratio"), ".3f"),
+                     f"[{_cell(ci[0], '.3f')}, {_cell(ci[1], '.3f')}]",
+                     f"{_cell(b['val_int8'], '.4f')} -> {_cell(a['val_int8'], '.4f')}",
+                     f"{_cell(b['holdout_int8'], '.4f')} -> {_cell(a['holdout_int8'], '.4f')}",
+                     "yes" if f["feasible"] else "no"])
+    conf = finals.get("confirmation") or {}
+    return [f"## Finalists (target INT8 {metric} >= {finals.get('target', float('nan')):.4f} on validation images)",
+            "", tabulate(rows, headers=["", "architecture", "ratio (search)", "ratio (confirmed)", "95 % CI",
+                                        f"INT8 {metric} val: before -> after fine-tune",
+                                        f"INT8 {metric} held-out: before -> after", "feasible"],
+                         tablefmt="github"), "",
+            f"Confirmation: a0 and the finalists in {conf.get('rounds', '?')} interleaved rounds on profile "
+            f"{conf.get('profile', '?')} (IRs built the same way for all).", ""]
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     base, found = summary.get("baseline", {}), summary.get("found", {})
     metric = summary.get("metric", "accuracy")
-    rows = []
-    for label, key, spec in _REPORT_FIELDS:
-        cell = [base.get(key), found.get(key)]
-        rows.append([label.format(metric=metric)]
-                    + [("-" if v is None else (format(v, spec) if spec else str(v))) for v in cell])
+    rows = [[label.format(metric=metric), _cell(base.get(key), spec), _cell(found.get(key), spec)]
+            for label, key, spec in _REPORT_FIELDS]
     lines = ["# rlnas search result", ""]
     setup = summary.get("setup", {})
     if setup:
         lines += [f"- **{k}**: {v}" for k, v in setup.items()] + [""]
-    lines += [tabulate(rows, headers=["", "a0 (original)", "found"], tablefmt="github"), ""]
     if summary.get("speedup"):
-        lines += [f"**INT8 speed-up on the profile: {summary['speedup']:.2f}x** "
-                  f"(target: INT8 {metric} >= {summary.get('target', float('nan')):.4f}).", ""]
+        where = "confirmed alongside a0" if found.get("confirmed_ratio") else "as measured in the search"
+        lines += [f"**INT8 speed-up on the profile: {summary['speedup']:.2f}x** ({where}; target: INT8 {metric} "
+                  f">= {summary.get('target', float('nan')):.4f} on validation images; constraint "
+                  f"{'met' if found.get('feasible') else 'NOT met'}).", ""]
+        if found.get("holdout_int8") is not None and summary.get("a0"):
+            tau = summary.get("setup", {}).get("tau", 0.99)
+            held_target = tau * summary["a0"]["holdout_fp32"]
+            ok = found["holdout_int8"] >= held_target
+            lines += [f"On held-out images: INT8 {metric} {found['holdout_int8']:.4f} vs tau x a0 FP32 "
+                      f"{held_target:.4f}: the constraint {'holds' if ok else 'does NOT hold'} there.", ""]
+    if summary.get("a0"):
+        lines += _a0_table(summary["a0"], found, metric)
+    lines += ["## The maximal subnet of the supernet and the exported network (search numbers)", "",
+              tabulate(rows, headers=["", "maximal subnet", "exported"], tablefmt="github"), ""]
+    if summary.get("finalists") and summary["finalists"].get("finalists"):
+        lines += _finalists_table(summary["finalists"], metric)
     files = summary.get("files", {})
     if files:
         lines += ["## Files", ""] + [f"- `{k}`: {v}" for k, v in files.items()] + [""]

@@ -10,18 +10,13 @@ import pytest
 import torch
 
 from rlnas.arch import Arch
-from rlnas.data import build_data
 from rlnas.data.classification import write_synthetic_imagefolder
-from rlnas.oracles.accuracy import (
-    AccuracyOracle,
-    compile_cpu,
-    convert_to_openvino,
-    int8_primitive_count,
-    quantize_int8,
-)
+from rlnas.oracles.accuracy import AccuracyOracle
 from rlnas.oracles.store import MeasurementStore
+from rlnas.ovtools import compile_cpu, convert_to_openvino, int8_primitive_count, quantize_int8
 from rlnas.supernet import load_supernet, recalibrate_bn
 from rlnas.supernet.train import compose_config, train_supernet
+from rlnas.tasks import build_data
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +51,10 @@ def test_bn_recalibration_changes_stats_and_leaves_supernet_alone(trained) -> No
     model = oracle.prepare(arch)
     assert not model.training and all(bn.momentum == 0.1 for bn in _bns(model))
     assert not torch.allclose(plain.bn1.running_mean, model.bn1.running_mean)
-    # cumulative average over equal batches = the mean of bn1's input over all recalibration images
-    images = data.train_subset(64, 1)
+    # cumulative average over equal batches = the mean of bn1's input over all recalibration
+    # images, augmented as in training
     with torch.no_grad():
-        expected = plain.conv1(data.normalize(images)).mean(dim=(0, 2, 3))
+        expected = torch.cat([plain.conv1(x) for x in data.recal_batches(64, 1, oracle.batch_size)]).mean(dim=(0, 2, 3))
     assert torch.allclose(model.bn1.running_mean, expected, atol=1e-4)
     for key, value in supernet.state_dict().items():
         assert torch.equal(value, before[key]), f"supernet {key} changed"

@@ -45,7 +45,7 @@ def test_every_group_option_composes(group, option):
 def test_search_app_defaults_and_overrides():
     cfg = _compose("config", ["experiment=quick", "budget=7", "device=host", "run_dir=/tmp/x"])
     assert cfg.budget == 7 and cfg.device.name == "host" and cfg.hydra.run.dir == "/tmp/x"
-    assert cfg.model.name == "resnet50" and cfg.recipe.name == "quick"
+    assert cfg.model.name == "resnet50" and cfg.recipe.name == "quick_a0" and cfg.a0.fallback_recipe == "quick"
     with pytest.raises(ConfigCompositionException):
         _compose("config", ["no_such_option=1"])
     with pytest.raises(ConfigCompositionException):

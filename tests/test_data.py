@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlnas.data import DatasetError, DatasetSpec, build_data
+import rlnas
+from rlnas.data import DatasetError, DatasetSpec
 from rlnas.data.classification import square, write_synthetic_imagefolder
+from rlnas.tasks import build_data
 
 REPO = Path(__file__).resolve().parent.parent
 CIFAR = REPO / "data" / "cifar10"
@@ -85,11 +87,52 @@ def test_square_resizes_shorter_side_and_crops() -> None:
 def test_tiny_config_reads_real_cifar(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(REPO / "conf" / "dataset" / "tiny.yaml")
+    cfg = OmegaConf.load(rlnas.CONF_DIR / "dataset" / "tiny.yaml")
     cfg.cache_dir = str(tmp_path)
     data = build_data(cfg, 32)
-    assert len(data.train) == 256 and len(data.val) == 128 and data.num_classes == 10
+    assert len(data.train) == 256 and len(data.val) + len(data.holdout) == 128 and data.num_classes == 10
     assert data.train.images.shape[1:] == (3, 32, 32)
+
+
+def _image_keys(images: torch.Tensor) -> set[bytes]:
+    return {bytes(img.flatten().tolist()) for img in images}
+
+
+def test_validation_and_held_out_images_are_disjoint_halves(tmp_path: Path) -> None:
+    """CIFAR-style: a seeded half of the test split is held out, the other half validates; the
+    same seed gives the same halves, another seed others."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(rlnas.CONF_DIR / "dataset" / "tiny.yaml")
+    cfg.cache_dir = str(tmp_path)
+    data = build_data(cfg, 32)
+    assert len(data.val) == len(data.holdout) == 64
+    val, held = _image_keys(data.val.images), _image_keys(data.holdout.images)
+    assert not val & held and len(val | held) == 128
+    assert _image_keys(build_data(cfg, 32).holdout.images) == held
+    cfg.split_seed = 1
+    assert _image_keys(build_data(cfg, 32).holdout.images) != held
+    assert data.eval_images("holdout")[1].tolist() != data.eval_images("val")[1].tolist()
+
+
+def test_validation_carved_out_of_train(tmp_path: Path) -> None:
+    """val_split = train_split: a share of the training images validates and is no longer trained on."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(rlnas.CONF_DIR / "dataset" / "tiny.yaml")
+    cfg.update({"cache_dir": str(tmp_path), "val_split": "train", "holdout_split": "test", "val_fraction": 0.25})
+    data = build_data(cfg, 32)
+    assert len(data.val) == 64 and len(data.train) == 192 and len(data.holdout) == 128
+    assert not _image_keys(data.val.images) & _image_keys(data.train.images)
+
+
+def test_held_out_split_must_not_be_the_training_split() -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(rlnas.CONF_DIR / "dataset" / "tiny.yaml")
+    cfg.holdout_split = "train"
+    with pytest.raises(ValueError, match="held-out images must be"):
+        build_data(cfg, 32)
 
 
 def test_cifar10_download_fallback_uses_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

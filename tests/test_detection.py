@@ -23,6 +23,7 @@ from rlnas.detection.boxes import (
 )
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.detection.metrics import DetectionMAP
+from rlnas.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent
 COCO128 = REPO / "data" / "coco128"
@@ -331,7 +332,6 @@ class _FixedLatency:
 def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
     """A run of ssd_tiny on 3 self-labelled images exported: the IR is the INT8 network alone and
     scores what the oracle measured; model.pt, ONNX and the IR agree; the report speaks mAP."""
-    from types import SimpleNamespace
 
     import numpy as np
     import openvino as ov
@@ -340,7 +340,8 @@ def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
     import rlnas
     from rlnas.export import export_run, load_exported
     from rlnas.oracles.accuracy import AccuracyOracle
-    from rlnas.oracles.evaluator import Evaluator
+    from rlnas.runsetup import RunSetup
+    from rlnas.search.evaluator import Evaluator
 
     supernet, root, run = copy.deepcopy(tiny_ssd), tmp_path / "data", tmp_path / "run"
     _tiny_yolo(root)
@@ -348,7 +349,8 @@ def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
 
     def oracle() -> AccuracyOracle:
         data = build_detection_data(dataset, 32)
-        return AccuracyOracle(supernet, data, None, "test", recal_images=3, calib_images=3, threads=1)
+        return AccuracyOracle(supernet, data, None, "test", recal_images=3, calib_images=3, threads=1,
+                              pipeline=get_task("detection").pipeline)
 
     a0, arch = supernet.space.max_arch(), _tiny_archs(supernet)[2]
     labelling = oracle()
@@ -364,8 +366,8 @@ def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
         cfg = compose(config_name="config", overrides=["model=ssd_tiny", "dataset=coco128", "device=host", "tau=0.0",
                                                        "export.calib_images=3"])
     meta = {"family": "ssd_tiny", "kwargs": {"num_classes": 3}, "path": None}
-    summary = export_run(cfg, run, setup=SimpleNamespace(supernet=supernet, meta=meta, accuracy=accuracy,
-                                                         latency=None))
+    setup = RunSetup(cfg, supernet, meta, accuracy.data, None, None, accuracy, (1, 3, 32, 32), "", {})
+    summary = export_run(cfg, run, setup=setup)
     out = Path(summary["out_dir"])
 
     # report: mAP, re-measured on the saved IR by the oracle's pipeline = what the search measured
@@ -414,14 +416,14 @@ def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
 def test_detection_finetune_distils_from_a0(tiny_ssd, tmp_path: Path) -> None:
     """export.finetune_epochs on a detector: the trainer's distillation (class scores and matched
     offsets) drives the SGD steps."""
-    from rlnas.export import EXPORT_TASKS, finetune_distill
+    from rlnas.export import finetune_distill
 
     _tiny_yolo(tmp_path)
     data = build_detection_data({"format": "yolo", "root": str(tmp_path), "train_split": "train",
                                  "val_split": "train", "num_classes": 3}, 32)
     teacher = tiny_ssd.extract(tiny_ssd.space.max_arch()).eval()
     student = tiny_ssd.extract(tiny_ssd.space.min_arch()).eval()
-    loss_fn = EXPORT_TASKS["detection"].distill(student, 1.0)
+    loss_fn = get_task("detection").distill(student, 1.0)
     x, targets = next(iter(data.loader("calib", 3)))
     with torch.no_grad():
         assert loss_fn(student(x), student(x), targets).item() == pytest.approx(0.0, abs=1e-6)

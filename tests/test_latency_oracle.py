@@ -363,3 +363,36 @@ def test_latency_app_rejects_bad_input():
         with pytest.raises(ValueError, match="resolution"):
             latency_app.input_shape(bad)
     assert latency_app.input_shape([32, 48]) == (1, 3, 32, 48)
+
+
+def test_confirmation_times_n_models_in_the_same_rounds(oracle, int8_result):
+    """a0 and two candidates in one interleaved measurement: the reference's ratio is 1, a model
+    twice as deep is slower than a shallow one, every ratio lies in its bootstrap interval, and
+    the result is cached by the IRs' contents until forced."""
+    deep = oracle.measure(tiny(8, 6), SHAPE, "int8", model_key="tiny8x6")
+    ref = oracle.measure(tiny(16, 3), SHAPE, "int8", model_key="tiny16x3-as-candidate")
+    irs = {"a0": ref.ir_path, "shallow": int8_result.ir_path, "deep": deep.ir_path}
+    timing = TimingConfig(warmup_iters=2, block_iters=5, block_skip=1, min_rounds=8, min_iters=10,
+                          min_time_s=0.2, max_time_s=10.0)
+    c = oracle.confirm(irs, "a0", timing)
+    assert c.reference == "a0" and c.rounds >= 8 and c.ratio["a0"] == 1.0 and not c.cached
+    assert c.ratio["shallow"] < c.ratio["deep"]
+    for name in irs:
+        low, high = c.ratio_ci[name]
+        assert low <= c.ratio[name] <= high and c.latency_ms[name] > 0
+        assert any("i8" in k.lower() for k in c.kernels[name])
+    again = oracle.confirm(irs, "a0", timing)
+    assert again.cached and again.ratio == c.ratio
+    assert not oracle.confirm(irs, "a0", timing, force=True).cached
+    with pytest.raises(ValueError, match="reference"):
+        oracle.confirm(irs, "nope", timing)
+
+
+def test_layer_times_split_a_network_by_layer_class(oracle):
+    """PERF_COUNT per layer class: the first conv is the stem, 3x3 convs and the FC are found,
+    and the classes add up to a plausible inference time."""
+    r = oracle.measure(tiny(8, 3), SHAPE, "int8", model_key="tiny8x3")
+    times = oracle.layer_times(r.ir_path, iters=20)
+    assert set(times) == {"stem", "conv1x1", "conv3x3", "grouped", "fc", "other"}
+    assert times["stem"] > 0 and times["conv3x3"] > 0 and times["fc"] > 0 and times["grouped"] == 0
+    assert 0 < sum(times.values()) < 50 * r.latency_ms

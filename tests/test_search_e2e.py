@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import rlnas
-from rlnas.oracles.evaluator import read_history
 from rlnas.oracles.store import MeasurementStore
+from rlnas.search.evaluator import read_history
 
 pytestmark = pytest.mark.slow
-REPO = rlnas.CONF_DIR.parent
+REPO = rlnas.REPO_DIR
 
 
 def _image_folder(root: Path) -> Path:
@@ -37,12 +37,23 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
+def _tiny_a0(path: Path) -> Path:
+    """A resnet_tiny "user model" for 10 classes: trained a few steps so that its accuracy as
+    deployed differs from the supernet's maximal subnet after elastic training."""
+    from rlnas.spaces import create_supernet
+
+    torch.manual_seed(0)
+    supernet = create_supernet("resnet_tiny", num_classes=10)
+    torch.save(supernet.extract(supernet.space.max_arch()).state_dict(), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     # fp32_images=0: candidates skip the FP32 pass (acc_fp32 None), as the full experiments do
     overrides = ["experiment=tiny", f"cache_dir={root / 'cache'}", "device=host", "logging.progress=false",
-                 "accuracy.fp32_images=0"]
+                 "accuracy.fp32_images=0", f"a0.checkpoint={_tiny_a0(root / 'a0.pt')}"]
     if not (REPO / "data" / "cifar10" / "train").is_dir():
         overrides.append(f"dataset.root={_image_folder(root / 'images')}")
     return root, overrides
@@ -50,7 +61,7 @@ def ws(tmp_path_factory):
 
 def search(ws, *args: str) -> subprocess.CompletedProcess:
     root, overrides = ws
-    return subprocess.run([sys.executable, "-m", "rlnas.search", *overrides, *args], cwd=root,
+    return subprocess.run([str(Path(sys.executable).parent / "rlnas-search"), *overrides, *args], cwd=root,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -67,14 +78,15 @@ def test_search_resume_and_export(ws):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "unique evaluations: 2 / budget 2" in first.stdout
     store = MeasurementStore(root / "cache" / "measurements.sqlite")
-    assert len(store.records("latency")) == 3 and len(store.records("accuracy")) == 3  # a0 + 2
+    # latency: the maximal subnet + 2; accuracy: also a0 as deployed
+    assert len(store.records("latency")) == 3 and len(store.records("accuracy")) == 4
     before = measured_at(root / "cache")
     assert (run / "agent" / "ppo.zip").exists()
 
     # resume with a larger budget: the 2 measurements are reused, 1 new one made, then export
     second = search(ws, "budget=3", f"run_dir={run}")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "unique evaluations: 3 / budget 3" in second.stdout and "resuming" in (run / "app.log").read_text()
+    assert "unique evaluations: 3 / budget 3" in second.stdout and "resuming" in (run / "search.log").read_text()
     after = measured_at(root / "cache")
     assert len(after) == 4 and all(after[k] == t for k, t in before.items())  # nothing re-measured
     history = read_history(run / "evaluations.jsonl")
@@ -108,7 +120,24 @@ def _check_export(out: Path) -> None:
         assert (out / name).is_file(), name
     found, base = report["found"], report["baseline"]
     assert found["ir_size_bytes"] > 0 and found["params"] <= base["params"] and found["latency_ms"] > 0
-    assert found["exported_ir_acc_int8"] is not None and found["exported_ir_ratio"] > 0
+    assert found["exported_ir_acc_int8"] is not None
+    # the constraint uses the given a0 as deployed, on validation images, not the maximal subnet
+    a0 = report["a0"]
+    assert report["target"] == pytest.approx(0.99 * a0["val_fp32"])
+    store = MeasurementStore(out.parent.parent / "cache" / "measurements.sqlite")
+    scored = {k["split"]: r for k, r in store.items("accuracy") if str(k.get("model", "")).startswith("a0:")}
+    assert scored["val"]["acc_fp32"] == a0["val_fp32"] and scored["holdout"]["acc_fp32"] == a0["holdout_fp32"]
+    assert scored["val"]["details"]["eval_images"] + scored["holdout"]["details"]["eval_images"] == 128
+    # finalists: fine-tuned, scored on held-out images too, confirmed in one interleaved measurement
+    finals = report["finalists"]
+    rows = finals["finalists"]
+    assert rows and finals["chosen"] in {f["name"] for f in rows}
+    conf = finals["confirmation"]
+    assert conf["reference"] == "a0" and conf["rounds"] >= 5 and set(conf["ratio"]) == {"a0"} | {f["name"] for f in rows}
+    for f in rows:
+        assert f["after"]["holdout_int8"] is not None and f["confirmed_ci"][0] <= f["confirmed_ratio"] <= f["confirmed_ci"][1]
+    assert found["confirmed_ratio"] == next(f for f in rows if f["name"] == finals["chosen"])["confirmed_ratio"]
+    assert "held-out images" in (out / "report.md").read_text()
 
     model = load_exported(out / "model.pt")
     x = torch.randn(2, 3, 32, 32)
@@ -119,12 +148,23 @@ def _check_export(out: Path) -> None:
                                   {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())[0]
     np.testing.assert_allclose(onnx_out, ref, rtol=1e-3, atol=1e-3)
     ir = core.compile_model(core.read_model(out / "model.xml"), "CPU")
+    assert ir.input(0).get_any_name() == "input" and ir.output(0).get_any_name() == "logits"
     logits = ir(x[:1].numpy())[0]
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
+    # the IR with preprocessing inside: uint8 NHWC images give the float IR's output on normalised ones
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    image = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    normalised = ((image.float() / 255 - mean) / std).permute(0, 3, 1, 2).contiguous()
+    uint8 = core.compile_model(core.read_model(out / "model_uint8.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    float_ir = core.compile_model(core.read_model(out / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(uint8(image.numpy())[0], float_ir(normalised.numpy())[0], rtol=0.05, atol=0.05)
+    assert report["found"]["throughput_fps"] > 0 and report["baseline"]["throughput_fps"] > 0
     bench = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    res = subprocess.run([bench, "-m", str(out / "model.xml"), "-d", "CPU", "-t", "1", "-hint", "latency"],
+    res = subprocess.run([bench, "-m", str(out / "model.xml"), "-d", "CPU", "-t", "1", "-load_config",
+                          str(out / "benchmark_app_config.json"), "-nireq", "1"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "Throughput" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "-load_config benchmark_app_config.json" in (out / "report.md").read_text()
 
 
 def test_bad_input_messages(ws, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,16 @@ import torchvision
 import yaml
 from torch import nn
 
-from rlnas.arch import Arch
+import rlnas
+from rlnas.arch import Arch, InvalidArchError
 from rlnas.spaces import create_supernet
+from rlnas.spaces.base import Supernet
 from rlnas.spaces.elastic import ElasticBatchNorm2d, count_macs, count_params
 from rlnas.spaces.mobilenet import MOBILENET_TINY, ElasticMobileNetV1Backbone
 from rlnas.spaces.resnet import RESNEXT_TINY, ElasticResNet
 
 TINY = ["resnet_tiny", "mobilenet_tiny"]
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = rlnas.CONF_DIR / "model"
 PLAIN = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
          nn.Sequential, nn.ModuleList)
 
@@ -170,6 +173,79 @@ def test_extract_leaves_the_active_arch_and_copies_weights() -> None:
     assert net.conv1.weight.abs().sum() > 0
 
 
+ALL_TINY = ["resnet_tiny", "mobilenet_tiny", "ssd_tiny"]
+
+
+def run(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of ``net`` as a list (a classifier gives one tensor, SSD ``(loc, conf)``)."""
+    with torch.no_grad():
+        out = net(x)
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def same_outputs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("family", ALL_TINY)
+def test_active_runs_the_arch_and_restores_the_previous_one(family: str) -> None:
+    torch.manual_seed(14)
+    net = randomize(create_supernet(family))
+    big, small = net.space.max_arch(), net.space.min_arch()
+    other = net.space.sample(np.random.default_rng(14))
+    x = torch.randn(1, 3, 32, 32)
+    net.set_active(small)
+    expected = run(net, x)
+    net.set_active(other)
+    before = run(net, x)
+    with net.active(small) as same:
+        assert same is net and net.active_arch == small
+        assert same_outputs(run(net, x), expected)
+        with net.active(big):  # nests
+            assert net.active_arch == big
+        assert net.active_arch == small
+    assert net.active_arch == other and same_outputs(run(net, x), before)
+    with pytest.raises(RuntimeError, match="inside"), net.active(small):
+        raise RuntimeError("inside the block")
+    assert net.active_arch == other and same_outputs(run(net, x), before)
+    top = net.space.max_arch()
+    with pytest.raises(InvalidArchError), net.active(Arch("not_" + family, top.depths, top.widths, top.expands)):
+        pass
+    assert net.active_arch == other
+    # extracting and counting go through active(): what forward runs stays as it was
+    net.extract(small)
+    assert net.count_params(small) > 0 and net.count_macs(small, 32) > 0
+    assert net.active_arch == other and same_outputs(run(net, x), before)
+
+
+@pytest.mark.parametrize("family", ALL_TINY)
+def test_counts_equal_a_direct_count_on_the_extracted_network(family: str) -> None:
+    torch.manual_seed(15)
+    net = create_supernet(family)
+    seen = set()
+    for arch in archs(net.space, n_random=3, seed=15):
+        plain = net.extract(arch)  # real weights on the CPU, not the meta device
+        params = sum(p.numel() for p in plain.parameters())
+        assert net.count_params(arch) == params == count_params(plain)
+        for resolution in (32, 48):
+            macs = count_macs(plain, (1, 3, resolution, resolution))  # a real forward
+            assert net.count_macs(arch, resolution) == macs > 0
+        seen.add((params, net.count_macs(arch, 32)))
+    assert len(seen) > 1
+    if family == "ssd_tiny":  # detection: the default input is the model resolution
+        arch = net.space.min_arch()
+        assert net.count_macs(arch) == count_macs(net.extract(arch), net.input_shape)
+
+
+@pytest.mark.parametrize("family", ALL_TINY)
+def test_extract_keeps_the_supernet_mode(family: str) -> None:
+    net = create_supernet(family)
+    arch = net.space.sample(np.random.default_rng(16))
+    for training in (True, False):
+        net.train(training)
+        assert all(m.training == training for m in net.extract(arch).modules())
+
+
 def test_extract_grouped_resnext() -> None:
     torch.manual_seed(2)
     net = randomize(ElasticResNet(RESNEXT_TINY, num_classes=3, stem="cifar"))
@@ -198,6 +274,122 @@ def test_channel_plan_rounds_to_multiples() -> None:
                     assert in_ch % 8 == 0 and out % 8 == 0 and mid % mid_multiple == 0 and mid > 0
     plan = resnet.channel_plan(resnet.space.max_arch())
     assert plan["stages"][0][0] == [64, 64, 256] and plan["stages"][3][2] == [2048, 512, 2048]
+
+
+# ----------------------------------------------------------------------------- network keys
+
+KEY_FAMILIES = ["resnet50", "resnext101_32x8d", "resnet_tiny", "mobilenet_v1", "mobilenet_tiny",
+                "ssd_mobilenet_v1", "ssd_tiny"]
+
+
+def layer_shapes(module: nn.Module) -> tuple:
+    """State-dict names and shapes of a plain module."""
+    return tuple((name, tuple(t.shape)) for name, t in module.state_dict().items())
+
+
+def built_network(module: nn.Module) -> tuple:
+    """Everything that identifies a plain network: shapes and the module tree with every layer's
+    hyper-parameters (strides, groups, paddings, pools)."""
+    return layer_shapes(module), repr(module)
+
+
+def with_stage(arch: Arch, stage: int, width: float, expand: float) -> Arch:
+    widths = list(arch.widths)
+    widths[stage] = width
+    expands = list(arch.expands)
+    expands[stage] = (expand,) * arch.depths[stage]
+    return Arch(arch.family, arch.depths, tuple(widths), tuple(expands))
+
+
+@pytest.mark.parametrize(("family", "n_random", "twins"), [
+    ("resnet_tiny", 200, (0.25, 0.5)), ("mobilenet_tiny", 200, ()), ("ssd_tiny", 200, ()),
+    ("resnet50", 40, (0.15, 0.2)),
+], ids=["resnet_tiny", "mobilenet_tiny", "ssd_tiny", "resnet50"])
+def test_network_key_is_equal_iff_the_built_networks_are(family: str, n_random: int, twins: tuple) -> None:
+    device = "meta" if family == "resnet50" else "cpu"  # meta: shapes without weights, cheap
+    with torch.device(device):
+        net = create_supernet(family, num_classes=5)
+    candidates = archs(net.space, n_random, seed=11)
+    # twins: the first stage at its narrowest width with expand ratios that round to one width
+    candidates += [with_stage(a, 0, net.space.width_choices[0], e) for a in candidates[:10] for e in twins]
+    by_key: dict[str, set] = {}
+    by_shapes: dict[tuple, set] = {}
+    for arch in candidates:
+        key, plain = net.network_key(arch), net.extract(arch)
+        by_key.setdefault(key, set()).add(built_network(plain))
+        by_shapes.setdefault(layer_shapes(plain), set()).add(key)
+    assert all(len(networks) == 1 for networks in by_key.values())  # equal keys: identical networks
+    assert all(len(keys) == 1 for keys in by_shapes.values())  # different keys: different shapes
+    distinct_archs = len(set(candidates))
+    assert len(by_key) <= distinct_archs
+    if family.startswith("resnet"):
+        assert len(by_key) < distinct_archs  # rounding really merges architectures
+
+
+def test_resnet50_expands_that_round_alike_are_one_network() -> None:
+    with torch.device("meta"):
+        net = create_supernet("resnet50")
+    base = net.space.max_arch()
+    a, b = (with_stage(base, 0, 0.5, e) for e in (0.15, 0.2))
+    assert a != b and net.network_key(a) == net.network_key(b)
+    assert net.channel_plan(a)["stages"][0] == [[64, 24, 128], [128, 24, 128], [128, 24, 128]]
+    assert layer_shapes(net.extract(a)) == layer_shapes(net.extract(b))
+    c = with_stage(base, 0, 0.5, 0.25)
+    assert net.network_key(c) != net.network_key(a)
+    # a different depth is another network even with the same remaining channels
+    shallow = Arch("resnet50", (2, *base.depths[1:]), base.widths, (base.expands[0][:2], *base.expands[1:]))
+    assert net.network_key(shallow) != net.network_key(base)
+
+
+def test_colliding_resnet_tiny_archs_extract_the_same_weights() -> None:
+    torch.manual_seed(12)
+    net = randomize(create_supernet("resnet_tiny", num_classes=3))
+    base = net.space.max_arch()
+    a, b = (with_stage(base, 0, 0.5, e) for e in net.space.expand_choices)  # both round to 4 channels
+    assert a != b and net.network_key(a) == net.network_key(b)
+    plain_a, plain_b = net.extract(a), net.extract(b)
+    state_a, state_b = plain_a.state_dict(), plain_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # the very same network
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain_a(x), plain_b(x))
+
+
+@pytest.mark.parametrize("family", KEY_FAMILIES)
+def test_network_key_is_a_deterministic_canonical_string(family: str) -> None:
+    with torch.device("meta"):
+        net, twin = create_supernet(family), create_supernet(family)
+    rng = np.random.default_rng(13)
+    for arch in [net.space.max_arch(), net.space.min_arch(), net.space.sample(rng)]:
+        key = net.network_key(arch)
+        assert isinstance(key, str)
+        assert key == net.network_key(arch) == twin.network_key(Arch.from_json(arch.to_json()))
+        net.set_active(net.space.min_arch())  # the active arch does not matter
+        assert net.network_key(arch) == key
+        data = json.loads(key)
+        assert set(data) == {"family", "plan"} and data["family"] == family
+        assert data["plan"] == net.channel_plan(arch)
+        assert key == json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert net.network_key(net.space.max_arch()) != net.network_key(net.space.min_arch())
+    top = net.space.max_arch()
+    with pytest.raises(InvalidArchError):
+        net.network_key(Arch("not_" + family, top.depths, top.widths, top.expands))
+
+
+def test_network_key_covers_the_fixed_layers() -> None:
+    with torch.device("meta"):
+        arch = create_supernet("resnet_tiny").space.max_arch()
+        keys = {create_supernet("resnet_tiny", num_classes=n, stem=stem).network_key(arch)
+                for n in (3, 5) for stem in ("cifar", "imagenet")}
+        assert len(keys) == 4  # classifier size and stem stride/pool are part of the network
+        ssd = {create_supernet("ssd_tiny", num_classes=n, head_kernel=k).network_key(
+               create_supernet("ssd_tiny").space.max_arch()) for n in (2, 3) for k in (1, 3)}
+        assert len(ssd) == 4
+    plan = create_supernet("ssd_tiny", num_classes=3).channel_plan(create_supernet("ssd_tiny").space.min_arch())
+    widths = [plan["backbone"]["stages"][s][-1][1] for s in plan["backbone"]["features"]]
+    assert [h["in"] for h in plan["loc"][:2]] == widths and plan["extras"][0]["conv1"]["in"] == widths[-1]
+    assert [h["out"] for h in plan["conf"]] == [4 * 4] * 6  # (3 classes + background) x 4 boxes
 
 
 # ----------------------------------------------------------------------------- training behaviour
@@ -271,6 +463,7 @@ def test_backbone_features_strides_and_channels() -> None:
     torch.manual_seed(7)
     backbone = randomize(ElasticMobileNetV1Backbone(MOBILENET_TINY, stem="imagenet", family="ssd_tiny_test"))
     assert backbone.space.family == "ssd_tiny_test"
+    assert isinstance(backbone, Supernet) and backbone.task == "features"
     x = torch.randn(1, 3, 64, 64)
     for arch in archs(backbone.space):
         backbone.set_active(arch)

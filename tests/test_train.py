@@ -134,7 +134,7 @@ def test_recipe_schedule_phases_and_sandwich() -> None:
 
 def test_console_script_runs(tmp_path: Path, data_overrides: list[str]) -> None:
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "rlnas.supernet.train", "model=resnet_tiny", "recipe=tiny", f"output_dir={out}",
+    cmd = [str(Path(sys.executable).parent / "rlnas-train-supernet"), "model=resnet_tiny", "recipe=tiny", f"output_dir={out}",
            "threads=1", "log.progress=false", "eval.recal_images=16", "eval.val_images=16",
            "recipe.phases=[{name: all, epochs: 1, elastic: [depth]}]", *data_overrides]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from rlnas import CONF_DIR
+from rlnas import REPO_DIR
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MEAN = (0.485, 0.456, 0.406)
@@ -256,8 +256,8 @@ def build_detection_data(cfg: Mapping[str, Any], image_size: int) -> DetectionDa
 
 
 def resolve_path(path: str | Path) -> Path:
-    """``path`` as given if it exists, else relative to the repository (the parent of ``conf/``)."""
+    """``path`` as given if it exists, else relative to the source checkout (``rlnas.REPO_DIR``)."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    return CONF_DIR.parent / p
+    return REPO_DIR / p

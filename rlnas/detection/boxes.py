@@ -1,6 +1,7 @@
 """Default boxes (priors), SSD box encoding/decoding, matching and NMS post-processing.
 
-Boxes are normalised to [0, 1] image coordinates. Priors are ``cx, cy, w, h``; ground truth and
+The default boxes themselves belong to the SSD family (:mod:`rlnas.spaces.priors`); they are
+re-exported here. Boxes are normalised to [0, 1] image coordinates. Priors are ``cx, cy, w, h``; ground truth and
 detections are ``x1, y1, x2, y2``. Offsets use the SSD variances (0.1, 0.2), i.e. torchvision's
 box-coder weights (10, 10, 5, 5).
 """
@@ -8,52 +9,17 @@ box-coder weights (10, 10, 5, 5).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torchvision.ops import batched_nms, box_convert, box_iou
 
+from rlnas.spaces.priors import boxes_per_location, default_boxes
+
+__all__ = ["VARIANCES", "PostProcess", "boxes_per_location", "decode", "default_boxes", "encode", "match",
+           "postprocess"]
+
 VARIANCES = (0.1, 0.2)
-
-
-def default_boxes(feature_sizes: Sequence[int], aspect_ratios: Sequence[Sequence[float]],
-                  min_scale: float = 0.2, max_scale: float = 0.95, clip: bool = True) -> torch.Tensor:
-    """SSD default boxes for square feature maps, as ``(N, 4)`` ``cx, cy, w, h`` in [0, 1].
-
-    Map ``k`` of ``m`` has scale ``s_k`` linearly spaced in ``[min_scale, max_scale]`` (SSD paper
-    eq. 4). Per location, in this order: the 1:1 box of scale ``s_k``, the 1:1 box of scale
-    ``sqrt(s_k s_{k+1})``, then ``r`` and ``1/r`` for every ``r`` in ``aspect_ratios[k]``, so
-    ``2 + 2 * len(aspect_ratios[k])`` boxes per location (:func:`boxes_per_location`).
-    Locations are row-major, matching a head output permuted to ``(B, H, W, A * 4)``.
-    """
-    m = len(feature_sizes)
-    if len(aspect_ratios) != m:
-        raise ValueError(f"{m} feature maps but {len(aspect_ratios)} aspect-ratio lists")
-    scales = [min_scale + (max_scale - min_scale) * k / max(m - 1, 1) for k in range(m)] + [1.0]
-    out = []
-    for k, size in enumerate(feature_sizes):
-        wh = _box_shapes(scales[k], scales[k + 1], aspect_ratios[k])
-        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-        xy = torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)
-        grid = torch.cat([xy.repeat_interleave(len(wh), 0), wh.repeat(size * size, 1)], dim=1)
-        out.append(grid)
-    boxes = torch.cat(out)
-    return boxes.clamp(0.0, 1.0) if clip else boxes
-
-
-def _box_shapes(s_k: float, s_next: float, ratios: Sequence[float]) -> torch.Tensor:
-    shapes = [(s_k, s_k), (math.sqrt(s_k * s_next),) * 2]
-    for r in ratios:
-        root = math.sqrt(r)
-        shapes += [(s_k * root, s_k / root), (s_k / root, s_k * root)]
-    return torch.tensor(shapes, dtype=torch.float32)
-
-
-def boxes_per_location(aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
-    """Default boxes per feature-map location, per map (the ``A`` of each head)."""
-    return [2 + 2 * len(r) for r in aspect_ratios]
 
 
 def encode(boxes_xyxy: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:

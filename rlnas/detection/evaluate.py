@@ -24,6 +24,7 @@ from rlnas.arch import Arch
 from rlnas.data.detection import DetectionData, Target
 from rlnas.detection.boxes import PostProcess, postprocess
 from rlnas.detection.metrics import DetectionMAP
+from rlnas.ovtools import compile_cpu, convert_to_openvino, quantize_int8, quiet
 from rlnas.spaces.base import Supernet
 from rlnas.supernet.bn import recalibrate_bn
 
@@ -101,8 +102,6 @@ def recalibrate(model: nn.Module, data: DetectionData, num_images: int, batch_si
 def convert_detector(module: nn.Module, image_size: int) -> Any:
     """``ov.Model`` of a plain detector, converted as the accuracy and latency oracles convert
     classifiers, with its two outputs named ``loc`` and ``conf``."""
-    from rlnas.oracles.accuracy import convert_to_openvino, quiet
-
     with quiet():
         ov_model = convert_to_openvino(module, image_size)
     for out, name in zip(ov_model.outputs, ("loc", "conf"), strict=True):
@@ -121,8 +120,6 @@ def compile_detector(ov_model: Any, image_size: int, inference_precision: str = 
                      threads: int | None = None) -> Any:
     """Compile for CPU with a static ``(1, 3, S, S)`` input and an explicit
     ``INFERENCE_PRECISION_HINT`` (the CPU plugin otherwise picks bf16 on CPUs that have it)."""
-    from rlnas.oracles.accuracy import compile_cpu
-
     return compile_cpu(ov_model, 1, image_size, inference_precision, threads)
 
 
@@ -143,8 +140,6 @@ def export_int8(model: nn.Module, arch: Arch | None, data: DetectionData, *, cal
     the IR is also saved there (``.xml`` + ``.bin``).
     """
     import openvino as ov
-
-    from rlnas.oracles.accuracy import quantize_int8, quiet
 
     plain = model.extract(arch) if isinstance(model, Supernet) else model
     ov_model = convert_detector(plain, data.image_size)

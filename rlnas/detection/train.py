@@ -13,7 +13,7 @@ random subnets on one batch (ground truth matched once) and sums their gradients
 Validation reports mAP@.5 as ``val_acc_{max,min}`` (the accuracy the search constrains) and
 mAP@[.5:.95] as ``val_map_{max,min}``.
 
-    python -m rlnas.detection.train model=ssd_mobilenet_v1 dataset=coco128 recipe=ssd
+    rlnas-train-supernet model=ssd_mobilenet_v1 dataset=coco128 recipe=ssd   # dispatched by dataset.task
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-import rlnas
 from rlnas.arch import Arch
 from rlnas.data.detection import DetectionData, Target, build_detection_data, resolve_path
 from rlnas.detection.evaluate import evaluate_detection, recalibrate
@@ -136,18 +135,3 @@ def train_detection_supernet(cfg: DictConfig | Mapping[str, Any],
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     return DetectionSupernetTrainer(cfg, on_step).run()
-
-
-def main() -> None:
-    """``python -m rlnas.detection.train`` with the ``train_supernet`` config and Hydra overrides."""
-    import hydra
-
-    @hydra.main(config_path=str(rlnas.CONF_DIR), config_name="train_supernet", version_base="1.3")
-    def _app(cfg: DictConfig) -> None:
-        print(train_detection_supernet(cfg))
-
-    _app()
-
-
-if __name__ == "__main__":
-    main()

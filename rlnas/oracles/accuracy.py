@@ -4,7 +4,7 @@ Pipeline of :meth:`AccuracyOracle.evaluate` on a cache miss (classification):
 
 1. ``extract`` the sub-network (a copy: the supernet is never modified);
 2. ``recalibrate`` its BatchNorm statistics on ``recal_images`` training images (cumulative
-   average, eval preprocessing, seeded subset);
+   average, training augmentation, seeded subset);
 3. ``eval_fp32``: top-1 in PyTorch on the validation images;
 4. ``convert`` (``ov.convert_model``, traced as the latency oracle does), ``quantize``
    (``nncf.quantize`` on the ``ov.Model`` with ``calib_images`` real training images, per-sample
@@ -17,41 +17,51 @@ Results, failures included, go to the :class:`~rlnas.oracles.store.MeasurementSt
 ``accuracy``) under a key holding the supernet's ``checkpoint_id``, the architecture, the data
 identity, every size and seed, the host ISA and library versions.
 
-Everything task-specific is a :class:`TaskPipeline` in :data:`TASK_PIPELINES`, picked by
-``supernet.task``: calling it measures one architecture, and its steps (recalibrate, FP32 scores,
+Everything task-specific is a :class:`TaskPipeline` given to the oracle (the task registry
+:mod:`rlnas.tasks` holds one per task; classification's, :class:`ClassificationPipeline`, is the
+default): calling it measures one architecture, and its steps (recalibrate, FP32 scores,
 calibration images, convert, compile, INT8 scores) back the oracle's public methods, which the
-export uses to build and check its INT8 IR exactly as the search measured it. Detection
-(:class:`DetectionPipeline`) scores COCO mAP, mAP@.5 being the accuracy.
+finalists and the export use to build and check INT8 IRs exactly as the search measured.
+Detection's (:class:`rlnas.detection.pipeline.DetectionPipeline`) scores COCO mAP, mAP@.5 being
+the accuracy.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import functools
-import io
+import hashlib
 import logging
 import time
-import warnings
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from importlib import metadata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from rlnas.arch import Arch
-from rlnas.oracles.store import MeasurementStore
-from rlnas.supernet.bn import preserved_bn_state, recalibrate_bn
+from rlnas.oracles.device import host_cpu_flags
+from rlnas.oracles.store import MeasurementStore, StoredResult
+from rlnas.ovtools import (
+    compile_cpu,
+    convert_to_openvino,
+    int8_primitive_count,
+    library_versions,
+    openvino_top1,
+    quantize_int8,
+    quiet,
+)
+from rlnas.supernet.bn import recalibrate_bn
+from rlnas.supernet.scoring import torch_top1
 
 log = logging.getLogger(__name__)
 
 KIND = "accuracy"
 #: Bump when the pipeline changes what a number means; older cache entries are then ignored.
-PROTOCOL = 1
+PROTOCOL = 2  # 2: BN recalibration on training-augmented images, validation/held-out splits
 RECAL_SEED = 1
 CALIB_SEED = 2
 #: CPU flags that change INT8/FP32 kernels (hence possibly the numbers)
@@ -59,7 +69,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_i
 
 
 @dataclass
-class AccuracyResult:
+class AccuracyResult(StoredResult):
     """Accuracy of one architecture: top-1 in [0, 1] for classification (mAP@.5 for detection).
 
     ``status`` is ``"ok"`` or ``"failed"`` (``reason`` says which stage and why); ``acc_fp32`` may
@@ -75,137 +85,15 @@ class AccuracyResult:
     cached: bool = False
     details: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AccuracyResult:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 # ---------------------------------------------------------------------------------------------
 # building blocks (public: the training loop, benchmarks and tests use them)
 
 
-@torch.no_grad()
-def torch_top1(model: nn.Module, batches: Iterable[Tensor], labels: Tensor, channels_last: bool = True) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) over ``batches`` whose labels are ``labels``."""
-    correct = seen = 0
-    for x in batches:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        pred = model(x).argmax(1)
-        correct += int((pred == labels[seen:seen + len(x)]).sum())
-        seen += len(x)
-    if seen != len(labels):
-        raise ValueError(f"batches held {seen} images for {len(labels)} labels")
-    return correct / max(1, seen)
-
-
-def convert_to_openvino(model: nn.Module, resolution: int) -> Any:
-    """``ov.Model`` of ``model`` with a dynamic batch, traced exactly as the latency oracle traces."""
-    from rlnas.oracles.latency import convert
-
-    ov_model = convert(model.eval().to(memory_format=torch.contiguous_format), (1, 3, resolution, resolution))
-    ov_model.reshape([-1, 3, resolution, resolution])
-    return ov_model
-
-
-def quantize_int8(ov_model: Any, calibration: list[np.ndarray]) -> Any:
-    """INT8 ``ov.Model`` by NNCF post-training quantization (CPU target, default preset, fast bias
-    correction) over calibration batches; statistics are taken per sample, not per batch."""
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-
-    batched = max(len(a) for a in calibration) > 1
-    return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration),
-                         target_device=nncf.TargetDevice.CPU,
-                         advanced_parameters=AdvancedQuantizationParameters(batchwise_statistics=batched))
-
-
-def compile_cpu(ov_model: Any, batch_size: int, resolution: int, inference_precision: str = "f32",
-                threads: int | None = None) -> Any:
-    """Compile for CPU with a static ``[batch_size, 3, R, R]`` input and an explicit precision
-    hint (the CPU plugin otherwise runs bf16 where the CPU has it, changing the numbers)."""
-    model = ov_model.clone()
-    model.reshape([batch_size, 3, resolution, resolution])
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return _core().compile_model(model, "CPU", config)
-
-
-@functools.lru_cache(maxsize=1)
-def _core() -> Any:
-    import openvino as ov
-
-    return ov.Core()
-
-
-def primitive_types(compiled: Any) -> list[str]:
-    """The ``primitiveType`` of every op of the compiled (runtime) model, e.g. ``jit_avx2_1x1_I8``."""
-    return [str(op.get_rt_info()["primitiveType"].astype(str)) for op in compiled.get_runtime_model().get_ops()]
-
-
-def int8_primitive_count(compiled: Any) -> int:
-    """How many executed primitives run in INT8 (``I8`` in their primitive type)."""
-    return sum("I8" in t.upper() for t in primitive_types(compiled))
-
-
-def openvino_top1(compiled: Any, batches: Iterable[Tensor], labels: Tensor) -> float:
-    """Top-1 of a compiled model with a static batch; short batches are zero-padded."""
-    batch = int(compiled.input(0).get_shape()[0])
-    request = compiled.create_infer_request()
-    correct = seen = 0
-    for x in batches:
-        n = len(x)
-        arr = x.numpy()
-        if n < batch:
-            arr = np.concatenate([arr, np.zeros((batch - n, *arr.shape[1:]), dtype=arr.dtype)])
-        logits = request.infer({0: arr})[compiled.output(0)]
-        pred = torch.from_numpy(np.asarray(logits)[:n].argmax(1))
-        correct += int((pred == labels[seen:seen + n]).sum())
-        seen += n
-    if seen != len(labels):
-        raise ValueError(f"batches held {seen} images for {len(labels)} labels")
-    return correct / max(1, seen)
-
-
-def library_versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "openvino", "nncf"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "none"
-    return out
-
-
 def host_isa() -> list[str]:
     """The ISA flags of this host that select different kernels."""
-    from rlnas.oracles.device import host_cpu_flags
-
     flags = host_cpu_flags()
     return [f for f in ISA_FLAGS if f in flags]
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence tracer warnings, NNCF progress bars and info logs (errors still raise)."""
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        nncf_log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -261,13 +149,26 @@ class AccuracyOracle:
     :param inference_precision: OpenVINO ``INFERENCE_PRECISION_HINT`` (f32: INT8 layers run INT8,
         the rest FP32).
     :param retry_failed: re-measure architectures whose cached record is a failure.
+    :param split: the images scored: ``val`` (validation: what the search selects on) or
+        ``holdout`` (held-out images for reports; the search never sees them).
+    :param pipeline: how the supernet's task is measured (``rlnas.tasks.get_task(task).pipeline``);
+        None: :class:`ClassificationPipeline`, for classification supernets only.
     """
 
     def __init__(self, supernet: nn.Module, data: Any, store: MeasurementStore | str | Path | None,
                  checkpoint_id: str, recal_images: int = 2000, calib_images: int = 300,
                  eval_images: int | None = None, batch_size: int = 250, threads: int | None = 2,
                  fp32_images: int | None = None, calib_batch_size: int = 50, inference_precision: str = "f32",
-                 retry_failed: bool = False, channels_last: bool = True) -> None:
+                 retry_failed: bool = False, channels_last: bool = True, split: str = "val",
+                 pipeline: TaskPipeline | None = None) -> None:
+        self.task = getattr(supernet, "task", "classification")
+        if pipeline is None and self.task != "classification":
+            raise ValueError(f"a {self.task} supernet needs its task's pipeline: "
+                             f"AccuracyOracle(..., pipeline=rlnas.tasks.get_task({self.task!r}).pipeline)")
+        self._pipeline = pipeline or ClassificationPipeline()
+        self.split = split
+        if split != "val" and not hasattr(data, "eval_set"):
+            raise ValueError(f"split={split!r}: {type(data).__name__} has validation images only")
         self.supernet = supernet
         self.data = data
         self.store = MeasurementStore(store) if isinstance(store, (str, Path)) else store
@@ -280,7 +181,6 @@ class AccuracyOracle:
         self.inference_precision = inference_precision
         self.retry_failed = retry_failed
         self.channels_last = channels_last
-        self.task = getattr(supernet, "task", "classification")
         self.versions = library_versions()
         self._isa = host_isa()
 
@@ -302,14 +202,39 @@ class AccuracyOracle:
         return result
 
     def baseline(self) -> AccuracyResult:
-        """The maximal architecture a0, evaluated the same way."""
+        """The maximal architecture of the supernet, evaluated the same way."""
         return self.evaluate(self.supernet.space.max_arch())
+
+    def evaluate_model(self, model: nn.Module, model_key: str) -> AccuracyResult:
+        """Accuracy of a plain trained model *as deployed* (its own BN statistics, never
+        recalibrated; FP32 on the whole evaluation set, then INT8 as for candidates), e.g. the
+        user's a0. ``model_key`` identifies its weights in the cache (e.g. a checkpoint hash)."""
+        key = {**self.cache_key(self.supernet.space.max_arch()), "network": None, "model": str(model_key),
+               "recal_images": 0, "fp32_images": self.eval_count}
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached
+        stage = _Stage()
+        start = time.perf_counter()
+        try:
+            prepared = model.eval().to(memory_format=torch.channels_last) if self.channels_last else model.eval()
+            with torch_threads(self.threads):
+                result = self.pipeline.score(self, prepared, stage, self.eval_count)
+        except Exception as err:  # reported to the caller, which cannot go on without it
+            result = AccuracyResult("failed", f"{stage.current}: {type(err).__name__}: {err}")
+        result.stage_seconds = {**stage.seconds, "total": time.perf_counter() - start}
+        if self.store is not None:
+            self.store.put(KIND, key, result.to_dict())
+        return result
 
     def cache_key(self, arch: Arch) -> dict[str, Any]:
         """Everything that changes the numbers of ``arch``."""
         self.supernet.space.validate(arch)
+        network = getattr(self.supernet, "network_key", None)
+        ident = hashlib.sha256(network(arch).encode()).hexdigest()[:24] if callable(network) else arch.to_json()
         return {"protocol": PROTOCOL, "task": self.task, "checkpoint_id": self.checkpoint_id,
-                "arch": arch.to_json(), "data": self._data_identity(), "eval_images": self.eval_count,
+                "network": ident, "data": self._data_identity(), "split": self.split,
+                "eval_images": self.eval_count,
                 "fp32_images": self._fp32_count(arch), "recal_images": self.recal_images,
                 "recal_seed": RECAL_SEED, "calib_images": self.calib_images, "calib_seed": CALIB_SEED,
                 "calib_batch_size": self.calib_batch_size, "batch_size": self.batch_size,
@@ -318,11 +243,8 @@ class AccuracyOracle:
 
     @property
     def pipeline(self) -> TaskPipeline:
-        """The :class:`TaskPipeline` of this oracle's task (ValueError naming the known tasks)."""
-        pipeline = TASK_PIPELINES.get(self.task)
-        if pipeline is None:
-            raise ValueError(f"no accuracy pipeline for task {self.task!r}; known: {sorted(TASK_PIPELINES)}")
-        return pipeline
+        """The :class:`TaskPipeline` of this oracle's task."""
+        return self._pipeline
 
     @property
     def metric(self) -> str:
@@ -332,7 +254,7 @@ class AccuracyOracle:
     @property
     def eval_count(self) -> int:
         """Validation images scored: ``eval_images`` capped at the split's size (None: all)."""
-        total = len(self.data.val)
+        total = len(self.data.eval_set(self.split) if hasattr(self.data, "eval_set") else self.data.val)
         return total if self.eval_images is None else min(int(self.eval_images), total)
 
     def prepare(self, arch: Arch) -> nn.Module:
@@ -393,10 +315,7 @@ class AccuracyOracle:
         return result
 
     def _measure(self, arch: Arch) -> AccuracyResult:
-        try:
-            pipeline = self.pipeline
-        except ValueError as err:
-            return AccuracyResult("failed", str(err))
+        pipeline = self.pipeline
         stage = _Stage()
         start = time.perf_counter()
         try:
@@ -443,16 +362,21 @@ class TaskPipeline(abc.ABC):
         return self.metrics[self.accuracy_key]
 
     def __call__(self, oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
-        """Extract, recalibrate, FP32 in PyTorch, convert, quantize, compile, INT8 in OpenVINO."""
+        """Extract, recalibrate, then :meth:`score`."""
         with stage("extract"):
             model = oracle.supernet.extract(arch)
         with stage("recalibrate"):
             model = oracle.recalibrate(model)
-        acc_fp32 = None
-        fp32_count = oracle._fp32_count(arch)
+        return self.score(oracle, model, stage, oracle._fp32_count(arch))
+
+    def score(self, oracle: AccuracyOracle, model: nn.Module, stage: _Stage, fp32_count: int) -> AccuracyResult:
+        """FP32 in PyTorch (on ``fp32_count`` images; 0 skips it), convert, quantize with real
+        calibration images, compile, INT8 in OpenVINO, of a prepared model."""
+        key = self.accuracy_key
+        fp32: dict[str, float] = {}
         if fp32_count > 0:
             with stage("eval_fp32"):
-                acc_fp32 = oracle.fp32_accuracy(model, fp32_count)
+                fp32 = oracle.fp32_scores(model, fp32_count)
         with stage("convert"), quiet():
             ov_model = self.convert(oracle, model)
         with stage("quantize"), quiet():
@@ -460,9 +384,10 @@ class TaskPipeline(abc.ABC):
         with stage("compile"):
             compiled = oracle.compile(quantized)
         with stage("eval_int8"):
-            acc_int8 = oracle.int8_accuracy(compiled)
-        details = {"eval_images": oracle.eval_count, "fp32_images": fp32_count,
-                   "int8_primitives": int8_primitive_count(compiled)}
+            int8 = oracle.int8_scores(compiled)
+        details = {"eval_images": oracle.eval_count, "fp32_images": fp32_count, "split": oracle.split,
+                   "int8_primitives": int8_primitive_count(compiled), "fp32_scores": fp32, "int8_scores": int8}
+        acc_fp32, acc_int8 = fp32.get(key), int8[key]
         return AccuracyResult("ok", "", acc_fp32, acc_int8, details=details)
 
     @abc.abstractmethod
@@ -501,12 +426,12 @@ class ClassificationPipeline(TaskPipeline):
         if oracle.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if oracle.recal_images > 0:
-            images = oracle.data.train_subset(oracle.recal_images, RECAL_SEED)
-            recalibrate_bn(model, oracle.data.batches(images, oracle.batch_size), oracle.channels_last)
+            batches = oracle.data.recal_batches(oracle.recal_images, RECAL_SEED, oracle.batch_size)
+            recalibrate_bn(model, batches, oracle.channels_last)
         return model.eval()
 
     def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
-        images, labels = oracle.data.val_images(count)
+        images, labels = oracle.data.eval_images(oracle.split, count)
         return {"top1": torch_top1(model, oracle.data.batches(images, oracle.batch_size), labels,
                                    oracle.channels_last)}
 
@@ -522,59 +447,5 @@ class ClassificationPipeline(TaskPipeline):
                            oracle.threads)
 
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
-        images, labels = oracle.data.val_images(count)
+        images, labels = oracle.data.eval_images(oracle.split, count)
         return {"top1": openvino_top1(compiled, oracle.data.batches(images, oracle.batch_size), labels)}
-
-
-def _det() -> Any:
-    """:mod:`rlnas.detection.evaluate`, imported on first use (it imports this module)."""
-    from rlnas.detection import evaluate
-
-    return evaluate
-
-
-class DetectionPipeline(TaskPipeline):
-    """COCO mAP with :mod:`rlnas.detection.evaluate` (mAP@.5 is the accuracy): only the network
-    (raw ``loc``/``conf``) is converted and quantized, at batch 1 on the first images of each
-    split; decoding and NMS run in PyTorch."""
-
-    metrics = {"map50": "mAP@.5", "map": "mAP@[.5:.95]", "map75": "mAP@.75"}
-    output_names = ("loc", "conf")
-
-    def __call__(self, oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
-        """Delegated to :func:`rlnas.detection.evaluate.detection_accuracy` (the same steps as
-        below; mAP@[.5:.95] in ``details``); the supernet's BN buffers are restored after."""
-        with stage("detection"), preserved_bn_state(oracle.supernet):
-            out = _det().detection_accuracy(
-                oracle.supernet, arch, oracle.data, recal_images=oracle.recal_images,
-                calib_images=oracle.calib_images, eval_images=oracle.eval_images,
-                inference_precision=oracle.inference_precision, threads=oracle.threads)
-        stage.seconds.update(out.get("stage_seconds", {}))
-        details = {k: v for k, v in out.items() if k not in ("stage_seconds", "map50", "map50_int8")}
-        return AccuracyResult("ok", "", out["map50"], out["map50_int8"], details=details)
-
-    def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
-        return _det().recalibrate(model, oracle.data, oracle.recal_images)
-
-    def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
-        return _det().evaluate_detection(model, None, oracle.data, max_images=count)
-
-    def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
-        return _det().calibration_arrays(oracle.data, count)
-
-    def convert(self, oracle: AccuracyOracle, model: nn.Module) -> Any:
-        return _det().convert_detector(model, oracle.data.image_size)
-
-    def compile(self, oracle: AccuracyOracle, ov_model: Any) -> Any:
-        return _det().compile_detector(ov_model, oracle.data.image_size, oracle.inference_precision, oracle.threads)
-
-    def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
-        det = _det()
-        return det.evaluate_compiled(compiled, oracle.data, det.priors_of(oracle.supernet), max_images=count)
-
-
-#: ``supernet.task`` -> its :class:`TaskPipeline`
-TASK_PIPELINES: dict[str, TaskPipeline] = {
-    "classification": ClassificationPipeline(),
-    "detection": DetectionPipeline(),
-}

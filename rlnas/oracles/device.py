@@ -2,7 +2,11 @@
 
 A profile emulates a smaller Intel CPU on the host by capping oneDNN's ISA with
 ``ONEDNN_MAX_CPU_ISA`` (read once, when OpenVINO loads, hence one worker process per profile).
-Profiles live in ``conf/device/<name>.yaml``.
+Profiles live in ``conf/device/<name>.yaml``: one per CPU class oneDNN tells apart by that cap,
+each naming the CPUs it stands for (``cpus``). The cap only lowers the ISA: a profile whose cap
+needs CPU flags the host lacks cannot be emulated and is refused (``rlnas-profiles`` lists which
+profiles this host can run). Every shipped profile uses ``threads: 2`` (this 2-core machine, and
+the same count everywhere so that profiles compare), whatever core count the real CPUs have.
 """
 
 from __future__ import annotations
@@ -16,23 +20,36 @@ from typing import Any
 
 import rlnas
 
-#: oneDNN ISA names (values of ``ONEDNN_MAX_CPU_ISA``), lowest first, with the /proc/cpuinfo
-#: flags each one needs.
-_BASE_AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl")
+#: oneDNN ISA names (values of ``ONEDNN_MAX_CPU_ISA``), lowest first, with every /proc/cpuinfo
+#: flag each one needs: the whole chain of oneDNN's ``mayiuse`` checks, so a missing lower flag is
+#: named too. AVX2 adds ``fma`` (oneDNN's AVX2 kernels use it; every AVX2 CPU has it); in oneDNN
+#: 3.x AVX512_CORE_FP16 is AVX10.1/512, which also needs AVX-VNNI, and AVX512_CORE_AMX builds on
+#: it (so it needs ``avx512_fp16`` and ``avx_vnni``, as Sapphire Rapids has). AMX also needs the
+#: kernel to grant the tile state (Linux >= 5.16), which no flag shows.
+_SSE41 = ("sse4_1",)
+_AVX = _SSE41 + ("avx",)
+_AVX2 = _AVX + ("avx2", "fma")
+_AVX2_VNNI = _AVX2 + ("avx_vnni",)
+_AVX512_CORE = _AVX2 + ("avx512f", "avx512bw", "avx512dq", "avx512vl")
+_AVX512_CORE_VNNI = _AVX512_CORE + ("avx512_vnni",)
+_AVX512_CORE_BF16 = _AVX512_CORE_VNNI + ("avx512_bf16",)
+_AVX512_CORE_FP16 = _AVX512_CORE_BF16 + ("avx512_fp16", "avx_vnni")
+_AVX512_CORE_AMX = _AVX512_CORE_FP16 + ("amx_tile", "amx_int8", "amx_bf16")
 ISA_FLAGS: dict[str, tuple[str, ...]] = {
-    "SSE41": ("sse4_1",),
-    "AVX": ("sse4_1", "avx"),
-    "AVX2": ("avx", "avx2", "fma"),
-    "AVX2_VNNI": ("avx2", "fma", "avx_vnni"),
-    "AVX2_VNNI_2": ("avx2", "fma", "avx_vnni", "avx_vnni_int8", "avx_ne_convert"),
-    "AVX512_CORE": _BASE_AVX512,
-    "AVX512_CORE_VNNI": _BASE_AVX512 + ("avx512_vnni",),
-    "AVX512_CORE_BF16": _BASE_AVX512 + ("avx512_vnni", "avx512_bf16"),
-    "AVX512_CORE_FP16": _BASE_AVX512 + ("avx512_vnni", "avx512_bf16", "avx512_fp16"),
-    "AVX512_CORE_AMX": _BASE_AVX512 + ("avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"),
-    "AVX512_CORE_AMX_FP16": _BASE_AVX512 + ("avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-                                            "amx_int8", "amx_bf16", "amx_fp16"),
+    "SSE41": _SSE41,
+    "AVX": _AVX,
+    "AVX2": _AVX2,
+    "AVX2_VNNI": _AVX2_VNNI,
+    "AVX2_VNNI_2": _AVX2_VNNI + ("avx_vnni_int8", "avx_ne_convert"),
+    "AVX512_CORE": _AVX512_CORE,
+    "AVX512_CORE_VNNI": _AVX512_CORE_VNNI,
+    "AVX512_CORE_BF16": _AVX512_CORE_BF16,
+    "AVX512_CORE_FP16": _AVX512_CORE_FP16,
+    "AVX512_CORE_AMX": _AVX512_CORE_AMX,
+    "AVX512_CORE_AMX_FP16": _AVX512_CORE_AMX + ("amx_fp16",),
 }
+#: Every flag some ISA above needs, in first-needed order (the ones worth showing for a host).
+RELEVANT_FLAGS: tuple[str, ...] = tuple(dict.fromkeys(f for flags in ISA_FLAGS.values() for f in flags))
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 #: Any one of these flags in the effective ISA lets the OpenVINO CPU plugin run that precision.
 _PRECISION_FLAGS = {
@@ -48,13 +65,18 @@ class DeviceProfileError(ValueError):
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """How to compile and run on the CPU: ISA cap (``None`` = native), precision hint, threads."""
+    """How to compile and run on the CPU: ISA cap (``None`` = native), precision hint, threads.
+
+    ``cpus`` names the real CPUs the profile stands for (documentation only: not part of
+    :meth:`key`, so it never changes a cache key).
+    """
 
     name: str
     isa: str | None = None
     inference_precision: str = "f32"
     threads: int = 2
     description: str = ""
+    cpus: tuple[str, ...] = ()
 
     def env(self) -> dict[str, str]:
         """Environment variables the worker process needs (set before openvino is imported)."""
@@ -86,8 +108,12 @@ class DeviceProfile:
         isa_flags = set(ISA_FLAGS[self.effective_isa(flags)])
         return bool(isa_flags & set(needed))
 
-    def validate(self, flags: frozenset[str] | None = None) -> DeviceProfile:
-        """Return self if well formed and runnable on this host, else raise DeviceProfileError."""
+    def missing_flags(self, flags: frozenset[str] | None = None) -> list[str]:
+        """The /proc/cpuinfo flags the ISA cap needs and this host lacks ([] when uncapped)."""
+        return missing_flags(self.isa, flags) if self.isa is not None else []
+
+    def check_fields(self) -> None:
+        """Raise DeviceProfileError if a field is malformed (whatever the host)."""
         if self.isa is not None and self.isa not in ISA_FLAGS:
             raise DeviceProfileError(f"profile {self.name!r}: unknown isa {self.isa!r}; "
                                      f"valid: {list(ISA_FLAGS)} or null for native")
@@ -96,15 +122,25 @@ class DeviceProfile:
                                      f"{self.inference_precision!r} not in {INFERENCE_PRECISIONS}")
         if int(self.threads) < 1:
             raise DeviceProfileError(f"profile {self.name!r}: threads must be >= 1, got {self.threads}")
-        if self.isa is not None:
-            try:
-                check_isa(self.isa, flags)
-            except DeviceProfileError as err:
-                raise DeviceProfileError(f"profile {self.name!r}: {err}") from None
+
+    def host_problem(self, flags: frozenset[str] | None = None) -> str | None:
+        """Why this host cannot run the (well formed) profile, or None if it can."""
+        missing = self.missing_flags(flags)
+        if missing:
+            return f"this host ({host_cpu_model()}) lacks CPU flags {missing} needed by ISA {self.isa}"
         if not self.supports(self.inference_precision, flags):
-            raise DeviceProfileError(
-                f"profile {self.name!r}: ISA {self.effective_isa(flags)} cannot run "
-                f"{self.inference_precision}; use f32 or a profile whose ISA has it")
+            return (f"ISA {self.effective_isa(flags)} cannot run {self.inference_precision}; "
+                    "use f32 or a profile whose ISA has it")
+        return None
+
+    def validate(self, flags: frozenset[str] | None = None) -> DeviceProfile:
+        """Return self if well formed and runnable on this host, else raise DeviceProfileError
+        (one line: the missing CPU flags and the profiles this host can run)."""
+        self.check_fields()
+        problem = self.host_problem(flags)
+        if problem is not None:
+            raise DeviceProfileError(f"profile {self.name!r}: {problem}; "
+                                     f"profiles this host can run: {runnable_profiles(flags)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,9 +207,41 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in device_conf_dir().glob("*.yaml"))
 
 
+@dataclass(frozen=True)
+class ProfileStatus:
+    """Whether this host can run a profile: the flags its ISA cap lacks, and why not (None = it can)."""
+
+    profile: DeviceProfile
+    missing: tuple[str, ...] = ()
+    problem: str | None = None
+
+    @property
+    def runs_here(self) -> bool:
+        return self.problem is None
+
+
+def profile_statuses(flags: frozenset[str] | None = None) -> list[ProfileStatus]:
+    """Every profile of conf/device/ with whether this host (or ``flags``) can run it."""
+    out = []
+    for name in list_profiles():
+        try:
+            profile = load_profile(name, check_host=False)
+            profile.check_fields()
+        except DeviceProfileError as err:
+            out.append(ProfileStatus(DeviceProfile(name), problem=str(err)))
+            continue
+        out.append(ProfileStatus(profile, tuple(profile.missing_flags(flags)), profile.host_problem(flags)))
+    return out
+
+
+def runnable_profiles(flags: frozenset[str] | None = None) -> list[str]:
+    """Names of the conf/device/ profiles this host (or ``flags``) can run."""
+    return [s.profile.name for s in profile_statuses(flags) if s.runs_here]
+
+
 def profile_from_config(cfg: Mapping[str, Any], check_host: bool = True) -> DeviceProfile:
     """Build a profile from a mapping (e.g. the Hydra ``device`` node), validated."""
-    known = {"name", "isa", "inference_precision", "threads", "description"}
+    known = {"name", "isa", "inference_precision", "threads", "description", "cpus"}
     unknown = set(cfg) - known
     if unknown:
         raise DeviceProfileError(f"device config has unknown keys {sorted(unknown)}; valid: {sorted(known)}")
@@ -181,7 +249,8 @@ def profile_from_config(cfg: Mapping[str, Any], check_host: bool = True) -> Devi
         raise DeviceProfileError("device config needs a name")
     profile = DeviceProfile(name=str(cfg["name"]), isa=cfg.get("isa") or None,
                             inference_precision=str(cfg.get("inference_precision", "f32")),
-                            threads=int(cfg.get("threads", 2)), description=str(cfg.get("description", "")))
+                            threads=int(cfg.get("threads", 2)), description=str(cfg.get("description", "")),
+                            cpus=tuple(str(c) for c in (cfg.get("cpus") or ())))
     return profile.validate() if check_host else profile
 
 

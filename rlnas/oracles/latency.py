@@ -12,25 +12,22 @@ measurement store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import io
-import logging
 import math
 import os
 import statistics
 import time
-import uuid
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from importlib import metadata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from rlnas.oracles.device import DeviceProfile, host_cpu_model, load_profile
-from rlnas.oracles.store import MeasurementStore, canonical_json
+from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
 from rlnas.oracles.worker import (
     DEFAULT_LOCK_PATH,
     TimingConfig,
@@ -41,11 +38,14 @@ from rlnas.oracles.worker import (
     ratio_rel_error,
     round_ratios,
 )
+from rlnas.ovtools import convert, library_versions, quiet, save_ir
 
 #: Bump when the timing protocol changes what a number means; old cache entries are then ignored.
 PROTOCOL_VERSION = 1
 #: Store kind of latency records.
 KIND = "latency"
+#: Store kind of N-way confirmation measurements.
+CONFIRM_KIND = "confirmation"
 PRECISIONS = ("int8", "fp32", "fp16", "bf16")
 RATIO_METHODS = ("median_round_p10", "median_round_median", "p10", "median", "min")
 #: The IR each precision runs: bf16 is an f32 IR run with a bf16 hint.
@@ -55,7 +55,7 @@ ModelLike = Any  # torch.nn.Module, or a zero-argument callable building one (bu
 
 
 @dataclass
-class LatencyResult:
+class LatencyResult(StoredResult):
     """One latency measurement (or a failure and its reason) of a model on a device profile.
 
     ``latency_ms`` is the median single-image latency, ``p10_ms``/``p90_ms`` its percentiles.
@@ -97,23 +97,77 @@ class LatencyResult:
     rounds: int = 0
     measured_at: float = 0.0
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatencyResult:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["input_shape"] = tuple(values.get("input_shape", ()))
-        return cls(**values)
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(self.input_shape)  # JSON round trips give lists
 
     def int8_kernels(self) -> list[str]:
         """Executed primitive types that run in int8 (``..._I8``/``..._i8``/``..._u8``)."""
         return [k for k in self.kernels if k.lower().endswith(("_i8", "_u8"))]
+
+
+@dataclass
+class Confirmation(StoredResult):
+    """N models (e.g. a0 and the finalists) timed in the same interleaved rounds on one profile.
+
+    ``ratio[name]`` is the median over rounds of the per-round ratio of the model's 10th-percentile
+    time to the reference's (the search's estimator), ``ratio_ci[name]`` its 95 % bootstrap
+    confidence interval over rounds (paired: both times of a ratio come from the same round),
+    ``latency_ms`` each model's median.
+    """
+
+    reference: str
+    latency_ms: dict[str, float]
+    ratio: dict[str, float]
+    ratio_ci: dict[str, list[float]]
+    rounds: int
+    profile: str
+    kernels: dict[str, dict[str, int]] = field(default_factory=dict)
+    inference_precision: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+    status: str = "ok"
+
+    def speedup(self, name: str) -> float:
+        return 1.0 / self.ratio[name]
+
+
+LAYER_CLASSES = ("stem", "conv1x1", "conv3x3", "grouped", "fc", "other")
+
+
+def classify_layer_times(nodes: dict[str, dict[str, Any]], layers: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Per-layer-class milliseconds from :meth:`LatencyOracle.layer_times`' raw counters: an
+    executed node is the class of the first conv/FC layer fused into it (by weight shape)."""
+    convs = [name for name, layer in layers.items() if layer["type"] != "MatMul"]
+    stem = convs[0] if convs else None
+    out = dict.fromkeys(LAYER_CLASSES, 0.0)
+    for name, node in nodes.items():
+        kind = "other"
+        for original in [name, *node.get("fused", [])]:
+            owner = next((n for n in layers if original == n or original.startswith(n + "/")), None)
+            if owner is None:
+                continue
+            layer, original = layers[owner], owner
+            weights = layer["weights"]
+            if original == stem:
+                kind = "stem"
+            elif layer["type"] == "MatMul":
+                kind = "fc"
+            elif layer["type"] == "GroupConvolution":
+                kind = "grouped"
+            else:
+                kind = "conv1x1" if weights[-1] == weights[-2] == 1 else "conv3x3"
+            break
+        out[kind] += node["us"] / 1000.0
+    return out
+
+
+def bootstrap_ratio_ci(cand_rounds: list[list[float]], ref_rounds: list[list[float]], samples: int = 2000,
+                       seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of the median per-round p10 ratio, resampling rounds."""
+    ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, len(ratios), (samples, len(ratios)))], axis=1)
+    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
 
 
 def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -143,17 +197,6 @@ def structural_key(model: Any) -> str:
     parts += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
     parts += [f"{n}:{tuple(b.shape)}" for n, b in model.named_buffers()]
     return "struct:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that change numbers, read from package metadata (cheap: nothing is imported)."""
-    out = {}
-    for name in ("openvino", "nncf", "torch"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "none"
-    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -293,6 +336,65 @@ class LatencyOracle:
         reused = {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}
         return self._measure_cached(model_key, shape, precision, hint, force, retry_failed,
                                     lambda: (xml, dict(reused), True))
+
+    def confirm(self, irs: dict[str, str | os.PathLike], reference: str, timing: TimingConfig | None = None,
+                precision: str = "int8", force: bool = False) -> Confirmation:
+        """Time every IR of ``irs`` (name -> .xml, static single-input IRs) in the same
+        interleaved rounds, with ratios to ``irs[reference]``: the confirmation measurement of
+        finalists (more rounds than the search: pass a longer ``timing``). Cached by the IRs'
+        contents, the profile and the timing; raises WorkerError & co. when timing fails."""
+        if reference not in irs:
+            raise ValueError(f"reference {reference!r} is not among the IRs {sorted(irs)}")
+        timing = timing or self.timing
+        xmls = {name: check_ir_files(path) for name, path in irs.items()}
+        shapes = {name: list(ir_measure_shape(xml, ir_inputs(xml), None)) for name, xml in xmls.items()}
+        key = {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
+               "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
+               "cpu": host_cpu_model(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
+               "timing": asdict(timing)}
+        record = None if force else self.store.get(CONFIRM_KIND, key)
+        if record is not None:
+            return dataclasses.replace(Confirmation.from_dict(record), cached=True)
+        config = self.profile.compile_config(self._hint(precision))
+        order = [reference] + [name for name in xmls if name != reference]
+        msg = {"op": "confirm", "timing": asdict(timing), "lock_path": self.lock_path,
+               "models": {name: {"path": str(xmls[name]), "config": config, "shape": shapes[name]} for name in order}}
+        start = time.perf_counter()
+        reply = self.worker.request(msg, max(self.timeout_s, 2 * timing.max_time_s + 60 * len(order)))
+        rounds = reply["rounds"]
+        result = Confirmation(
+            reference=reference, rounds=len(rounds[reference]), profile=self.profile.name,
+            latency_ms={n: statistics.median(t for r in rounds[n] for t in r) for n in order},
+            ratio={n: float(np.median(round_ratios(rounds[n], rounds[reference]))) for n in order},
+            ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
+            kernels=reply["kernels"], inference_precision=reply["inference_precision"],
+            stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
+                           "lock_wait": reply["lock_wait_s"], "total": time.perf_counter() - start})
+        self.store.put(CONFIRM_KIND, key, result.to_dict())
+        return result
+
+    def throughput(self, irs: dict[str, str | os.PathLike], seconds: float = 3.0, repeats: int = 3,
+                   precision: str = "int8") -> dict[str, float]:
+        """Median frames per second of each IR in OpenVINO's throughput mode on this profile
+        (its threads, ISA cap and precision hint; the plugin picks streams and requests), the IRs
+        measured in alternation. For reports: the search needs only latency."""
+        msg = {"op": "throughput", "models": {n: str(check_ir_files(p)) for n, p in irs.items()},
+               "config": self.profile.compile_config(self._hint(precision)), "seconds": seconds,
+               "repeats": repeats, "lock_path": self.lock_path}
+        reply = self.worker.request(msg, self.timeout_s + 2 * seconds * repeats * len(irs))
+        return {name: statistics.median(values) for name, values in reply["fps"].items()}
+
+    def layer_times(self, xml_path: str | os.PathLike, iters: int = 200, precision: str = "int8") -> dict[str, float]:
+        """Mean per-inference time (ms) of an IR's layers on this profile by layer class, from
+        OpenVINO's per-layer performance counters: ``stem`` (the first convolution), ``conv1x1``,
+        ``conv3x3`` (and other k x k), ``grouped`` (grouped / depthwise), ``fc``, ``other`` (pooling,
+        eltwise, reorders, quantize/dequantize...). Timed under the machine-wide lock."""
+        xml = check_ir_files(xml_path)
+        msg = {"op": "perf", "path": str(xml), "config": self.profile.compile_config(self._hint(precision)),
+               "iters": iters}
+        with FileLock(self.lock_path) if self.lock_path else contextlib.nullcontext():
+            reply = self.worker.request(msg, self.timeout_s)
+        return classify_layer_times(reply["nodes"], reply["layers"])
 
     def cache_key(self, model_key: str, input_shape: Sequence[int], precision: str) -> dict[str, Any]:
         """Everything that changes the number of one measurement."""
@@ -530,23 +632,6 @@ def ir_size(xml: Path) -> int:
     return sum(p.stat().st_size for p in (xml, xml.with_suffix(".bin")) if p.is_file())
 
 
-@contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
-    """Silence tracer warnings, NNCF progress bars and info logs (errors still raise)."""
-    if not enabled:
-        yield
-        return
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        nncf_log.setLevel(level)
-
-
 def _stage(name: str, stages: dict[str, float], fn: Callable[[], Any]) -> Any:
     start = time.perf_counter()
     try:
@@ -562,7 +647,7 @@ def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path,
     """Build ``model`` (if a builder), convert it to an IR at ``path`` (variant int8, fp32 or
     fp16); return stage seconds. Raises IRBuildError naming the failed stage."""
     stages: dict[str, float] = {}
-    with _quiet(quant.quiet):
+    with quiet(quant.quiet):
         module = _stage("build", stages, lambda: build_model(model))
         ov_model = _stage("convert", stages, lambda: convert(module, shape))
         if variant == "int8":
@@ -571,28 +656,6 @@ def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path,
             stages["quantize"] = 0.0
         _stage("save", stages, lambda: save_ir(ov_model, path, compress_to_fp16=variant == "fp16"))
     return stages
-
-
-def convert(model: Any, shape: tuple[int, ...]) -> Any:
-    """``ov.convert_model`` with a static shape, tracing once (no trace check: it reruns the model
-    twice more)."""
-    import openvino as ov
-    import torch
-    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
-
-    model.eval()
-    example = torch.randn(*shape)
-    threads = torch.get_num_threads()
-    # One thread: tracing needs no speed, and OpenMP threads on a busy machine made a 32 px
-    # ResNet-50 forward take 0.9 s instead of 14 ms (threads wait for descheduled peers).
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            decoder = TorchScriptPythonDecoder(model, example_input=(example,),
-                                               trace_kwargs={"check_trace": False})
-            return ov.convert_model(decoder, input=[list(shape)])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def calibration_arrays(calibration: Iterable | None, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
@@ -627,19 +690,3 @@ def quantize(ov_model: Any, shape: tuple[int, ...], calibration: Iterable | None
                                               inplace_statistics=quant.inplace(shape))
     return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data),
                          target_device=nncf.TargetDevice[quant.target_device], advanced_parameters=advanced)
-
-
-def save_ir(ov_model: Any, path: Path, compress_to_fp16: bool) -> None:
-    """Save atomically: write under a temporary name, then rename .bin before .xml (the .xml's
-    presence means the IR is complete), so concurrent writers of the same IR never clash."""
-    import openvino as ov
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.xml")
-    try:
-        ov.save_model(ov_model, str(tmp), compress_to_fp16=compress_to_fp16)
-        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, tmp.with_suffix(".bin")):
-            leftover.unlink(missing_ok=True)

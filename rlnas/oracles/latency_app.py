@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import rlnas
 from rlnas.oracles.device import DeviceProfile, load_profile, profile_from_config
 from rlnas.oracles.latency import PRECISIONS, LatencyOracle, LatencyResult, QuantizationConfig, percentile
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig
@@ -217,10 +216,8 @@ def report(rows: list[dict[str, str]], raw: list[dict[str, Any]]) -> str:
     return text
 
 
-@hydra.main(version_base="1.3", config_path=str(rlnas.CONF_DIR), config_name="latency")
-def app(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
+def app_body(cfg: DictConfig) -> None:
+    """Measure, print the table, write the JSON (``rlnas-latency``'s task; see :mod:`rlnas.cli`)."""
     rows, raw = run(cfg)
     print(report(rows, raw))
     if cfg.output_json:
@@ -228,11 +225,3 @@ def app(cfg: DictConfig) -> None:
         out.write_text(json.dumps(raw, indent=1))
         print(f"results: {out}")
 
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

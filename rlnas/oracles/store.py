@@ -7,6 +7,7 @@ is safe to use after ``fork`` and from several threads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -105,3 +106,23 @@ class MeasurementStore:
 
     def __repr__(self) -> str:
         return f"MeasurementStore({str(self.path)!r})"
+
+
+class StoredResult:
+    """Base of the dataclass results that go to the store and run logs (latency, accuracy,
+    confirmation, the Evaluator's Measurement): ``ok`` from ``status`` and a dict round trip
+    that ignores keys a newer or older version wrote."""
+
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})

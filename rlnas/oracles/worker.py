@@ -6,8 +6,10 @@ replies on a private copy of the original stdout (fd 1 itself is pointed at stde
 anything OpenVINO prints cannot corrupt the protocol). The worker never imports torch.
 
 Requests: ``{"op": "ping"}``, ``{"op": "measure", "cand": {"path", "config", "shape"}, "ref": ...|null,
-"timing", "lock_path"}`` (see :meth:`_Worker.measure`),
-``{"op": "shutdown"}``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
+"timing", "lock_path"}`` (see :meth:`_Worker.measure`), ``{"op": "confirm", "models": {name: {"path",
+"config", "shape"}}, "timing", "lock_path"}`` (N models in interleaved rounds, see
+:meth:`_Worker.confirm`), ``{"op": "perf", "path", "config", "iters"}`` (per-layer times, see
+:meth:`_Worker.perf`), ``{"op": "shutdown"}``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
 """
 
 from __future__ import annotations
@@ -144,6 +146,94 @@ class _Worker:
         }
 
 
+    def confirm(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Time N models in interleaved rounds: every round runs one block of each model, in an
+        order rotated (and reversed every other round) so that no model always follows the same
+        one. Stops as :class:`TimingConfig` says, counting rounds and the first model's iterations."""
+        compiled, compile_s = {}, 0.0
+        for name, spec in msg["models"].items():
+            model = self.core.read_model(spec["path"])
+            if spec.get("shape") and model.inputs[0].get_partial_shape().is_dynamic:
+                model.reshape(spec["shape"])
+            start = time.perf_counter()
+            compiled[name] = self.core.compile_model(model, "CPU", spec["config"])
+            compile_s += time.perf_counter() - start
+        timing = TimingConfig(**msg.get("timing", {}))
+        requests = {name: self.request(c) for name, c in compiled.items()}
+        lock_wait, rounds, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"))
+        return {"rounds": rounds, "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
+                "kernels": {name: kernel_summary(c) for name, c in compiled.items()},
+                "inference_precision": {name: precision_name(c.get_property("INFERENCE_PRECISION_HINT"))
+                                        for name, c in compiled.items()}}
+
+
+    def throughput(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Frames per second of each IR in OpenVINO's throughput mode (``PERFORMANCE_HINT:
+        THROUGHPUT``, the plugin's optimal number of async requests), measured ``repeats`` times in
+        alternation for ``seconds`` each, under the lock."""
+        from filelock import FileLock
+
+        config = {**msg["config"], "PERFORMANCE_HINT": "THROUGHPUT"}
+        config.pop("NUM_STREAMS", None)
+        compiled = {name: self.core.compile_model(self.core.read_model(path), "CPU", config)
+                    for name, path in msg["models"].items()}
+        fps: dict[str, list[float]] = {name: [] for name in compiled}
+        lock = FileLock(msg["lock_path"]) if msg.get("lock_path") else contextlib.nullcontext()
+        with lock:
+            for _ in range(int(msg.get("repeats", 3))):
+                for name, model in compiled.items():
+                    fps[name].append(_async_fps(self.ov, model, self.request, float(msg.get("seconds", 3.0))))
+        return {"fps": fps, "nireq": {n: int(c.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                                      for n, c in compiled.items()},
+                "streams": {n: int(c.get_property("NUM_STREAMS")) for n, c in compiled.items()}}
+
+    def perf(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Per-layer times (OpenVINO ``PERF_COUNT``) of one IR: ``iters`` inferences after a
+        warm-up, each executed node's real time summed, with its type, the kernel it ran
+        (``exec_type``) and the original layers fused into it; plus the conv/FC layers of the IR
+        itself (name, type, weight shape), so callers can tell 1x1, 3x3, grouped and FC apart."""
+        model = self.core.read_model(msg["path"])
+        layers = {op.get_friendly_name(): {"type": op.get_type_name(),
+                                           "weights": [int(d) for d in op.input(1).get_partial_shape().to_shape()]}
+                  for op in model.get_ordered_ops()
+                  if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+                  and op.input(1).get_partial_shape().is_static}
+        compiled = self.core.compile_model(model, "CPU", {**msg["config"], "PERF_COUNT": "YES"})
+        fused = {op.get_friendly_name(): str(op.get_rt_info()["originalLayersNames"].astype(str)).split(",")
+                 for op in compiled.get_runtime_model().get_ordered_ops() if "originalLayersNames" in op.get_rt_info()}
+        req = self.request(compiled)
+        _block(req, int(msg.get("warmup", 20)), 0)
+        totals: dict[str, dict[str, Any]] = {}
+        iters = int(msg.get("iters", 200))
+        for _ in range(iters):
+            req.infer()
+            for info in req.get_profiling_info():
+                if str(info.status).endswith("EXECUTED"):
+                    row = totals.setdefault(info.node_name, {"node_type": info.node_type, "exec_type": info.exec_type,
+                                                              "us": 0.0, "fused": fused.get(info.node_name, [])})
+                    row["us"] += info.real_time.total_seconds() * 1e6
+        return {"nodes": {k: {**v, "us": v["us"] / iters} for k, v in totals.items()}, "layers": layers,
+                "iters": iters}
+
+
+def _async_fps(ov: Any, compiled: Any, request: Any, seconds: float) -> float:
+    """Completed inferences per second with the optimal number of requests in flight."""
+    queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    inputs = request(compiled)
+    for i in range(len(queue)):
+        for port in compiled.inputs:
+            queue[i].set_tensor(port, inputs.get_tensor(port))
+    for _ in range(2 * len(queue)):  # warm-up
+        queue.start_async()
+    queue.wait_all()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        queue.start_async()
+        done += 1
+    queue.wait_all()
+    return done / (time.perf_counter() - start)
+
+
 def precision_name(value: Any) -> str:
     """``ov.Type.f32`` (or its string) -> ``"f32"``."""
     name = getattr(value, "get_type_name", None)
@@ -202,6 +292,36 @@ def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
             lock.release()
 
 
+def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig,
+                        lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
+    """:func:`_timed_rounds` for N models: per-round block times of each, under the lock."""
+    from filelock import FileLock
+
+    names = list(requests)
+    waited = time.perf_counter()
+    lock = FileLock(lock_path) if lock_path else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        waited = time.perf_counter() - waited
+        start = time.perf_counter()
+        for name in names:
+            _block(requests[name], timing.warmup_iters, 0)
+        rounds: dict[str, list[list[float]]] = {name: [] for name in names}
+        first = names[0]
+        while not _done({"cand": rounds[first], "ref": []}, time.perf_counter() - start, timing):
+            r = len(rounds[first])
+            order = names[r % len(names):] + names[:r % len(names)]
+            if r % 2:
+                order.reverse()
+            for name in order:
+                rounds[name].append(_block(requests[name], timing.block_iters, timing.block_skip))
+        return waited, rounds, time.perf_counter() - start
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _done(rounds: dict[str, list[list[float]]], elapsed: float, timing: TimingConfig) -> bool:
     cand, ref = rounds["cand"], rounds["ref"]
     if elapsed >= timing.max_time_s or len(cand) >= timing.max_rounds:
@@ -234,8 +354,14 @@ def _serve(proto: IO[str]) -> None:
                 reply({"ok": True, **worker.hello()})
             elif op == "measure":
                 reply({"ok": True, **worker.measure(msg)})
+            elif op == "confirm":
+                reply({"ok": True, **worker.confirm(msg)})
+            elif op == "perf":
+                reply({"ok": True, **worker.perf(msg)})
+            elif op == "throughput":
+                reply({"ok": True, **worker.throughput(msg)})
             else:
-                reply({"ok": False, "error": f"unknown op {op!r}; valid: ping, measure, shutdown"})
+                reply({"ok": False, "error": f"unknown op {op!r}; valid: ping, measure, confirm, perf, throughput, shutdown"})
         except Exception as err:  # a bad model must not kill the worker
             reply({"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
 

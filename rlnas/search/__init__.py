@@ -1,6 +1,7 @@
-"""The search product: ``ArchEditEnv``, rewards, agents (PPO, random, evolution), logging, the app.
+"""The search: the Evaluator (the one seam to the oracles), ``ArchEditEnv``, rewards, agents (PPO,
+random, evolution), logging and the Pareto front.
 
-Entry point: ``rlnas-search`` / ``python -m rlnas.search`` (:mod:`rlnas.search.app`).
+Entry point: ``rlnas-search`` (:mod:`rlnas.cli`; the run itself, top to bottom: :mod:`rlnas.pipeline`).
 """
 
 from rlnas.search.agents import AgentResult, PPOAgent, RandomSearch, RegularizedEvolution

@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sb3_contrib import MaskablePPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import set_random_seed
 
-from rlnas.oracles.evaluator import Evaluator, Measurement
-from rlnas.search.env import random_edit
+from rlnas.search.callbacks import AtomicCheckpoint, StopOnBudget
+from rlnas.search.env import ArchEditEnv, random_edit
+from rlnas.search.evaluator import Evaluator, Measurement
 from rlnas.search.reward import Reward, SoftReward
 
 log = logging.getLogger(__name__)
@@ -189,26 +195,12 @@ class PPOAgent(Agent):
         self.verbose = int(verbose)
 
     def make_env(self, evaluator: Evaluator, reward: Reward):
-        from rlnas.search.env import ArchEditEnv
-
         return ArchEditEnv(evaluator, reward, **self.env_kwargs)
 
     def _algo(self):
-        if self.masked:
-            from sb3_contrib import MaskablePPO
-
-            return MaskablePPO
-        from stable_baselines3 import PPO
-
-        return PPO
+        return MaskablePPO if self.masked else PPO
 
     def _search(self, evaluator: Evaluator, seed: int, reward: Reward, run_dir: Path | None) -> int:
-        from stable_baselines3.common.callbacks import CallbackList
-        from stable_baselines3.common.logger import configure
-        from stable_baselines3.common.utils import set_random_seed
-
-        from rlnas.search.callbacks import AtomicCheckpoint, StopOnBudget
-
         env = self.make_env(evaluator, reward)
         ckpt = run_dir / "agent" / "ppo.zip" if run_dir else None
         algo = self._algo()

@@ -1,6 +1,6 @@
 """Search logging and SB3 callbacks.
 
-Evaluation loggers (called by the :class:`~rlnas.oracles.evaluator.Evaluator` after each new
+Evaluation loggers (called by the :class:`~rlnas.search.evaluator.Evaluator` after each new
 measurement, for every agent alike):
 
 - :class:`TensorBoardLogger`: ``search/`` (reward, best feasible latency ratio and accuracy,
@@ -19,8 +19,8 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rlnas.oracles.evaluator import Evaluator, Measurement
-from rlnas.report import pareto_figure
+from rlnas.search.evaluator import Evaluator, Measurement
+from rlnas.search.pareto import pareto_figure
 from rlnas.search.reward import Reward
 
 

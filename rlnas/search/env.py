@@ -29,7 +29,7 @@ Observation (``Box``, float32): ``space.to_vector(arch)`` (in [0, 1]), then the 
 and the fraction of edits left.
 
 Budget: every new architecture visited costs one unique evaluation of the
-:class:`~rlnas.oracles.evaluator.Evaluator`. Once the budget is used up, an edit to an unseen
+:class:`~rlnas.search.evaluator.Evaluator`. Once the budget is used up, an edit to an unseen
 architecture truncates the episode (reward 0, ``info["budget_exhausted"] = True``); the PPO agent's
 callback then stops training.
 """
@@ -45,7 +45,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rlnas.arch import Arch, SearchSpace
-from rlnas.oracles.evaluator import BudgetExhausted, Evaluator, Measurement
+from rlnas.search.evaluator import BudgetExhausted, Evaluator, Measurement
 from rlnas.search.reward import Reward, SoftReward
 
 

@@ -19,13 +19,11 @@ from torch import Tensor, nn
 
 from rlnas.arch import Arch, SearchSpace
 from rlnas.spaces import register_family
-from rlnas.spaces.base import Supernet
+from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import (
     ElasticBatchNorm2d,
     ElasticConv2d,
     ElasticLinear,
-    count_macs,
-    count_params,
     importance_order,
     make_divisible,
     permute_,
@@ -33,7 +31,6 @@ from rlnas.spaces.elastic import (
 )
 
 STEMS = ("imagenet", "cifar")
-Device = torch.device | str | None
 
 
 @dataclass(frozen=True)
@@ -145,8 +142,11 @@ class MobileNetV1Features(nn.Module):
         return features
 
 
-class ElasticMobileNetV1Backbone(nn.Module):
+class ElasticMobileNetV1Backbone(Supernet):
     """Weight-sharing MobileNetV1 backbone; :meth:`forward_features` gives multi-scale features.
+
+    A :class:`~rlnas.spaces.base.Supernet` of task ``"features"`` (not registered as a family):
+    :meth:`extract` gives a plain :class:`MobileNetV1Features`.
 
     :param config: :data:`MOBILENET_V1` or :data:`MOBILENET_TINY`.
     :param stem: ``"imagenet"`` (3x3/2 conv) or ``"cifar"`` (same conv at stride 1).
@@ -161,7 +161,7 @@ class ElasticMobileNetV1Backbone(nn.Module):
         if not config.feature_stages or config.feature_stages[-1] != len(config.stages) - 1:
             raise ValueError(f"feature_stages {config.feature_stages} must end with the last stage")
         self.config, self.stem = config, stem
-        self.space = config.space(family)
+        self.space, self.task = config.space(family), "features"
         self.conv = ElasticConv2d(3, config.stem_channels, 3, 2 if stem == "imagenet" else 1, 1, bias=False)
         self.bn = ElasticBatchNorm2d(config.stem_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -186,15 +186,24 @@ class ElasticMobileNetV1Backbone(nn.Module):
         self.active_arch = arch
 
     def channel_plan(self, arch: Arch) -> dict:
-        """The channel counts ``arch`` resolves to (``[in, out]`` per active block): equal plans
-        mean equal networks, even where rounding maps different multipliers to one width."""
+        """The backbone ``arch`` builds: equal plans mean equal networks.
+
+        ``stages`` lists ``[in, out]`` per active block (so the depth is each list's length);
+        ``blocks`` the same blocks conv by conv as built (depthwise ``dw``, pointwise ``pw``, each
+        ``{in, out, kernel, stride, groups}``); ``stem`` the first conv; ``features`` the stages
+        whose outputs :meth:`forward_features` returns.
+        """
         self.space.validate(arch)
-        stages, in_ch = [], self.config.stem_channels
+        stages, blocks, in_ch = [], [], self.config.stem_channels
         for s, depth in enumerate(arch.depths):
             out = self.config.out_channels(s, arch.widths[s])
-            stages.append([[in_ch if b == 0 else out, out] for b in range(depth)])
+            stage = [[in_ch if b == 0 else out, out] for b in range(depth)]
+            stages.append(stage)
+            blocks.append([{"dw": conv_spec(c_in, c_in, 3, self.config.stages[s].stride if b == 0 else 1, c_in),
+                            "pw": conv_spec(c_in, c_out, 1)} for b, (c_in, c_out) in enumerate(stage)])
             in_ch = out
-        return {"stem": self.config.stem_channels, "stages": stages}
+        return {"stem": {"conv": conv_spec(3, self.config.stem_channels, 3, self.conv.stride[0])},
+                "stages": stages, "blocks": blocks, "features": list(self.config.feature_stages)}
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Outputs of the ``feature_stages`` of the active architecture, shallowest first."""
@@ -219,17 +228,12 @@ class ElasticMobileNetV1Backbone(nn.Module):
         """Channels of each feature map of the maximal network (sizes a shared head's weights)."""
         return [self.config.stages[s].channels for s in self.config.feature_stages]
 
-    def extract(self, arch: Arch, device: Device = None) -> MobileNetV1Features:
-        """``arch`` as a plain :class:`MobileNetV1Features` with the weights copied."""
-        previous = self.active_arch
-        self.set_active(arch)
-        try:
-            stages = [nn.Sequential(*[block.extract(device) for block in stage[:depth]])
-                      for stage, depth in zip(self.stages, arch.depths, strict=True)]
-            stem = (self.conv.extract(device), self.bn.extract(device))
-            return MobileNetV1Features(stem, stages, self.config.feature_stages).train(self.training)
-        finally:
-            self.set_active(previous)
+    def _extract_active(self, device: Device = None) -> MobileNetV1Features:
+        """The active architecture as a plain :class:`MobileNetV1Features`."""
+        stages = [nn.Sequential(*[block.extract(device) for block in stage[:depth]])
+                  for stage, depth in zip(self.stages, self.active_arch.depths, strict=True)]
+        stem = (self.conv.extract(device), self.bn.extract(device))
+        return MobileNetV1Features(stem, stages, self.config.feature_stages)
 
     @torch.no_grad()
     def sort_channels(self) -> list[Tensor]:
@@ -283,28 +287,15 @@ class ElasticMobileNetV1(Supernet):
         return self.fc(torch.flatten(self.avgpool(self.backbone.forward_features(x)[-1]), 1))
 
     def channel_plan(self, arch: Arch) -> dict:
-        """See :meth:`ElasticMobileNetV1Backbone.channel_plan`."""
-        return self.backbone.channel_plan(arch)
+        """The backbone's plan (:meth:`ElasticMobileNetV1Backbone.channel_plan`) and the
+        classifier's ``fc: [in, out]``."""
+        plan = self.backbone.channel_plan(arch)
+        return {**plan, "fc": [plan["stages"][-1][-1][1], self.num_classes]}
 
-    def extract(self, arch: Arch) -> MobileNetV1:
-        """``arch`` as a plain :class:`MobileNetV1` with the weights copied."""
-        return self._extract(arch).train(self.training)
-
-    def _extract(self, arch: Arch, device: Device = None) -> MobileNetV1:
-        previous = self.active_arch
-        self.set_active(arch)
-        try:
-            return MobileNetV1(self.backbone.extract(arch, device), self.fc.extract(device))
-        finally:
-            self.set_active(previous)
-
-    def count_params(self, arch: Arch) -> int:
-        """Parameters of ``arch``'s standalone network."""
-        return count_params(self._extract(arch, "meta"))
-
-    def count_macs(self, arch: Arch, resolution: int) -> int:
-        """Multiply-accumulates of ``arch`` on one ``resolution`` x ``resolution`` image."""
-        return count_macs(self._extract(arch, "meta"), (1, 3, resolution, resolution))
+    def _extract_active(self, device: Device = None) -> MobileNetV1:
+        """The active architecture as a plain :class:`MobileNetV1` (:meth:`set_active` made it
+        the backbone's active one too)."""
+        return MobileNetV1(self.backbone._extract_active(device), self.fc.extract(device))
 
     @torch.no_grad()
     def sort_channels(self) -> None:

@@ -27,15 +27,13 @@ from torch import Tensor, nn
 
 from rlnas.arch import Arch, SearchSpace
 from rlnas.spaces import register_family
-from rlnas.spaces.base import Supernet
+from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import (
     ElasticBatchNorm2d,
     ElasticConv2d,
     ElasticLinear,
     GroupedSel,
     Sel,
-    count_macs,
-    count_params,
     importance_order,
     make_divisible,
     permute_,
@@ -147,7 +145,7 @@ class ElasticBottleneck(Bottleneck):
             self.downsample[0].select(out, in_ch)
             self.downsample[1].select(out)
 
-    def extract(self, device: torch.device | str | None = None) -> Bottleneck:
+    def extract(self, device: Device = None) -> Bottleneck:
         """The selected sub-block as a plain :class:`Bottleneck`."""
         downsample = None
         if self.downsample is not None:
@@ -227,16 +225,27 @@ class ElasticResNet(Supernet):
         return [getattr(self, f"layer{i + 1}") for i in range(self.space.num_stages)]
 
     def channel_plan(self, arch: Arch) -> dict:
-        """The channel counts ``arch`` resolves to (``[in, mid, out]`` per active block): equal plans
-        mean equal networks, even where rounding maps different ratios to one width."""
+        """The network ``arch`` builds (see :meth:`Supernet.channel_plan`): equal plans mean equal
+        networks, even where rounding maps different ratios to one width.
+
+        ``stages`` lists ``[in, mid, out]`` per active block (so the depth is each list's length);
+        ``blocks`` the same blocks conv by conv as built (``conv1``-``conv3`` and the first block's
+        projection ``downsample``, each ``{in, out, kernel, stride, groups}``); ``stem`` the first
+        conv and whether a max pool follows; ``fc`` the classifier's ``[in, out]``.
+        """
         self.space.validate(arch)
-        stages, in_ch = [], self.config.stem_channels
+        config = self.config
+        stages, blocks, in_ch = [], [], config.stem_channels
         for s, expands in enumerate(arch.expands):
-            out = self.config.out_channels(s, arch.widths[s])
-            stages.append([[in_ch if b == 0 else out, self.config.mid_channels(s, out, e), out]
-                           for b, e in enumerate(expands)])
+            out = config.out_channels(s, arch.widths[s])
+            stage = [[in_ch if b == 0 else out, config.mid_channels(s, out, e), out] for b, e in enumerate(expands)]
+            stages.append(stage)
+            blocks.append([_block_convs(block, config.strides[s] if b == 0 else 1, config.groups, b == 0)
+                           for b, block in enumerate(stage)])
             in_ch = out
-        return {"stem": self.config.stem_channels, "stages": stages}
+        stem = {"conv": conv_spec(3, config.stem_channels, 7, self.conv1.stride[0]),
+                "maxpool": isinstance(self.maxpool, nn.MaxPool2d)}
+        return {"stem": stem, "stages": stages, "blocks": blocks, "fc": [in_ch, self.num_classes]}
 
     def set_active(self, arch: Arch) -> None:
         """Validate ``arch`` and make :meth:`forward` run it."""
@@ -254,29 +263,12 @@ class ElasticResNet(Supernet):
                 x = block(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
-    def extract(self, arch: Arch) -> ResNet:
-        """``arch`` as a plain torchvision-named :class:`ResNet` with the weights copied
-        (in the supernet's train/eval mode)."""
-        return self._extract(arch).train(self.training)
-
-    def _extract(self, arch: Arch, device: torch.device | str | None = None) -> ResNet:
-        previous = self.active_arch
-        self.set_active(arch)
-        try:
-            stem = (self.conv1.extract(device), self.bn1.extract(device), _copy_pool(self.maxpool))
-            layers = [nn.Sequential(*[block.extract(device) for block in layer[:depth]])
-                      for layer, depth in zip(self.layers, arch.depths, strict=True)]
-            return ResNet(stem, layers, self.fc.extract(device))
-        finally:
-            self.set_active(previous)
-
-    def count_params(self, arch: Arch) -> int:
-        """Parameters of ``arch``'s standalone network."""
-        return count_params(self._extract(arch, "meta"))
-
-    def count_macs(self, arch: Arch, resolution: int) -> int:
-        """Multiply-accumulates of ``arch`` on one ``resolution`` x ``resolution`` image."""
-        return count_macs(self._extract(arch, "meta"), (1, 3, resolution, resolution))
+    def _extract_active(self, device: Device = None) -> ResNet:
+        """The active architecture as a plain torchvision-named :class:`ResNet`."""
+        stem = (self.conv1.extract(device), self.bn1.extract(device), _copy_pool(self.maxpool))
+        layers = [nn.Sequential(*[block.extract(device) for block in layer[:depth]])
+                  for layer, depth in zip(self.layers, self.active_arch.depths, strict=True)]
+        return ResNet(stem, layers, self.fc.extract(device))
 
     @torch.no_grad()
     def sort_channels(self) -> None:
@@ -320,6 +312,12 @@ class ElasticResNet(Supernet):
             raise ValueError(f"checkpoint does not match {self.space.family}: {problems[:10]}")
         self.load_state_dict(state, strict=False)
         return skipped
+
+
+def _block_convs(channels: list[int], stride: int, groups: int, projection: bool) -> dict:
+    in_ch, mid, out = channels
+    return {"conv1": conv_spec(in_ch, mid, 1), "conv2": conv_spec(mid, mid, 3, stride, groups),
+            "conv3": conv_spec(mid, out, 1), "downsample": conv_spec(in_ch, out, 1, stride) if projection else None}
 
 
 def _copy_pool(pool: nn.Module) -> nn.Module:

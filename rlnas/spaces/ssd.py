@@ -4,7 +4,7 @@ The classic SSD-MobileNetV1 layout: the backbone's stride-16 (conv11, 512 ch) an
 (conv13, 1024 ch) features, then four extra layers (1x1 conv + 3x3/2 conv, BN, ReLU) down to 1x1,
 six feature maps in all (19, 10, 5, 3, 2, 1 at 300 px), each with a 3x3 conv ``loc`` head
 (``4 * A`` outputs) and ``conf`` head (``(C + 1) * A``, class 0 = background). Default boxes follow
-the SSD paper (:func:`rlnas.detection.boxes.default_boxes`).
+the SSD paper (:func:`rlnas.spaces.priors.default_boxes`).
 
 The search edits the backbone only (the ``mobilenet_v1`` space under the family name
 ``ssd_mobilenet_v1``); the layers reading the backbone (both first heads and the first extra
@@ -23,13 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.arch import Arch
-from rlnas.detection.boxes import boxes_per_location, default_boxes
 from rlnas.spaces import register_family
-from rlnas.spaces.base import Supernet
-from rlnas.spaces.elastic import ElasticConv2d, count_macs, count_params, permute_
+from rlnas.spaces.base import Device, Supernet, conv_spec
+from rlnas.spaces.elastic import ElasticConv2d, permute_
 from rlnas.spaces.mobilenet import MOBILENET_TINY, MOBILENET_V1, ElasticMobileNetV1Backbone, MobileNetConfig
-
-Device = torch.device | str | None
+from rlnas.spaces.priors import boxes_per_location, default_boxes
 
 
 @dataclass(frozen=True)
@@ -159,39 +157,47 @@ class ElasticSSD(Supernet):
         self.extras[0][0].select(None, channels[-1])
         self.active_arch = arch
 
+    def channel_plan(self, arch: Arch) -> dict:
+        """The detector ``arch`` builds: the backbone's plan
+        (:meth:`ElasticMobileNetV1Backbone.channel_plan`), the ``extras`` (1x1 ``conv1`` and 3x3/2
+        ``conv2`` each), the ``loc`` and ``conf`` heads of every feature map (each
+        ``{in, out, kernel, stride, groups}``) and ``num_classes`` (without background)."""
+        backbone = self.backbone.channel_plan(arch)
+        channels = list(self.backbone.out_channels(arch))
+        extras = []
+        for extra in self.extras:
+            conv1, conv2 = extra[0], extra[3]
+            extras.append({"conv1": conv_spec(channels[-1], conv1.out_channels, conv1.kernel_size[0], conv1.stride[0]),
+                           "conv2": conv_spec(conv2.in_channels, conv2.out_channels, conv2.kernel_size[0],
+                                              conv2.stride[0])})
+            channels.append(conv2.out_channels)
+        heads = {name: [conv_spec(ch, h.out_channels, h.kernel_size[0], h.stride[0], h.groups)
+                        for ch, h in zip(channels, group, strict=True)]
+                 for name, group in (("loc", self.loc_heads), ("conf", self.conf_heads))}
+        return {"backbone": backbone, "extras": extras, **heads, "num_classes": self.num_classes}
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.backbone.forward_features(x)
         for extra in self.extras:
             features.append(extra(features[-1]))
         return ssd_outputs(features, self.loc_heads, self.conf_heads, self.num_classes)
 
-    def extract(self, arch: Arch) -> SSD:
-        """``arch`` as a plain :class:`SSD` with the weights copied (in the supernet's mode)."""
-        return self._extract(arch).train(self.training)
-
-    def _extract(self, arch: Arch, device: Device = None) -> SSD:
-        previous = self.active_arch
-        self.set_active(arch)
-        try:
-            n_taps = len(self.backbone.config.feature_stages)
-            extras = _copy(self.extras, device)
-            extras[0][0] = self.extras[0][0].extract(device)
-            heads = [nn.ModuleList(h.extract(device) if i < n_taps else _copy(h, device)
-                                   for i, h in enumerate(group))
-                     for group in (self.loc_heads, self.conf_heads)]
-            return SSD(self.backbone.extract(arch, device), extras, heads[0], heads[1], self.num_classes,
-                       self.priors.to(device) if device else self.priors)
-        finally:
-            self.set_active(previous)
-
-    def count_params(self, arch: Arch) -> int:
-        """Parameters of ``arch``'s standalone detector."""
-        return count_params(self._extract(arch, "meta"))
+    def _extract_active(self, device: Device = None) -> SSD:
+        """The active architecture as a plain :class:`SSD` (:meth:`set_active` made it the
+        backbone's active one too); the priors come along."""
+        n_taps = len(self.backbone.config.feature_stages)
+        extras = _copy(self.extras, device)
+        extras[0][0] = self.extras[0][0].extract(device)
+        heads = [nn.ModuleList(h.extract(device) if i < n_taps else _copy(h, device)
+                               for i, h in enumerate(group))
+                 for group in (self.loc_heads, self.conf_heads)]
+        return SSD(self.backbone._extract_active(device), extras, heads[0], heads[1], self.num_classes,
+                   self.priors.to(device) if device else self.priors)
 
     def count_macs(self, arch: Arch, resolution: int | None = None) -> int:
-        """Multiply-accumulates of ``arch`` on one image (default: the model resolution)."""
-        size = resolution or self.resolution
-        return count_macs(self._extract(arch, "meta"), (1, 3, size, size))
+        """Multiply-accumulates of ``arch`` on one ``resolution`` x ``resolution`` image (default:
+        the model resolution the priors are laid out for)."""
+        return super().count_macs(arch, resolution or self.resolution)
 
     @torch.no_grad()
     def sort_channels(self) -> None:

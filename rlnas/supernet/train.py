@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -39,6 +40,15 @@ from rlnas.arch import Arch, SearchSpace
 from rlnas.data.classification import ClassificationData, build_classification_data, resolve_path
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
+from rlnas.supernet.a0 import (
+    A0Error,
+    build_a0,
+    file_sha256,
+    frozen_teacher,
+    load_a0_weights,
+    read_state,
+    resolve_a0,
+)
 from rlnas.supernet.bn import recalibrate_bn
 from rlnas.supernet.checkpoint import (
     FINAL_NAME,
@@ -50,11 +60,14 @@ from rlnas.supernet.checkpoint import (
     save_supernet,
     set_rng_state,
 )
+from rlnas.supernet.scoring import torch_top1
 
 log = logging.getLogger(__name__)
 
 ELASTIC_DIMS = ("depth", "width", "expand")
 PRECISIONS = ("auto", "fp32", "bf16")
+#: ``max``: in-place distillation from the maximal subnet; ``a0``: from the frozen a0 (OFA)
+TEACHERS = ("max", "a0")
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_KEYS = ("threads", "checkpoint", "eval", "log", "max_seconds", "output_dir", "hydra")
 #: defaults of the run options (``conf/train_supernet.yaml`` documents them)
@@ -119,8 +132,11 @@ class Recipe:
     grad_clip: float | None = None
     train_images: int | None = None
     zero_init_residual: bool = True
+    teacher: str = "max"
 
     def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"recipe.teacher={self.teacher!r}; choose one of {TEACHERS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"recipe.precision={self.precision!r}; choose one of {PRECISIONS}")
         if not self.phases:
@@ -200,14 +216,16 @@ def kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 
 def sandwich_step(supernet: Supernet, x: Tensor, archs: list[tuple[str, Arch]], recipe: Recipe,
                   optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager],
-                  loss_fn: Callable[[Any, Any], Tensor]) -> dict[str, float]:
+                  loss_fn: Callable[[Any, Any], Tensor], teacher: Any = None) -> dict[str, float]:
     """Forward/backward every subnet of the sandwich (gradients accumulate), then one optimizer
     step. Returns the mean loss per subnet kind.
 
     :param loss_fn: ``(output, teacher) -> loss`` of one subnet, from its fp32 output (a tensor or
-        a tuple of tensors) and the first (largest) subnet's detached output, None for that one.
+        a tuple of tensors) and the teacher's detached output.
+    :param teacher: an external teacher's output for ``x`` (a frozen a0), given to every subnet;
+        None: in-place distillation, the first (largest) subnet's output teaches the others and
+        that subnet gets None.
     """
-    teacher: Any = None
     sums: dict[str, list[float]] = {}
     for kind, arch in archs:
         supernet.set_active(arch)
@@ -230,9 +248,16 @@ def sandwich_step(supernet: Supernet, x: Tensor, archs: list[tuple[str, Arch]], 
 
 
 def train_step(supernet: Supernet, x: Tensor, y: Tensor, archs: list[tuple[str, Arch]], recipe: Recipe,
-               optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager]) -> dict[str, float]:
-    """:func:`sandwich_step` for classification: the largest subnet learns the labels (label
-    smoothing), the others ``kd_alpha * distillation + (1 - kd_alpha) * labels``."""
+               optimizer: torch.optim.Optimizer, autocast: Callable[[], AbstractContextManager],
+               teacher: nn.Module | None = None) -> dict[str, float]:
+    """:func:`sandwich_step` for classification. In-place (no ``teacher``): the largest subnet
+    learns the labels (label smoothing), the others ``kd_alpha * distillation + (1 - kd_alpha) *
+    labels``. With a frozen ``teacher`` (a0), every subnet, the largest included, learns that mix
+    from the teacher's predictions."""
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad(), autocast():
+            teacher_logits = teacher(x).float()
 
     def loss_fn(logits: Tensor, teacher: Tensor | None) -> Tensor:
         if teacher is None:
@@ -242,7 +267,7 @@ def train_step(supernet: Supernet, x: Tensor, y: Tensor, archs: list[tuple[str, 
             loss = loss + (1 - recipe.kd_alpha) * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         return loss
 
-    return sandwich_step(supernet, x, archs, recipe, optimizer, autocast, loss_fn)
+    return sandwich_step(supernet, x, archs, recipe, optimizer, autocast, loss_fn, teacher_logits)
 
 
 def _map_tensors(output: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -278,12 +303,19 @@ def load_pretrained(supernet: nn.Module, state: Mapping[str, Tensor]) -> list[st
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    """:func:`sgd` with the recipe's settings."""
+    return sgd(model, recipe.lr, recipe.weight_decay, recipe.momentum, recipe.nesterov)
+
+
+def sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
+        nesterov: bool = True) -> torch.optim.SGD:
     """SGD with weight decay on conv/linear weights only (not on BN parameters or biases)."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 def cpu_has_bf16() -> bool:
@@ -315,12 +347,10 @@ def evaluate_subnet(supernet: Supernet, arch: Arch, data: ClassificationData, va
                     recal_images: int, batch_size: int = 250, channels_last: bool = True) -> float:
     """Top-1 of ``arch`` on (a seeded subset of) the validation split after BN recalibration on
     ``recal_images`` training images; runs on an extracted copy, the supernet is untouched."""
-    from rlnas.oracles.accuracy import torch_top1
-
     model = supernet.extract(arch)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    recalibrate_bn(model, data.batches(data.train_subset(recal_images, seed=1), batch_size), channels_last)
+    recalibrate_bn(model, data.recal_batches(recal_images, 1, batch_size), channels_last)
     images, labels = data.val_images(val_images)
     return torch_top1(model.eval(), data.batches(images, batch_size), labels, channels_last)
 
@@ -374,6 +404,11 @@ class SupernetTrainer:
         self.progress = Progress()
         self.writer: Any = None
         self.last_losses: dict[str, float] = {}
+        self.a0_path = resolve_a0((cfg.get("a0") or {}).get("checkpoint"))
+        if self.recipe.teacher == "a0" and self.a0_path is None:
+            raise A0Error(f"recipe {self.recipe.name!r} distils from a0 (recipe.teacher=a0) but no "
+                          "a0.checkpoint is set")
+        self.teacher: nn.Module | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -399,7 +434,10 @@ class SupernetTrainer:
 
     def _init_weights(self) -> None:
         init = self.cfg.get("init") or {}
-        if init.get("checkpoint"):
+        if self.a0_path is not None:
+            load_a0_weights(self.supernet, read_state(self.a0_path), str(self.a0_path))
+            log.info("maximal network initialised from a0 %s", self.a0_path)
+        elif init.get("checkpoint"):
             path = resolve_path(init["checkpoint"])
             if not path.is_file():
                 raise FileNotFoundError(f"init.checkpoint={init['checkpoint']!r}: {path} does not exist")
@@ -450,6 +488,9 @@ class SupernetTrainer:
         if self.progress.done and final.is_file():
             log.info("%s is complete", final)
             return final
+        if self.recipe.teacher == "a0":
+            self.teacher = frozen_teacher(build_a0(self.cfg.model.name, self.model_kwargs, self.a0_path),
+                                          self.recipe.channels_last)
         self._open_writer()
         try:
             while self.progress.epoch < self.recipe.epochs and not self._out_of_time():
@@ -495,7 +536,7 @@ class SupernetTrainer:
     def _train_step(self, x: Tensor, y: Any, archs: list[tuple[str, Arch]]) -> dict[str, float]:
         """One optimizer step on the batch ``(x, y)`` (``y``: whatever ``data.train_batches`` yields
         as targets) over the sandwich ``archs``; returns the mean loss per subnet kind."""
-        return train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.autocast)
+        return train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.autocast, self.teacher)
 
     def _batches(self, phase: Phase) -> Iterator[tuple[Tensor, Any]]:
         p = self.progress
@@ -582,6 +623,8 @@ class SupernetTrainer:
         meta = {"family": self.cfg.model.name, "kwargs": self.model_kwargs, "resolution": self.resolution,
                 "num_classes": self.data.num_classes, "task": self.supernet.task,
                 "dataset": self.data.identity(), "dataset_config": _plain(self.cfg.dataset),
+                "a0": None if self.a0_path is None else {"checkpoint": str(self.a0_path),
+                                                         "sha256": file_sha256(self.a0_path)},
                 "recipe": _plain(self.cfg.recipe), "seed": self.seed, "precision": self.precision,
                 "epochs": self.progress.epoch, "steps": self.progress.global_step,
                 "train_seconds": self.progress.elapsed, "completed": self.progress.epoch >= self.recipe.epochs,
@@ -610,22 +653,8 @@ def train_supernet(cfg: DictConfig | Mapping[str, Any],
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The ``train_supernet`` config with Hydra overrides, without running Hydra's app (for
     callers such as the search app and tests)."""
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
         return compose(config_name="train_supernet", overrides=list(overrides or []))
-
-
-def main() -> None:
-    """Console entry point ``rlnas-train-supernet`` (Hydra; e.g. ``recipe=quick dataset=imagenette``)."""
-    import hydra
-
-    @hydra.main(config_path=str(rlnas.CONF_DIR), config_name="train_supernet", version_base="1.3")
-    def _app(cfg: DictConfig) -> None:
-        path = train_supernet(cfg)
-        print(path)
-
-    _app()
 
 
 def _seed_everything(seed: int) -> None:
@@ -650,6 +679,3 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> l
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,165 @@
+"""a0 as the user's model, the distillation fine-tuning of finalists (resume after a kill), the
+choice of finalists, per-network deduplication in the Evaluator, and the supernet trained from a0
+with a frozen a0 teacher. Real tiny families and real CIFAR-10 images (or a generated ImageFolder)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlnas.arch import Arch
+from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.finalists import FinalistsConfig, FineTune, select
+from rlnas.search.evaluator import Evaluator, Measurement
+from rlnas.search.reward import SoftReward
+from rlnas.spaces import create_supernet
+from rlnas.supernet.a0 import A0Error, build_a0, frozen_teacher, load_a0_weights
+from rlnas.supernet.train import SupernetTrainer, compose_config, train_supernet
+from rlnas.tasks import build_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Killed(Exception):
+    """Stands for SIGKILL after a fine-tuning step."""
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = {"name": "tiny", "root": str(REPO / "data" / "cifar10"), "train_split": "train", "val_split": "test",
+           "holdout_split": "test", "train_limit": 96, "val_limit": 64, "store_size": 32, "num_classes": 10,
+           "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "cache_dir": str(cache)}
+    if not (REPO / "data" / "cifar10" / "train").is_dir():
+        root = write_synthetic_imagefolder(tmp_path_factory.mktemp("img") / "root", {"train": 24, "test": 16})
+        cfg.update(root=str(root), num_classes=4)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def a0_file(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> Path:
+    torch.manual_seed(0)
+    supernet = create_supernet("resnet_tiny", num_classes=dataset["num_classes"])
+    path = tmp_path_factory.mktemp("a0") / "a0.pt"
+    torch.save(supernet.extract(supernet.space.max_arch()).state_dict(), path)
+    return path
+
+
+def test_a0_loads_strictly_and_names_what_does_not_fit(a0_file: Path, dataset: dict, tmp_path: Path) -> None:
+    a0 = build_a0("resnet_tiny", {"num_classes": dataset["num_classes"]}, a0_file)
+    state = torch.load(a0_file, weights_only=True)
+    assert all(torch.equal(a0.state_dict()[k], v) for k, v in state.items()) and not a0.training
+    with pytest.raises(A0Error, match="fc.weight"):  # another class count: not an a0 for this task
+        build_a0("resnet_tiny", {"num_classes": dataset["num_classes"] + 1}, a0_file)
+    with pytest.raises(A0Error, match="does not exist"):
+        build_a0("resnet_tiny", {"num_classes": 10}, tmp_path / "missing.pt")
+    with pytest.raises(A0Error, match="missing"):
+        load_a0_weights(create_supernet("resnet_tiny", num_classes=10), {"conv1.weight": state["conv1.weight"]})
+
+
+def _finetune(student, teacher, data, out: Path, on_step=None):
+    cfg = FinalistsConfig(epochs=1.0, batch_size=16, checkpoint_every=2, lr=0.05, progress=False)
+    return FineTune(copy.deepcopy(student), teacher, data, out, cfg, "f0", seed=3, on_step=on_step).run()
+
+
+def test_killed_finetune_resumes_to_the_same_weights(a0_file: Path, dataset: dict, tmp_path: Path) -> None:
+    data = build_data(dataset, 32)
+    supernet = create_supernet("resnet_tiny", num_classes=dataset["num_classes"])
+    load_a0_weights(supernet, torch.load(a0_file, weights_only=True))
+    student = supernet.extract(supernet.space.min_arch())
+    teacher = frozen_teacher(build_a0("resnet_tiny", {"num_classes": dataset["num_classes"]}, a0_file))
+    reference = _finetune(student, teacher, data, tmp_path / "uninterrupted").state_dict()
+    assert any(not torch.equal(reference[k], v) for k, v in student.state_dict().items())  # it trained
+
+    def kill(step: int) -> None:
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _finetune(student, teacher, data, tmp_path / "killed", on_step=kill)
+    resumed = _finetune(student, teacher, data, tmp_path / "killed").state_dict()
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def _m(arch: Arch, ratio: float, acc: float, status: str = "ok") -> Measurement:
+    return Measurement(arch=arch, status=status, latency_ratio=ratio, acc_int8=acc)
+
+
+def test_finalists_are_the_best_by_objective_within_the_margin() -> None:
+    space = create_supernet("resnet_tiny", num_classes=10).space
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(5)]
+    target = 0.80
+    candidates = [_m(archs[0], 0.5, 0.70),  # far below: never a finalist
+                  _m(archs[1], 0.6, 0.795),  # within the margin, fast
+                  _m(archs[2], 0.7, 0.81),  # feasible
+                  _m(archs[3], 0.9, 0.82),  # feasible, slower
+                  _m(archs[4], 0.4, 0.9, status="failed")]
+    chosen = select(candidates, SoftReward(), target, k=3, margin=0.01)
+    assert [m.arch for m in chosen] == [archs[2], archs[1], archs[3]] or [m.arch for m in chosen] == [
+        archs[1], archs[2], archs[3]]
+    assert archs[0] not in {m.arch for m in chosen} and archs[4] not in {m.arch for m in chosen}
+    assert len(select(candidates, SoftReward(), target, k=1, margin=0.0)) == 1
+    assert select(candidates, SoftReward(), target, k=3, margin=0.0)[0].acc_int8 >= target
+
+
+class _Counting:
+    """Oracles that count calls; numbers from the built network's parameter count."""
+
+    def __init__(self) -> None:
+        self.latency_calls = self.accuracy_calls = 0
+
+    def evaluate(self, arch):
+        self.accuracy_calls += 1
+        return Measurement(arch=arch, acc_fp32=0.8, acc_int8=0.8)
+
+    def measure(self, model, input_shape, precision="int8", model_key=None):
+        self.latency_calls += 1
+        params = sum(p.numel() for p in model().parameters())
+        return Measurement(arch=None, latency_ms=params / 1e4, ref_latency_ms=1.0, latency_ratio=None)
+
+
+def test_two_architectures_of_one_network_cost_one_evaluation() -> None:
+    """resnet_tiny at width 0.5: expand 0.25 and 0.5 build the same channels; the second is
+    answered from the first's measurement, costs no budget, and stays a valid answer."""
+    supernet = create_supernet("resnet_tiny", num_classes=10)
+    space = supernet.space
+    top = space.max_arch()
+    twins = [Arch(space.family, top.depths, (0.5,) + top.widths[1:], ((e,) * top.depths[0],) + top.expands[1:])
+             for e in (0.25, 0.5)]
+    assert supernet.network_key(twins[0]) == supernet.network_key(twins[1]) and twins[0] != twins[1]
+    oracles = _Counting()
+    evaluator = Evaluator(supernet, oracles, oracles, (1, 3, 32, 32), budget=1)
+    first = evaluator.evaluate(twins[0])
+    calls = (oracles.latency_calls, oracles.accuracy_calls)
+    second = evaluator.evaluate(twins[1])
+    assert second.arch == twins[1] and second.latency_ms == first.latency_ms and second.acc_int8 == first.acc_int8
+    assert (oracles.latency_calls, oracles.accuracy_calls) == calls
+    assert evaluator.unique_evaluations == 1 and evaluator.stats.duplicates == 1
+
+
+def test_supernet_from_a0_starts_as_a0_and_distils_from_it(a0_file: Path, dataset: dict, tmp_path: Path) -> None:
+    """recipe teacher=a0: the maximal network inherits a0 (channels sorted, same function), every
+    subnet then learns from the frozen a0; without an a0 the recipe refuses to start."""
+    overrides = ["model=resnet_tiny", "recipe=quick_a0", "recipe.train_images=null", "recipe.batch_size=32",
+                 "threads=1", "log.progress=false", "log.tensorboard=false", "eval.every_epochs=0",
+                 "eval.final_val_images=32", "eval.recal_images=32",
+                 *[f"dataset.{k}={v}" for k, v in dataset.items() if not isinstance(v, list)]]
+    cfg = compose_config([*overrides, f"a0.checkpoint={a0_file}", f"output_dir={tmp_path / 'sn'}"])
+    trainer = SupernetTrainer(cfg)
+    a0 = build_a0("resnet_tiny", trainer.model_kwargs, a0_file).eval()
+    trainer._init_weights()
+    trainer.supernet.sort_channels()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        top = trainer.supernet.extract(trainer.supernet.space.max_arch()).eval()
+        assert torch.allclose(top(x), a0(x), atol=1e-4)
+    meta = torch.load(train_supernet(cfg), weights_only=False)["meta"]
+    assert meta["a0"]["sha256"] and meta["recipe"]["teacher"] == "a0" and meta["completed"]
+    with pytest.raises(A0Error, match="no a0.checkpoint"):
+        SupernetTrainer(compose_config([*overrides, f"output_dir={tmp_path / 'none'}"]))
