@@ -28,7 +28,8 @@ from rlnas.oracles.accuracy import AccuracyOracle
 from rlnas.oracles.store import MeasurementStore
 from rlnas.spaces import create_supernet
 from rlnas.supernet import load_supernet
-from rlnas.supernet.train import Phase, Recipe, make_optimizer, phase_space, sandwich, train_step
+from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
+from rlnas.supernet.train import make_optimizer, train_step
 from rlnas.tasks import build_data
 
 STAGES = ("extract", "recalibrate", "eval_fp32", "convert", "quantize", "compile", "eval_int8", "total")

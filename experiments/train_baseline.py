@@ -37,17 +37,8 @@ from omegaconf import OmegaConf
 
 from rlnas.spaces import create_supernet
 from rlnas.supernet import load_supernet
-from rlnas.supernet.train import (
-    Phase,
-    Recipe,
-    compose_config,
-    evaluate_subnet,
-    make_optimizer,
-    phase_space,
-    sandwich,
-    train_step,
-    train_supernet,
-)
+from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
+from rlnas.supernet.train import compose_config, evaluate_subnet, make_optimizer, train_step, train_supernet
 from rlnas.tasks import build_data
 
 

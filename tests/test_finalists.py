@@ -153,7 +153,7 @@ def test_supernet_from_a0_starts_as_a0_and_distils_from_it(a0_file: Path, datase
     cfg = compose_config([*overrides, f"a0.checkpoint={a0_file}", f"output_dir={tmp_path / 'sn'}"])
     trainer = SupernetTrainer(cfg)
     a0 = build_a0("resnet_tiny", trainer.model_kwargs, a0_file).eval()
-    trainer._init_weights()
+    trainer.init_weights()
     trainer.supernet.sort_channels()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

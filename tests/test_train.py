@@ -13,7 +13,8 @@ import torch
 from rlnas.spaces import create_supernet
 from rlnas.supernet import CheckpointError, load_supernet
 from rlnas.supernet.checkpoint import LAST_NAME, load_file
-from rlnas.supernet.train import Phase, Recipe, compose_config, phase_space, sandwich, train_supernet
+from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
+from rlnas.supernet.train import compose_config, train_supernet
 
 REPO = Path(__file__).resolve().parent.parent
 

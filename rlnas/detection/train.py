@@ -36,7 +36,8 @@ from rlnas.detection.loss import MultiBoxLoss
 from rlnas.spaces.base import Supernet
 from rlnas.spaces.ssd import ElasticSSD  # noqa: F401  (registers the SSD families)
 from rlnas.supernet.checkpoint import load_file
-from rlnas.supernet.train import Recipe, SupernetTrainer, sandwich_step
+from rlnas.supernet.recipe import Recipe
+from rlnas.supernet.train import SupernetTrainer, sandwich_step
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,10 @@ class DetectionSupernetTrainer(SupernetTrainer):
             raise ValueError(f"{cfg.model.name} is a {self.supernet.task} supernet; use the classification trainer")
         self.loss_fn = MultiBoxLoss(self.supernet.priors)
 
-    def _build_data(self) -> DetectionData:
-        return build_detection_data(self._dataset_config(), self.resolution)
+    def build_data(self) -> DetectionData:
+        return build_detection_data(self.dataset_config(), self.resolution)
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         init = self.cfg.get("init") or {}
         if init.get("checkpoint"):
             path = resolve_path(init["checkpoint"])
@@ -118,12 +119,12 @@ class DetectionSupernetTrainer(SupernetTrainer):
         elif init.get("torchvision"):
             raise ValueError("torchvision has no SSD-MobileNetV1 weights; use init.checkpoint=<mobilenet_v1 supernet.pt>")
 
-    def _train_step(self, x: Tensor, y: list[Target], archs: list[tuple[str, Arch]]) -> dict[str, float]:
+    def step(self, x: Tensor, y: list[Target], archs: list[tuple[str, Arch]]) -> dict[str, float]:
         """:func:`detection_train_step` on a batch of images and their ground-truth targets."""
         return detection_train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.loss_fn,
                                     self.autocast)
 
-    def _evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
+    def evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
         """mAP@.5 as ``val_acc`` (what the search constrains) and mAP@[.5:.95] as ``val_map``."""
         result = evaluate_subnet_map(self.supernet, arch, self.data, val_images, recal_images)
         return {"val_acc": result["map50"], "val_map": result["map"]}

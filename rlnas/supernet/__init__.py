@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from rlnas.supernet.bn import bn_state, load_bn_state, preserved_bn_state, recalibrate_bn
 from rlnas.supernet.checkpoint import CheckpointError, load_supernet, save_supernet, weights_hash
-from rlnas.supernet.train import Recipe, SupernetTrainer, compose_config, train_supernet
+from rlnas.supernet.recipe import Recipe
+from rlnas.supernet.train import SupernetTrainer, compose_config, train_supernet
 
 __all__ = ["CheckpointError", "Recipe", "SupernetTrainer", "bn_state", "compose_config", "load_bn_state",
            "load_supernet", "preserved_bn_state", "recalibrate_bn", "save_supernet", "train_supernet",

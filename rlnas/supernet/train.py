@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import rlnas
-from rlnas.arch import Arch, SearchSpace
+from rlnas.arch import Arch
 from rlnas.data.classification import ClassificationData, build_classification_data, resolve_path
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
@@ -60,14 +59,11 @@ from rlnas.supernet.checkpoint import (
     save_supernet,
     set_rng_state,
 )
+from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
 from rlnas.supernet.scoring import torch_top1
 
 log = logging.getLogger(__name__)
 
-ELASTIC_DIMS = ("depth", "width", "expand")
-PRECISIONS = ("auto", "fp32", "bf16")
-#: ``max``: in-place distillation from the maximal subnet; ``a0``: from the frozen a0 (OFA)
-TEACHERS = ("max", "a0")
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_KEYS = ("threads", "checkpoint", "eval", "log", "max_seconds", "output_dir", "hydra")
 #: defaults of the run options (``conf/train_supernet.yaml`` documents them)
@@ -76,131 +72,6 @@ OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "eval": {"every_epochs": 1, "val_images": 2000, "final_val_images": None, "recal_images": 1000},
     "log": {"tensorboard": True, "progress": True},
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# recipe
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A stretch of training with its own elastic dimensions and learning-rate cycle.
-
-    :param elastic: subset of ``depth``/``width``/``expand``; the others stay at their maximum.
-        Empty: the maximal network alone.
-    :param num_random: random subnets per step (None: the recipe's).
-    :param lr_scale: peak learning rate relative to the recipe's ``lr``.
-    :param warmup: warm-up fraction of the phase (None: the recipe's).
-    :param sort_channels: call ``supernet.sort_channels()`` when the phase starts.
-    """
-
-    name: str
-    epochs: int
-    elastic: tuple[str, ...] = ()
-    num_random: int | None = None
-    lr_scale: float = 1.0
-    warmup: float | None = None
-    sort_channels: bool = False
-
-    def __post_init__(self) -> None:
-        bad = set(self.elastic) - set(ELASTIC_DIMS)
-        if bad:
-            raise ValueError(f"phase {self.name!r}: unknown elastic dims {sorted(bad)}; choose from {ELASTIC_DIMS}")
-        if self.epochs < 1:
-            raise ValueError(f"phase {self.name!r}: epochs must be >= 1")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The training recipe (``conf/recipe/*.yaml``); see ``conf/recipe/default.yaml`` for meanings."""
-
-    name: str
-    phases: tuple[Phase, ...]
-    batch_size: int = 128
-    lr: float = 0.2
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup: float = 0.15
-    final_lr: float = 0.0
-    label_smoothing: float = 0.1
-    num_random: int = 2
-    kd_alpha: float = 1.0
-    kd_temperature: float = 1.0
-    precision: str = "auto"
-    channels_last: bool = True
-    grad_clip: float | None = None
-    train_images: int | None = None
-    zero_init_residual: bool = True
-    teacher: str = "max"
-
-    def __post_init__(self) -> None:
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"recipe.teacher={self.teacher!r}; choose one of {TEACHERS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"recipe.precision={self.precision!r}; choose one of {PRECISIONS}")
-        if not self.phases:
-            raise ValueError("recipe has no phases")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> Recipe:
-        data = dict(_plain(cfg))
-        phases = tuple(Phase(**{**p, "elastic": tuple(p.get("elastic") or ())}) for p in data.pop("phases", []))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(phases=phases, **data)
-
-    @property
-    def epochs(self) -> int:
-        return sum(p.epochs for p in self.phases)
-
-    def phase_at(self, epoch: int) -> int:
-        """Index of the phase that epoch ``epoch`` belongs to."""
-        end = 0
-        for i, p in enumerate(self.phases):
-            end += p.epochs
-            if epoch < end:
-                return i
-        return len(self.phases) - 1
-
-    def phase_start(self, index: int) -> int:
-        return sum(p.epochs for p in self.phases[:index])
-
-    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
-        """Learning rate / ``lr`` at global ``step``: per phase, linear warm-up then cosine decay
-        to ``final_lr``, scaled by the phase's ``lr_scale``."""
-        phase_idx = self.phase_at(step // steps_per_epoch)
-        phase = self.phases[phase_idx]
-        start = self.phase_start(phase_idx) * steps_per_epoch
-        total = phase.epochs * steps_per_epoch
-        pos = min(step - start, total - 1)
-        warm = max(1, round((self.warmup if phase.warmup is None else phase.warmup) * total))
-        if pos < warm:
-            return phase.lr_scale * (pos + 1) / warm
-        t = (pos - warm) / max(1, total - warm)
-        return phase.lr_scale * (self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def phase_space(space: SearchSpace, phase: Phase) -> SearchSpace:
-    """``space`` with the dimensions ``phase`` keeps fixed pinned to their maximum."""
-    changes: dict[str, Any] = {}
-    if "depth" not in phase.elastic:
-        changes["min_depths"] = space.max_depths
-    if "width" not in phase.elastic:
-        changes["width_choices"] = space.width_choices[-1:]
-    if "expand" not in phase.elastic and space.has_expand:
-        changes["expand_choices"] = space.expand_choices[-1:]
-    return dataclasses.replace(space, **changes)
-
-
-def sandwich(space: SearchSpace, num_random: int, rng: np.random.Generator) -> list[tuple[str, Arch]]:
-    """The sub-networks of one step: ``max`` first (the teacher), then ``min`` and random ones."""
-    largest, smallest = space.max_arch(), space.min_arch()
-    if largest == smallest:
-        return [("max", largest)]
-    return [("max", largest), ("min", smallest)] + [("random", space.sample(rng)) for _ in range(num_random)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +246,11 @@ class Progress:
 class SupernetTrainer:
     """Trains one supernet per :class:`Recipe`; see the module docstring.
 
+    Public hooks a task overrides (the detection trainer does): :meth:`build_data`,
+    :meth:`init_weights`, :meth:`step` (one optimizer step over a sandwich) and
+    :meth:`evaluate_arch` (validation metrics of one subnet); the loop, phases, checkpoints, resume
+    and logging stay here.
+
     :param cfg: the composed ``train_supernet`` config.
     :param on_step: called with the trainer after every optimizer step and after any checkpoint of
         that step (tests use it to simulate a kill).
@@ -389,7 +265,7 @@ class SupernetTrainer:
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         self.resolution = int(cfg.get("resolution") or cfg.model.resolution)
-        self.data = self._build_data()
+        self.data = self.build_data()
         kwargs = {**_plain(cfg.model.get("kwargs") or {}), "num_classes": self.data.num_classes}
         self.model_kwargs = kwargs
         _seed_everything(self.seed)  # the initial weights come from the global RNG
@@ -412,10 +288,10 @@ class SupernetTrainer:
 
     # -- setup ------------------------------------------------------------------------------
 
-    def _build_data(self) -> ClassificationData:
-        return build_classification_data(self._dataset_config(), self.resolution)
+    def build_data(self) -> ClassificationData:
+        return build_classification_data(self.dataset_config(), self.resolution)
 
-    def _dataset_config(self) -> dict[str, Any]:
+    def dataset_config(self) -> dict[str, Any]:
         """The ``dataset`` config as a dict, limited to the recipe's ``train_images`` if set."""
         ds = _plain(self.cfg.dataset)
         if self.recipe.train_images is not None:
@@ -432,7 +308,7 @@ class SupernetTrainer:
         (full.get("dataset") or {}).pop("cache_dir", None)
         return {k: v for k, v in full.items() if k not in RESUMABLE_KEYS}
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         init = self.cfg.get("init") or {}
         if self.a0_path is not None:
             load_a0_weights(self.supernet, read_state(self.a0_path), str(self.a0_path))
@@ -484,7 +360,7 @@ class SupernetTrainer:
         final = self.out / FINAL_NAME
         self.out.mkdir(parents=True, exist_ok=True)
         if not self._resume():
-            self._init_weights()
+            self.init_weights()
         if self.progress.done and final.is_file():
             log.info("%s is complete", final)
             return final
@@ -514,7 +390,7 @@ class SupernetTrainer:
             start = time.perf_counter()
             archs = sandwich(space, num_random, np.random.default_rng([self.seed, p.global_step]))
             lr = self.optimizer.param_groups[0]["lr"]
-            self.last_losses = self._train_step(x, y, archs)
+            self.last_losses = self.step(x, y, archs)
             self.scheduler.step()
             seconds = time.perf_counter() - start
             p.global_step += 1
@@ -533,7 +409,7 @@ class SupernetTrainer:
         self._end_of_epoch(phase)
         self.save_last()
 
-    def _train_step(self, x: Tensor, y: Any, archs: list[tuple[str, Arch]]) -> dict[str, float]:
+    def step(self, x: Tensor, y: Any, archs: list[tuple[str, Arch]]) -> dict[str, float]:
         """One optimizer step on the batch ``(x, y)`` (``y``: whatever ``data.train_batches`` yields
         as targets) over the sandwich ``archs``; returns the mean loss per subnet kind."""
         return train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.autocast, self.teacher)
@@ -606,11 +482,11 @@ class SupernetTrainer:
         space = self.supernet.space
         out = {}
         for kind, arch in (("max", space.max_arch()), ("min", space.min_arch())):
-            out.update({f"{k}_{kind}": v for k, v in self._evaluate_arch(arch, val_images, recal_images).items()})
+            out.update({f"{k}_{kind}": v for k, v in self.evaluate_arch(arch, val_images, recal_images).items()})
         self.supernet.train()
         return out
 
-    def _evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
+    def evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
         """Validation metrics of one subnet (``val_acc``: the accuracy the search constrains); the
         keys get the subnet kind appended (``val_acc_max``)."""
         top1 = evaluate_subnet(self.supernet, arch, self.data, val_images, recal_images,
