@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -28,9 +29,8 @@ import rlnas
 from rlnas.data import DatasetError
 from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
 from rlnas.oracles.device import DeviceProfileError, profile_from_config
-from rlnas.oracles.latency import LatencyOracle, QuantizationConfig
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.store import MeasurementStore
-from rlnas.oracles.worker import TimingConfig
 from rlnas.search.evaluator import EvaluationLogger, Evaluator
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
@@ -125,14 +125,16 @@ def recipe_config(cfg: DictConfig, a0: Path | None) -> Any:
 
 
 def supernet_train_config(cfg: DictConfig, a0: Path | None = None) -> DictConfig:
-    """The ``train_supernet`` config of this run's config (same model, dataset, recipe and a0)."""
-    train = plain(cfg.supernet.train)
+    """The ``train_supernet`` config of this run's config (same model, dataset, recipe and a0): the
+    run options are ``rlnas/conf/train_supernet.yaml``'s with ``supernet.train`` merged over them."""
+    defaults = OmegaConf.load(rlnas.CONF_DIR / "train_supernet.yaml")
+    train = plain(OmegaConf.merge({k: defaults[k] for k in ("checkpoint", "eval", "log")}, cfg.supernet.train))
     return OmegaConf.create({
         "model": plain(cfg.model), "dataset": plain(cfg.dataset), "recipe": recipe_config(cfg, a0),
         "seed": int(cfg.supernet.seed), "threads": int(cfg.threads), "resolution": int(cfg.resolution),
         "output_dir": "", "max_seconds": cfg.supernet.max_seconds, "init": plain(cfg.supernet.init),
         "a0": {"checkpoint": str(a0) if a0 else None},
-        "checkpoint": train.get("checkpoint", {}), "eval": train.get("eval", {}), "log": train.get("log", {}),
+        "checkpoint": train["checkpoint"], "eval": train["eval"], "log": train["log"],
     })
 
 
@@ -195,12 +197,10 @@ def find_or_train_supernet(cfg: DictConfig, num_classes: int, a0: A0 | None = No
 def build_accuracy_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, Any], data: Any, store: Any,
                           split: str = "val") -> AccuracyOracle:
     """The accuracy oracle of ``cfg.accuracy`` for a trained supernet, scoring ``split`` images."""
-    acc = cfg.accuracy
-    return AccuracyOracle(supernet, data, store, meta["checkpoint_id"], recal_images=int(acc.recal_images),
-                          calib_images=int(acc.calib_images), eval_images=acc.eval_images,
-                          fp32_images=acc.fp32_images, batch_size=int(acc.batch_size),
-                          threads=int(cfg.threads), inference_precision=str(acc.inference_precision), split=split,
-                          pipeline=get_task(supernet.task).pipeline)
+    # a partial from the config alone: the run's objects go to the constructor as they are
+    build = instantiate(cfg.accuracy, _partial_=True)
+    return build(supernet=supernet, data=data, store=store, checkpoint_id=meta["checkpoint_id"],
+                 threads=int(cfg.threads), split=split, pipeline=get_task(supernet.task).pipeline)
 
 
 def model_id(meta: dict[str, Any]) -> str:
@@ -220,16 +220,13 @@ def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, An
                          a0: A0 | None = None) -> LatencyOracle:
     """The latency oracle of ``cfg.latency`` on ``profile``, with a0 (else the maximal subnet) as
     the interleaved reference."""
-    lat = cfg.latency
     if a0 is not None:
         reference, key = (lambda: a0.model), f"{model_id(meta)}:{a0.key}"
     else:
         top = supernet.space.max_arch()
         reference, key = (lambda: supernet.extract(top).eval()), f"{model_id(meta)}:{top.to_json()}"
-    return LatencyOracle(profile, store, Path(cfg.cache_dir), reference=reference, reference_key=key,
-                         timing=TimingConfig(**plain(lat.timing)),
-                         quantization=QuantizationConfig(subset_size=int(lat.subset_size)),
-                         ratio_method=str(lat.ratio_method), timeout_s=float(lat.timeout_s))
+    build = instantiate(cfg.latency, _partial_=True)
+    return build(profile=profile, store=store, cache_dir=Path(cfg.cache_dir), reference=reference, reference_key=key)
 
 
 # -- the whole setup ---------------------------------------------------------------------------------

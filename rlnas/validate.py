@@ -61,7 +61,7 @@ SEARCH_RULES: list[Rule] = [
     ("accuracy.batch_size", _int(1), "an integer >= 1"),
     ("accuracy.inference_precision", _one_of("f32", "bf16", "f16"), "one of f32, bf16, f16"),
     ("latency.timeout_s", _num(0, low_open=True), "a number of seconds > 0"),
-    ("latency.subset_size", _int(1), "an integer >= 1"),
+    ("latency.quantization.random_subset_size", _int(1), "an integer >= 1"),
     ("latency.timing.min_rounds", _int(1), "an integer >= 1"),
     ("latency.timing.max_time_s", _num(0, low_open=True), "a number of seconds > 0"),
     ("finalists.k", _int(0), "an integer >= 0 (0: no finalists)"),

@@ -66,12 +66,6 @@ log = logging.getLogger(__name__)
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_KEYS = ("threads", "checkpoint", "eval", "log", "max_seconds", "output_dir", "hydra")
-#: defaults of the run options (``conf/train_supernet.yaml`` documents them)
-OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "checkpoint": {"every_steps": 200},
-    "eval": {"every_epochs": 1, "val_images": 2000, "final_val_images": None, "recal_images": 1000},
-    "log": {"tensorboard": True, "progress": True},
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +293,9 @@ class SupernetTrainer:
         return ds
 
     def options(self, section: str) -> dict[str, Any]:
-        """A run-option section (``checkpoint``, ``eval``, ``log``) with defaults for missing keys."""
-        return {**OPTION_DEFAULTS[section], **(_plain(self.cfg.get(section)) or {})}
+        """A run-option section (``checkpoint``, ``eval``, ``log``) of the config (its defaults are
+        ``rlnas/conf/train_supernet.yaml``'s, the one copy of them)."""
+        return _plain(self.cfg[section])
 
     def fingerprint(self) -> dict[str, Any]:
         """The config that determines the result: a resume must match it."""
