@@ -43,6 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from rlnas.arch import Arch
 from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, run_finalists, save_int8_ir, teacher_of
@@ -256,7 +257,13 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     fin_cfg = FinalistsConfig(**plain(cfg.finalists))
     finals = None
     if fin_cfg.k > 0 and candidates and accuracy.task == "classification":
-        finals = run_finalists(setup, candidates, instantiate(cfg.reward), target, run_dir, fin_cfg, int(cfg.seed))
+        writer = SummaryWriter(str(run_dir / "tb" / "finetune")) if cfg.logging.tensorboard else None
+        try:
+            finals = run_finalists(setup, candidates, instantiate(cfg.reward), target, run_dir, fin_cfg,
+                                   int(cfg.seed), writer)
+        finally:
+            if writer is not None:
+                writer.close()
     best = best_feasible(candidates)
     notes: list[str] = []
     if finals and finals["finalists"]:

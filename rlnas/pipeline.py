@@ -111,8 +111,15 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     extra = {"oracle cache hits": f"{evaluator.stats.oracle_cache_hits} of {evaluator.unique_evaluations}",
              "constraint violations": evaluator.stats.violations, "failures": evaluator.stats.failures,
              "run directory": run_dir}
-    if summary.get("export"):
-        extra["exported to"] = summary["export"]["out_dir"]
+    exported = summary.get("export")
+    if exported:
+        found = exported["found"]
+        extra["exported"] = (f"{found['arch']}: speed-up {exported['speedup']:.2f}x"
+                             + (" (confirmed alongside a0)" if found.get("confirmed_ratio") else "")
+                             + f", INT8 val {found['acc_int8']:.4f}"
+                             + (f", INT8 held-out {found['holdout_int8']:.4f}" if found.get("holdout_int8") else "")
+                             + ("" if found.get("feasible") else " (INFEASIBLE)"))
+        extra["exported to"] = exported["out_dir"]
     print("\n" + result_table(baseline, best, evaluator.target_accuracy, evaluator.unique_evaluations,
                               int(cfg.budget), extra))
     return summary
