@@ -8,6 +8,8 @@ run, each profile's winner re-timed on every profile, and the layers that explai
 1. search: ``rlnas-search`` (experiment ``resnet50_cifar10_avx2`` by default) once per profile,
    same supernet, budget, agent and seed; no finalists. Accuracy is cached per network, so the
    second profile pays mostly for latency.
+   With ``--candidates-from <run dir>`` the profiles instead time the same candidates (that run's),
+   accuracy coming from the cache: one candidate pool, each profile's own winner among it.
 2. confirmation: a0 and every profile's winner (INT8 IRs built the same way, real calibration
    images) timed in one interleaved measurement per profile, repeated ``--repeats`` times; each
    ratio gets the range of its repeats' 95 % bootstrap intervals.
@@ -61,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="confirmation measurements per profile")
     p.add_argument("--rank-sample", type=int, default=30, help="candidates timed on every profile")
     p.add_argument("--confirm-seconds", type=float, default=30.0, help="minimum timing per confirmation")
+    p.add_argument("--candidates-from", help="instead of searching on every profile: time this run's candidates "
+                   "(its evaluations.jsonl) on every profile (accuracy comes from the cache), and take each "
+                   "profile's best feasible among them")
     p.add_argument("--out", default="outputs/hardware_awareness")
     p.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     return p.parse_args(argv)
@@ -86,6 +91,30 @@ def search_all(args: argparse.Namespace, profiles: list[str]) -> dict[str, dict]
         out[profile] = {"cfg": cfg, "best": Arch.from_dict(summary["best"]["arch"]),
                         "history": [m for kind, _, m in read_history(Path(cfg.run_dir) / "evaluations.jsonl")
                                     if kind == "candidate" and m.ok]}
+    return out
+
+
+def replay_all(args: argparse.Namespace, profiles: list[str]) -> dict[str, dict]:
+    """Every profile measures the same candidates (those of ``--candidates-from``) through its own
+    Evaluator; its winner is its best feasible one."""
+    archs = [m.arch for kind, _, m in read_history(Path(args.candidates_from) / "evaluations.jsonl")
+             if kind == "candidate"]
+    out = {}
+    for profile in profiles:
+        print(f"\n## {len(archs)} candidates of {args.candidates_from} on {profile}", flush=True)
+        cfg = profile_config(args, profile)
+        setup = build_setup(cfg)
+        try:
+            evaluator = setup.evaluator(Path(cfg.run_dir) / "evaluations.jsonl", budget=len(archs))
+            history = [evaluator.evaluate(a) for a in archs]
+            best = evaluator.best_feasible()
+        finally:
+            setup.close()
+        if best is None:
+            raise SystemExit(f"no feasible candidate on {profile}")
+        out[profile] = {"cfg": cfg, "best": best.arch, "history": [m for m in history if m.ok]}
+        print(f"best on {profile}: {best.arch.short()} ratio {best.latency_ratio:.3f} acc {best.acc_int8:.4f}",
+              flush=True)
     return out
 
 
@@ -227,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    searches = search_all(args, profiles)
+    searches = replay_all(args, profiles) if args.candidates_from else search_all(args, profiles)
     irs, archs = winner_irs(searches, out)
     confirmations = confirm_all(searches, irs, args)
     winners = [f"best@{p}" for p in profiles]

@@ -1,49 +1,16 @@
-"""Registry of model families (timm-style): ``@register_family``, ``create_supernet``, ``list_families``.
+"""Model families (timm-style registry): ``@register_family``, ``create_supernet``, ``list_families``,
+``get_space``.
 
-A family is one function that builds its :class:`~rlnas.spaces.base.Supernet`; adding a family is
-one module that registers it (imported below) plus one ``conf/model/<name>.yaml``.
+A family is one module whose builder registers itself with ``@register_family``
+(:mod:`rlnas.spaces.registry`) plus one ``rlnas/conf/model/<name>.yaml``; the modules are imported
+here so that importing :mod:`rlnas.spaces` registers them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from rlnas.spaces import mobilenet, resnet, ssd
+from rlnas.spaces.registry import create_supernet, get_space, list_families, register_family
 
-import torch
+FAMILY_MODULES = (mobilenet, resnet, ssd)
 
-from rlnas.arch import SearchSpace
-from rlnas.spaces.base import Supernet
-
-_FAMILIES: dict[str, Callable[..., Supernet]] = {}
-
-
-def register_family(name: str) -> Callable[[Callable[..., Supernet]], Callable[..., Supernet]]:
-    """Register ``builder(**kwargs) -> Supernet`` under ``name``."""
-
-    def decorator(builder: Callable[..., Supernet]) -> Callable[..., Supernet]:
-        if name in _FAMILIES:
-            raise ValueError(f"family {name!r} is already registered")
-        _FAMILIES[name] = builder
-        return builder
-
-    return decorator
-
-
-def list_families() -> list[str]:
-    return sorted(_FAMILIES)
-
-
-def create_supernet(name: str, **kwargs) -> Supernet:
-    """Build the supernet of family ``name``; ``kwargs`` go to the family's builder."""
-    if name not in _FAMILIES:
-        raise KeyError(f"unknown model family {name!r}; registered families: {', '.join(list_families())}")
-    return _FAMILIES[name](**kwargs)
-
-
-def get_space(name: str, **kwargs) -> SearchSpace:
-    """The search space of family ``name``, without allocating its weights."""
-    with torch.device("meta"):
-        return create_supernet(name, **kwargs).space
-
-
-# Families register themselves on import.
-from rlnas.spaces import mobilenet, resnet, ssd  # noqa: E402,F401
+__all__ = ["FAMILY_MODULES", "create_supernet", "get_space", "list_families", "register_family"]

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.arch import Arch, SearchSpace
-from rlnas.spaces import register_family
 from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import (
     ElasticBatchNorm2d,
@@ -29,6 +28,7 @@ from rlnas.spaces.elastic import (
     permute_,
     permute_bn_,
 )
+from rlnas.spaces.registry import register_family
 
 STEMS = ("imagenet", "cifar")
 

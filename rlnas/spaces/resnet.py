@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.arch import Arch, SearchSpace
-from rlnas.spaces import register_family
 from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import (
     ElasticBatchNorm2d,
@@ -40,6 +39,7 @@ from rlnas.spaces.elastic import (
     permute_bn_,
     permute_grouped_inputs_,
 )
+from rlnas.spaces.registry import register_family
 
 STEMS = ("imagenet", "cifar")
 

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.arch import Arch
-from rlnas.spaces import register_family
 from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import ElasticConv2d, permute_
 from rlnas.spaces.mobilenet import MOBILENET_TINY, MOBILENET_V1, ElasticMobileNetV1Backbone, MobileNetConfig
 from rlnas.spaces.priors import boxes_per_location, default_boxes
+from rlnas.spaces.registry import register_family
 
 
 @dataclass(frozen=True)
