@@ -16,7 +16,7 @@ from rlnas.oracles.store import MeasurementStore
 from rlnas.ovtools import compile_cpu, convert_to_openvino, int8_primitive_count, quantize_int8
 from rlnas.supernet import load_supernet, recalibrate_bn
 from rlnas.supernet.train import compose_config, train_supernet
-from rlnas.tasks import build_data
+from rlnas.tasks import TaskError, build_data, get_task
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +129,14 @@ def test_failures_are_results_not_crashes(trained, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(oracle.supernet, "extract", explode)
     failed = oracle.evaluate(oracle.supernet.space.min_arch())
     assert failed.status == "failed" and failed.reason.startswith("extract: RuntimeError: boom")
-    monkeypatch.setattr(oracle, "task", "segmentation")
     monkeypatch.undo()
-    oracle.task = "segmentation"
-    assert "no accuracy pipeline" in oracle.evaluate(oracle.supernet.space.min_arch()).reason
+    # a task's pipeline comes from the task registry: an unknown task says which are registered, and
+    # an oracle for another task than classification must be given its pipeline
+    with pytest.raises(TaskError, match="registered tasks: \\['classification', 'detection'\\]"):
+        get_task("segmentation")
+    monkeypatch.setattr(oracle.supernet, "task", "detection")
+    with pytest.raises(ValueError, match="pipeline=rlnas.tasks.get_task"):
+        make_oracle(trained)
 
 
 def _bns(model: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
