@@ -25,6 +25,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -260,20 +261,29 @@ def _block(req: Any, n: int, skip: int) -> list[float]:
     return times
 
 
+class _Waited:
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _machine_lock(lock_path: str | None) -> Iterator[_Waited]:
+    """Hold the machine-wide timing lock (none without a path); yields how long it took to get."""
+    from filelock import FileLock
+
+    waited, start = _Waited(), time.perf_counter()
+    lock = FileLock(lock_path) if lock_path else contextlib.nullcontext()
+    with lock:
+        waited.seconds = time.perf_counter() - start
+        yield waited
+
+
 def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
                   lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
     """Warm up and time interleaved rounds under the machine-wide lock.
 
     Returns (seconds waited for the lock, per-round times in ms, seconds spent timing).
     """
-    from filelock import FileLock
-
-    waited = time.perf_counter()
-    lock = FileLock(lock_path) if lock_path else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        waited = time.perf_counter() - waited
+    with _machine_lock(lock_path) as waited:
         start = time.perf_counter()
         for req in (ref, cand):
             if req is not None:
@@ -286,24 +296,14 @@ def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
             for name, req in order:
                 if req is not None:
                     rounds[name].append(_block(req, timing.block_iters, timing.block_skip))
-        return waited, rounds, time.perf_counter() - start
-    finally:
-        if lock is not None:
-            lock.release()
+        return waited.seconds, rounds, time.perf_counter() - start
 
 
 def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig,
                         lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
     """:func:`_timed_rounds` for N models: per-round block times of each, under the lock."""
-    from filelock import FileLock
-
     names = list(requests)
-    waited = time.perf_counter()
-    lock = FileLock(lock_path) if lock_path else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        waited = time.perf_counter() - waited
+    with _machine_lock(lock_path) as waited:
         start = time.perf_counter()
         for name in names:
             _block(requests[name], timing.warmup_iters, 0)
@@ -316,10 +316,7 @@ def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig,
                 order.reverse()
             for name in order:
                 rounds[name].append(_block(requests[name], timing.block_iters, timing.block_skip))
-        return waited, rounds, time.perf_counter() - start
-    finally:
-        if lock is not None:
-            lock.release()
+        return waited.seconds, rounds, time.perf_counter() - start
 
 
 def _done(rounds: dict[str, list[list[float]]], elapsed: float, timing: TimingConfig) -> bool:
