@@ -81,9 +81,11 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             evaluator.add_logger(bar)
         agent = instantiate(cfg.agent)
         result = agent.run(evaluator, budget=int(cfg.budget), seed=int(cfg.seed), reward=reward, run_dir=run_dir)
+        evaluator.close()
         if bar:
             bar.close()
     except BaseException:
+        evaluator.close(cancel=True)  # before the backend stops: no measurement cut short is recorded
         setup.close()
         raise
     # 4. results, export of the best feasible architecture, the table
@@ -99,7 +101,10 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  "best_feasible_acc_int8": best.acc_int8 if best else baseline.acc_int8,
                  "unique_evaluations": float(evaluator.unique_evaluations)}
         tb.close(final)
-    if cfg.export.enabled:
+    predicted = bool((cfg.get("oracle") or {}).get("_target_"))
+    if cfg.export.enabled and predicted:
+        log.warning("export skipped: the oracles are a surrogate (oracle=surrogate); export a measured run")
+    if cfg.export.enabled and not predicted:
         try:
             summary["export"] = export_run(cfg, run_dir, setup=setup)
         except ExportError as err:

@@ -31,6 +31,7 @@ from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
 from rlnas.oracles.device import DeviceProfileError, profile_from_config
 from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.store import MeasurementStore
+from rlnas.oracles.surrogate import SurrogateError
 from rlnas.search.evaluator import EvaluationLogger, Evaluator
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
@@ -195,12 +196,17 @@ def find_or_train_supernet(cfg: DictConfig, num_classes: int, a0: A0 | None = No
 
 
 def build_accuracy_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, Any], data: Any, store: Any,
-                          split: str = "val") -> AccuracyOracle:
-    """The accuracy oracle of ``cfg.accuracy`` for a trained supernet, scoring ``split`` images."""
+                          split: str = "val", backend: Any = None) -> AccuracyOracle:
+    """The accuracy oracle of ``cfg.accuracy`` for a trained supernet, scoring ``split`` images
+    (the search's on the backend's accuracy workers when there is one)."""
     # a partial from the config alone: the run's objects go to the constructor as they are
     build = instantiate(cfg.accuracy, _partial_=True)
-    return build(supernet=supernet, data=data, store=store, checkpoint_id=meta["checkpoint_id"],
-                 threads=int(cfg.threads), split=split, pipeline=get_task(supernet.task).pipeline)
+    kwargs = {"supernet": supernet, "data": data, "store": store, "checkpoint_id": meta["checkpoint_id"],
+              "threads": int(cfg.threads), "split": split, "pipeline": get_task(supernet.task).pipeline}
+    if backend is not None and split == "val":
+        return backend.accuracy_oracle(build, dataset=cfg.dataset, resolution=int(cfg.resolution),
+                                       checkpoint_path=meta["path"], **kwargs)
+    return build(**kwargs)
 
 
 def model_id(meta: dict[str, Any]) -> str:
@@ -208,16 +214,17 @@ def model_id(meta: dict[str, Any]) -> str:
     return json.dumps({"family": meta["family"], "kwargs": meta["kwargs"]}, sort_keys=True)
 
 
-def load_profile(cfg: DictConfig):
-    """The device profile of ``cfg.device``, checked against this host."""
+def load_profile(cfg: DictConfig, check_host: bool = True):
+    """The device profile of ``cfg.device``, checked against this host (unless another machine
+    measures: the Ray backend checks it on the device's node)."""
     try:
-        return profile_from_config(plain(cfg.device))
+        return profile_from_config(plain(cfg.device), check_host=check_host)
     except DeviceProfileError as err:
         raise SetupError(str(err)) from err
 
 
 def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, Any], store: Any, profile: Any,
-                         a0: A0 | None = None) -> LatencyOracle:
+                         a0: A0 | None = None, backend: Any = None) -> LatencyOracle:
     """The latency oracle of ``cfg.latency`` on ``profile``, with a0 (else the maximal subnet) as
     the interleaved reference."""
     if a0 is not None:
@@ -226,7 +233,29 @@ def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, An
         top = supernet.space.max_arch()
         reference, key = (lambda: supernet.extract(top).eval()), f"{model_id(meta)}:{top.to_json()}"
     build = instantiate(cfg.latency, _partial_=True)
-    return build(profile=profile, store=store, cache_dir=Path(cfg.cache_dir), reference=reference, reference_key=key)
+    kwargs = {"profile": profile, "store": store, "cache_dir": Path(cfg.cache_dir), "reference": reference,
+              "reference_key": key}
+    if backend is None:
+        return build(**kwargs)
+    try:
+        return backend.latency_oracle(build, **kwargs)
+    except DeviceProfileError as err:  # no node can measure on the device
+        raise SetupError(str(err)) from err
+
+
+def build_backend(cfg: DictConfig) -> Any:
+    """``backend=ray``: the distributed backend of ``cfg.backend`` (not started); None: local."""
+    node = cfg.get("backend") or {}
+    return instantiate(node) if node.get("_target_") else None
+
+
+def build_surrogate_oracles(cfg: DictConfig, supernet: Supernet, context: dict[str, Any]) -> tuple[Any, Any]:
+    """``oracle=surrogate``: accuracy and latency predicted from a table of real measurements."""
+    build = instantiate(cfg.oracle, _partial_=True)
+    try:
+        return build(supernet=supernet, resolution=int(cfg.resolution), context=context)
+    except SurrogateError as err:
+        raise SetupError(str(err)) from err
 
 
 # -- the whole setup ---------------------------------------------------------------------------------
@@ -247,6 +276,7 @@ class RunSetup:
     model_id: str
     context: dict[str, Any]
     a0: A0 | None = None
+    backend: Any = None
     _holdout: AccuracyOracle | None = None
 
     @property
@@ -275,16 +305,23 @@ class RunSetup:
         """A fresh evaluator (its own history and budget) over the shared oracles and cache."""
         return Evaluator(self.supernet, self.latency, self.accuracy, self.input_shape, tau=float(self.cfg.tau),
                          budget=budget, logger=loggers, history_path=history_path, context=self.context,
-                         model_id=self.model_id, reference=self.a0_accuracy("val"))
+                         model_id=self.model_id, reference=self.a0_accuracy("val"),
+                         parallelism=self.backend.parallelism if self.backend is not None else 1)
 
     def close(self) -> None:
         self.latency.close()
+        if hasattr(self.accuracy, "close"):  # remote accuracy actors
+            self.accuracy.close()
+        if self.backend is not None:
+            self.backend.stop()
 
 
 def build_setup(cfg: DictConfig) -> RunSetup:
     """Supernet, a0, data, measurement store and both oracles for ``cfg``."""
     torch.set_num_threads(int(cfg.threads))
-    profile = load_profile(cfg)
+    backend = build_backend(cfg)
+    predicted = bool((cfg.get("oracle") or {}).get("_target_"))
+    profile = load_profile(cfg, check_host=backend is None and not predicted)  # else: checked where it is measured
     try:
         data = build_data(cfg.dataset, int(cfg.resolution))
     except (DatasetError, TaskError) as err:
@@ -293,10 +330,17 @@ def build_setup(cfg: DictConfig) -> RunSetup:
     supernet, meta = find_or_train_supernet(cfg, int(data.num_classes), a0)
     store = MeasurementStore(Path(cfg.cache_dir) / "measurements.sqlite")
     input_shape = (1, 3, int(cfg.resolution), int(cfg.resolution))
-    accuracy = build_accuracy_oracle(cfg, supernet, meta, data, store)
-    latency = build_latency_oracle(cfg, supernet, meta, store, profile, a0)
     context = {"model": model_id(meta), "checkpoint_id": meta["checkpoint_id"], "dataset": data.identity()
                if hasattr(data, "identity") else str(cfg.dataset.name), "device": profile.key(),
                "accuracy": plain(cfg.accuracy), "a0": a0.sha256 if a0 else None}
+    if predicted:
+        context["oracle"] = plain(cfg.oracle)  # only here: measured runs' logs keep their context
+        accuracy, latency = build_surrogate_oracles(cfg, supernet, json.loads(json.dumps(context, default=str)))
+    else:
+        if backend is not None:
+            backend.start([profile.name])
+        accuracy = build_accuracy_oracle(cfg, supernet, meta, data, store, backend=backend)
+        latency = build_latency_oracle(cfg, supernet, meta, store, profile, a0, backend=backend)
     context = json.loads(json.dumps(context, default=str))
-    return RunSetup(cfg, supernet, meta, data, store, latency, accuracy, input_shape, model_id(meta), context, a0)
+    return RunSetup(cfg, supernet, meta, data, store, latency, accuracy, input_shape, model_id(meta), context, a0,
+                    backend)

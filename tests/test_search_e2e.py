@@ -182,3 +182,31 @@ def test_bad_input_messages(ws, tmp_path):
     export = subprocess.run([sys.executable, "-m", "rlnas.export", f"run={tmp_path / 'empty'}"],
                             capture_output=True, text=True, timeout=120)
     assert export.returncode == 2 and "not an rlnas-search run directory" in export.stderr
+
+
+def test_surrogate_backend(ws):
+    """The surrogate benchmark from real measurements: `surrogate_benchmark.py build` measures a
+    seeded random sample, then `rlnas-search oracle=surrogate` runs 30 evaluations through the
+    same Evaluator without timing or scoring anything."""
+    root, overrides = ws
+    table = root / "bench" / "table.json"
+    build = subprocess.run([sys.executable, str(REPO / "experiments" / "surrogate_benchmark.py"), "build",
+                            "--experiment", "tiny", "--sample", "random:5", "--out", str(root / "bench"), "--",
+                            *[o for o in overrides if not o.startswith("experiment=")]],
+                           cwd=root, capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    rows = json.loads(table.read_text())["rows"]
+    assert len(rows) == 5 and all(r["latency_ratio"] > 0 and 0 <= r["acc_int8"] <= 1 for r in rows)
+    before = MeasurementStore(root / "cache" / "measurements.sqlite")
+    counts = {kind: len(before.records(kind)) for kind in ("latency", "accuracy")}
+    run = root / "surrogate_run"
+    result = search(ws, "oracle=surrogate", f"oracle.table={table}", "agent=evolution", "budget=30",
+                    f"run_dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "unique evaluations: 30 / budget 30" in result.stdout
+    history = [m for k, _, m in read_history(run / "evaluations.jsonl") if k == "candidate"]
+    assert len(history) == 30 and all(m.ok and m.latency_ratio > 0 for m in history)
+    after = MeasurementStore(root / "cache" / "measurements.sqlite")
+    assert {kind: len(after.records(kind)) for kind in ("latency", "accuracy")} == counts  # nothing measured
+    other = search(ws, "oracle=surrogate", f"oracle.table={table}", "device=kabylake_avx2", f"run_dir={root / 'r3'}")
+    assert other.returncode == 2 and "another device" in other.stdout + other.stderr

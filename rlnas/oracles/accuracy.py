@@ -84,6 +84,7 @@ class AccuracyResult(StoredResult):
     stage_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False  # a failure of the infrastructure (a lost node), not of the network: not cached
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class AccuracyOracle:
         if cached is not None:
             return cached
         result = self._measure(arch)
-        if self.store is not None:
+        if self.store is not None and not result.transient:
             self.store.put(KIND, key, result.to_dict())
         return result
 

@@ -11,11 +11,11 @@ measurement store.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
 import os
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 
-from rlnas.oracles.device import DeviceProfile, host_cpu_model, load_profile
+from rlnas.oracles import machinelock
+from rlnas.oracles.device import RELEVANT_FLAGS, DeviceProfile, host_cpu_flags, host_cpu_model, load_profile
 from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
 from rlnas.oracles.worker import (
     DEFAULT_LOCK_PATH,
@@ -96,6 +96,8 @@ class LatencyResult(StoredResult):
     iterations: int = 0
     rounds: int = 0
     measured_at: float = 0.0
+    host: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(self.input_shape)  # JSON round trips give lists
@@ -263,14 +265,18 @@ class LatencyOracle:
     :param timeout_s: per worker request (compile + timing); the worker is killed past it.
     :param lock_path: machine-wide lock held while timing (None = no lock).
     :param retry_failed: re-measure models whose stored result is a failure.
+    :param check_host: refuse a profile this host cannot run (off where another machine times).
     """
 
     def __init__(self, profile: DeviceProfile | str, store: MeasurementStore | str | Path | None = None,
                  cache_dir: str | Path = "cache", reference: Any = None, reference_key: str | None = None,
                  timing: TimingConfig | None = None, quantization: QuantizationConfig | None = None,
                  ratio_method: str = "median_round_p10", timeout_s: float = 600.0,
-                 lock_path: str | None = DEFAULT_LOCK_PATH, retry_failed: bool = False) -> None:
-        self.profile = load_profile(profile) if isinstance(profile, str) else profile.validate()
+                 lock_path: str | None = DEFAULT_LOCK_PATH, retry_failed: bool = False,
+                 check_host: bool = True) -> None:
+        if isinstance(profile, str):
+            profile = load_profile(profile, check_host=check_host)
+        self.profile = profile.validate() if check_host else profile
         self.cache_dir = Path(cache_dir)
         if store is None:
             store = self.cache_dir / "measurements.sqlite"
@@ -350,7 +356,7 @@ class LatencyOracle:
         shapes = {name: list(ir_measure_shape(xml, ir_inputs(xml), None)) for name, xml in xmls.items()}
         key = {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
                "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
-               "cpu": host_cpu_model(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
+               "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
                "timing": asdict(timing)}
         record = None if force else self.store.get(CONFIRM_KIND, key)
         if record is not None:
@@ -392,7 +398,7 @@ class LatencyOracle:
         xml = check_ir_files(xml_path)
         msg = {"op": "perf", "path": str(xml), "config": self.profile.compile_config(self._hint(precision)),
                "iters": iters}
-        with FileLock(self.lock_path) if self.lock_path else contextlib.nullcontext():
+        with machinelock.exclusive(self.lock_path):
             reply = self.worker.request(msg, self.timeout_s)
         return classify_layer_times(reply["nodes"], reply["layers"])
 
@@ -400,7 +406,7 @@ class LatencyOracle:
         """Everything that changes the number of one measurement."""
         return {
             "model": model_key, "input_shape": list(check_input_shape(input_shape)),
-            "precision": check_precision(precision), "profile": self.profile.key(), "cpu": host_cpu_model(),
+            "precision": check_precision(precision), "profile": self.profile.key(), "cpu": self.timing_cpu(),
             "openvino": self.versions["openvino"], "nncf": self.versions["nncf"],
             "protocol": PROTOCOL_VERSION, "reference": self._reference_id,
         }
@@ -425,6 +431,20 @@ class LatencyOracle:
         stages = build_ir(model, check_input_shape(input_shape), _IR_VARIANT[precision], path, calibration,
                           self.quantization)
         return path, stages, False
+
+    def timing_cpu(self) -> str:
+        """The CPU model of the machine that times (part of every cache key): this one."""
+        return host_cpu_model()
+
+    def stored_key(self, key: dict[str, Any], result: LatencyResult) -> dict[str, Any]:
+        """The key a new result is stored under: the one it was looked up by."""
+        return key
+
+    def host(self, reply: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The machine that times: this one (CPU model, kernel-selecting flags, host name)."""
+        flags = host_cpu_flags()
+        return {"cpu": host_cpu_model(), "flags": sorted(f for f in RELEVANT_FLAGS if f in flags),
+                "hostname": socket.gethostname()}
 
     def close(self) -> None:
         """Stop the worker process."""
@@ -491,7 +511,8 @@ class LatencyOracle:
             if hit is not None:
                 return hit
         result = self._measure_new(prepare, model_key, shape, precision, hint)
-        self.store.put(KIND, key, result.to_dict())
+        if not result.transient:
+            self.store.put(KIND, self.stored_key(key, result), result.to_dict())
         return result
 
     def _measure_new(self, prepare: Callable[[], tuple[Path, dict[str, float], bool]], model_key: str,
@@ -519,6 +540,7 @@ class LatencyOracle:
             reply = self.worker.request(msg, self.timeout_s)
         except (WorkerError, WorkerCrashed, WorkerTimeout) as err:
             base.reason = f"{type(err).__name__}: {err}"
+            base.transient = bool(getattr(err, "transient", False))
             base.stage_seconds["total"] = time.perf_counter() - start
             return base
         self._fill(base, reply)
@@ -537,6 +559,7 @@ class LatencyOracle:
         result.stage_seconds.update(compile=reply["compile_s"], measure=reply["measure_s"],
                                     lock_wait=reply["lock_wait_s"])
         result.versions["openvino_runtime"] = self.worker.hello.get("openvino", "")
+        result.host = self.host(reply)
         if reply["ref_rounds"]:
             ref = [t for r in reply["ref_rounds"] for t in r]
             result.ref_latency_ms, result.ref_p10_ms = statistics.median(ref), percentile(ref, 10)

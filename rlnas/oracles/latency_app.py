@@ -18,6 +18,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from rlnas.oracles import machinelock
 from rlnas.oracles.device import DeviceProfile, load_profile, profile_from_config
 from rlnas.oracles.latency import PRECISIONS, LatencyOracle, LatencyResult, QuantizationConfig, percentile
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig
@@ -90,14 +91,13 @@ def torch_latency(model: Any, shape: Sequence[int], threads: int, timing: TorchT
                   lock_path: str | None) -> dict[str, float]:
     """PyTorch FP32 single-image latency (median, p10, p90 in ms) with ``threads`` threads."""
     import torch
-    from filelock import FileLock
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     x = torch.randn(*shape)
     times: list[float] = []
     try:
-        with FileLock(lock_path or DEFAULT_LOCK_PATH), torch.inference_mode():
+        with machinelock.exclusive(lock_path or DEFAULT_LOCK_PATH), torch.inference_mode():
             for _ in range(timing.warmup_iters):
                 model(x)
             start = time.perf_counter()

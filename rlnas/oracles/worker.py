@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from rlnas.oracles import machinelock
+
 #: Machine-wide lock taken around every timing run, so measurements never overlap.
 DEFAULT_LOCK_PATH = str(Path(tempfile.gettempdir()) / "rlnas-latency.lock")
 
@@ -172,15 +174,12 @@ class _Worker:
         """Frames per second of each IR in OpenVINO's throughput mode (``PERFORMANCE_HINT:
         THROUGHPUT``, the plugin's optimal number of async requests), measured ``repeats`` times in
         alternation for ``seconds`` each, under the lock."""
-        from filelock import FileLock
-
         config = {**msg["config"], "PERFORMANCE_HINT": "THROUGHPUT"}
         config.pop("NUM_STREAMS", None)
         compiled = {name: self.core.compile_model(self.core.read_model(path), "CPU", config)
                     for name, path in msg["models"].items()}
         fps: dict[str, list[float]] = {name: [] for name in compiled}
-        lock = FileLock(msg["lock_path"]) if msg.get("lock_path") else contextlib.nullcontext()
-        with lock:
+        with _machine_lock(msg.get("lock_path")):
             for _ in range(int(msg.get("repeats", 3))):
                 for name, model in compiled.items():
                     fps[name].append(_async_fps(self.ov, model, self.request, float(msg.get("seconds", 3.0))))
@@ -261,19 +260,10 @@ def _block(req: Any, n: int, skip: int) -> list[float]:
     return times
 
 
-class _Waited:
-    seconds: float = 0.0
-
-
 @contextlib.contextmanager
-def _machine_lock(lock_path: str | None) -> Iterator[_Waited]:
-    """Hold the machine-wide timing lock (none without a path); yields how long it took to get."""
-    from filelock import FileLock
-
-    waited, start = _Waited(), time.perf_counter()
-    lock = FileLock(lock_path) if lock_path else contextlib.nullcontext()
-    with lock:
-        waited.seconds = time.perf_counter() - start
+def _machine_lock(lock_path: str | None) -> Iterator[machinelock.Waited]:
+    """Hold the machine-wide timing lock alone (none without a path); yields how long it took to get."""
+    with machinelock.exclusive(lock_path) as waited:
         yield waited
 
 

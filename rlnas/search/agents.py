@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecMonitor
 
 from rlnas.search.callbacks import AtomicCheckpoint, StopOnBudget
-from rlnas.search.env import ArchEditEnv, random_edit
+from rlnas.search.env import ArchEditEnv, ConcurrentVecEnv, random_edit
 from rlnas.search.evaluator import Evaluator, Measurement
 from rlnas.search.reward import Reward, SoftReward
 
@@ -87,10 +90,12 @@ class RandomSearch(Agent):
 
     def _search(self, evaluator: Evaluator, seed: int, reward: Reward, run_dir: Path | None) -> int:
         rng = np.random.default_rng(seed)
-        draws = 0
-        while not evaluator.budget_exhausted and draws < _draw_limit(evaluator, self.max_draws_factor):
-            evaluator.evaluate(evaluator.space.sample(rng))
-            draws += 1
+        draws, limit = 0, _draw_limit(evaluator, self.max_draws_factor)
+        while not evaluator.budget_exhausted and draws < limit:
+            # a batch of parallelism samples: the same draws in the same order as one at a time
+            batch = [evaluator.space.sample(rng) for _ in range(min(evaluator.parallelism, limit - draws))]
+            evaluator.evaluate_many(batch)
+            draws += len(batch)
         return draws
 
 
@@ -118,21 +123,37 @@ class RegularizedEvolution(Agent):
         self.max_cycles_factor = int(max_cycles_factor)
 
     def _search(self, evaluator: Evaluator, seed: int, reward: Reward, run_dir: Path | None) -> int:
+        """Asynchronous when the evaluator measures in parallel (as Real et al. ran it): a new
+        child is proposed from the current population as soon as any measurement completes. With
+        one measurement at a time this is the sequential algorithm, draw for draw."""
         rng = np.random.default_rng(seed)
         space, target = evaluator.space, evaluator.target_accuracy
         population: deque[Measurement] = deque()
+        in_flight: list[Future[Measurement]] = []
         cycles, limit = 0, _draw_limit(evaluator, self.max_cycles_factor)
-        while len(population) < self.population_size and not evaluator.budget_exhausted and cycles < limit:
-            arch = space.sample(rng) if self.init == "random" else random_edit(space, space.max_arch(), rng)
-            population.append(evaluator.evaluate(arch))
-            cycles += 1
-        while population and not evaluator.budget_exhausted and cycles < limit:
-            picks = rng.choice(len(population), size=min(self.sample_size, len(population)), replace=False)
-            parent = max((population[int(i)] for i in picks), key=lambda m: reward(m, target))
-            population.append(evaluator.evaluate(random_edit(space, parent.arch, rng)))
-            population.popleft()
-            cycles += 1
-        return cycles
+        while True:
+            while (len(in_flight) < evaluator.parallelism and evaluator.can_submit and cycles < limit
+                   and (population or len(in_flight) < self.population_size)):
+                in_flight.append(evaluator.submit(self._propose(space, population, in_flight, reward, target, rng)))
+                cycles += 1
+            if not in_flight:
+                return cycles
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in [f for f in in_flight if f in done]:  # in submission order
+                in_flight.remove(future)
+                population.append(future.result())
+                if len(population) > self.population_size:
+                    population.popleft()
+
+    def _propose(self, space, population: deque[Measurement], in_flight: list, reward: Reward, target: float,
+                 rng: np.random.Generator):
+        """A member of the initial population (random, or one edit of a0), or a mutated
+        tournament winner once the population is full."""
+        if len(population) + len(in_flight) < self.population_size:
+            return space.sample(rng) if self.init == "random" else random_edit(space, space.max_arch(), rng)
+        picks = rng.choice(len(population), size=min(self.sample_size, len(population)), replace=False)
+        parent = max((population[int(i)] for i in picks), key=lambda m: reward(m, target))
+        return random_edit(space, parent.arch, rng)
 
 
 class PPOAgent(Agent):
@@ -149,6 +170,9 @@ class PPOAgent(Agent):
         converged policy could otherwise loop without measuring anything new).
     :param tensorboard_dir: SB3's own logs (``rollout/``, ``train/``) go to ``<dir>/ppo``
         (default: ``<run_dir>/tb``).
+    :param n_envs: environments collecting at once (:class:`~rlnas.search.env.ConcurrentVecEnv`):
+        their steps' measurements run concurrently where the evaluator measures in parallel
+        (the Ray backend); ``n_steps`` is per environment.
     """
 
     name = "ppo"
@@ -176,8 +200,10 @@ class PPOAgent(Agent):
         tensorboard_dir: str | None = None,
         device: str = "cpu",
         verbose: int = 0,
+        n_envs: int = 1,
     ) -> None:
         self.masked = bool(masked)
+        self.n_envs = max(1, int(n_envs))
         self.env_kwargs = {"max_edits": int(max_edits), "start": start,
                            "invalid_action_penalty": float(invalid_action_penalty)}
         self.policy = policy
@@ -195,7 +221,10 @@ class PPOAgent(Agent):
         self.verbose = int(verbose)
 
     def make_env(self, evaluator: Evaluator, reward: Reward):
-        return ArchEditEnv(evaluator, reward, **self.env_kwargs)
+        if self.n_envs == 1:
+            return ArchEditEnv(evaluator, reward, **self.env_kwargs)
+        envs = [partial(ArchEditEnv, evaluator, reward, **self.env_kwargs)] * self.n_envs
+        return VecMonitor(ConcurrentVecEnv(envs, evaluator))  # SB3's rollout/ep_* as with one env
 
     def _algo(self):
         return MaskablePPO if self.masked else PPO

@@ -36,6 +36,7 @@ callback then stops training.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlnas.arch import Arch, SearchSpace
 from rlnas.search.evaluator import BudgetExhausted, Evaluator, Measurement
@@ -196,6 +198,12 @@ class ArchEditEnv(gym.Env):
         self.arch, self.measurement = new_arch, m
         return self._obs(), float(reward), False, truncated, self._info(action=str(edit))
 
+    def planned_arch(self, action: int) -> Arch | None:
+        """The architecture ``step(action)`` would measure (None for stop or an invalid edit), so
+        that a vectorized env can start every env's measurement before stepping them."""
+        edit = self.edits[int(action)]
+        return None if edit is None else apply_edit(self.space, self.arch, edit)
+
     def action_masks(self) -> np.ndarray:
         """Valid actions for the current architecture (read by sb3-contrib's MaskablePPO)."""
         return valid_actions(self.space, self.arch, self.edits)
@@ -241,3 +249,23 @@ class ArchEditEnv(gym.Env):
         return {"arch": self.arch.to_json(), "latency_ratio": m.latency_ratio, "acc_int8": m.acc_int8,
                 "feasible": m.feasible, "status": m.status, "objective": self.objective(m),
                 "unique_evaluations": self.evaluator.unique_evaluations, **extra}
+
+
+class ConcurrentVecEnv(DummyVecEnv):
+    """SB3's DummyVecEnv over :class:`ArchEditEnv` copies sharing one evaluator, whose step first
+    submits every env's next architecture to the evaluator, so their measurements run
+    concurrently (``evaluator.parallelism`` at once), then steps the envs in order (each
+    collects its measurement). Beyond the budget a proposal is not measured: its env sees the
+    budget exhausted, as a single env does."""
+
+    def __init__(self, env_fns: list, evaluator: Evaluator) -> None:
+        super().__init__(env_fns)
+        self.evaluator = evaluator
+
+    def step_wait(self):
+        for env, action in zip(self.envs, self.actions):
+            arch = env.unwrapped.planned_arch(int(action))
+            if arch is not None:
+                with contextlib.suppress(BudgetExhausted):
+                    self.evaluator.submit(arch)
+        return super().step_wait()

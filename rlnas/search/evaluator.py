@@ -12,6 +12,12 @@ family's ``network_key``, e.g. two expand ratios rounding to the same channel co
 network: the second is answered from the first's measurement and costs nothing, and every
 architecture stays reachable. Asking again for an architecture of this run costs nothing.
 
+Parallel evaluations: with ``parallelism > 1`` (the Ray backend), :meth:`Evaluator.submit` starts
+a measurement without waiting and :meth:`Evaluator.evaluate_many` measures a batch concurrently;
+networks in flight count against the budget, so it is never overshot (a proposal beyond it is
+not measured), and asking for a network in flight waits for it instead of measuring it twice.
+The run log records measurements as they complete.
+
 Resume: with ``history_path`` every measurement is appended to a run-local JSONL file as soon as
 it is made; a new Evaluator on the same file starts with that history (and its budget use), so a
 run killed at any moment loses at most the measurement in flight -- which the oracles' store
@@ -30,8 +36,10 @@ import logging
 import math
 import os
 import random
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +97,19 @@ class Measurement(StoredResult):
         return super().from_dict({**data, "arch": Arch.from_dict(data["arch"])})
 
 
+@dataclass(frozen=True)
+class NetworkBuilder:
+    """What the evaluator hands the latency oracle: the candidate's network, built (extracted
+    from the supernet) only when called -- the measured oracle calls it on a cache miss, a
+    surrogate reads ``arch`` instead."""
+
+    supernet: nn.Module
+    arch: Arch
+
+    def __call__(self) -> nn.Module:
+        return self.supernet.extract(self.arch).eval()
+
+
 class EvaluationLogger(Protocol):
     """Called by the evaluator after each new unique measurement (and once for the baseline)."""
 
@@ -125,6 +146,10 @@ class Evaluator:
     :param reference: a0's accuracy as deployed (the user's model, FP32 and INT8 on the same
         images as the candidates); the constraint is ``tau * reference.acc_fp32``. None: the
         supernet's maximal subnet (:attr:`baseline`) is the reference.
+    :param parallelism: measurements in flight at once (:meth:`submit`); 1 measures in the
+        calling thread. Above 1 the oracles are called from several threads, which the Ray
+        backend's support (the measured local oracles do not: they share one supernet and one
+        timing worker); the global RNGs are then not restored around measurements.
     """
 
     def __init__(
@@ -140,6 +165,7 @@ class Evaluator:
         context: dict[str, Any] | None = None,
         model_id: str | None = None,
         reference: Any = None,
+        parallelism: int = 1,
     ) -> None:
         self.supernet = supernet
         self.space = supernet.space
@@ -161,6 +187,11 @@ class Evaluator:
         self._seen: dict[Arch, Measurement] = {}
         self._networks: dict[str, Measurement] = {}
         self.history: list[Measurement] = []
+        self.parallelism = max(1, int(parallelism))
+        self._pending: dict[str, Future[Measurement]] = {}  # network key -> measurement in flight
+        self._lock = threading.RLock()
+        self._closing = False
+        self._pool: ThreadPoolExecutor | None = None
         if self.history_path and self.history_path.exists():
             self._load_history(self.history_path)
 
@@ -204,6 +235,17 @@ class Evaluator:
     def budget_exhausted(self) -> bool:
         return self.budget is not None and self.unique_evaluations >= self.budget
 
+    @property
+    def in_flight(self) -> int:
+        """Measurements started by :meth:`submit` and not finished."""
+        return len(self._pending)
+
+    @property
+    def can_submit(self) -> bool:
+        """Whether a new network may still be measured: the budget minus the networks measured
+        and in flight is positive."""
+        return self.budget is None or self.unique_evaluations + self.in_flight < self.budget
+
     def evaluate(self, arch: Arch) -> Measurement:
         """Measure ``arch`` (or return this run's earlier measurement of it).
 
@@ -213,25 +255,125 @@ class Evaluator:
         """
         self.space.validate(arch)
         baseline = self.baseline
-        if arch == baseline.arch:
-            return baseline
-        if arch in self._seen:
-            self.stats.repeats += 1
-            return self._seen[arch]
-        same = self._networks.get(self.network_key(arch))
-        if same is not None:
-            self.stats.duplicates += 1
-            self._seen[arch] = dataclasses.replace(same, arch=arch, cached=True)
-            return self._seen[arch]
+        with self._lock:
+            known = self._known(arch, baseline)
+            if known is not None:
+                return known
+            future = self._submit_new(arch) if self.parallelism > 1 or self._pending else None
+        if future is not None:
+            return future.result()
         if self.budget_exhausted:
             raise BudgetExhausted(f"budget of {self.budget} unique evaluations is used up")
         target = self.target_accuracy
         with preserved_rng():
             m = self._measure(arch, target=target)
+        self._finish(m)
+        return m
+
+    def submit(self, arch: Arch) -> Future[Measurement]:
+        """Start measuring ``arch`` and return at once; the future gives what :meth:`evaluate`
+        would (already done for a known architecture or network). At most ``parallelism``
+        measurements run at once, the rest queue. Raises :class:`BudgetExhausted` for a new
+        network when the networks measured and in flight fill the budget."""
+        self.space.validate(arch)
+        baseline = self.baseline
+        with self._lock:
+            known = self._known(arch, baseline)
+            if known is not None:
+                return _done(known)
+            if self.parallelism > 1 or self._pending:
+                return self._submit_new(arch)
+        return _done(self.evaluate(arch))  # one at a time: measured here, as evaluate does
+
+    def evaluate_many(self, archs: Sequence[Arch]) -> list[Measurement | None]:
+        """Measure ``archs`` concurrently (``parallelism`` at once); results in their order,
+        None for the new networks beyond the budget (not measured)."""
+        futures: list[Future[Measurement] | None] = []
+        for arch in archs:
+            try:
+                futures.append(self.submit(arch))
+            except BudgetExhausted:
+                futures.append(None)
+        return [f.result() if f is not None else None for f in futures]
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the threads that measure: after the measurements in flight, or (``cancel``, e.g.
+        on Ctrl-C) dropping the queued ones and recording none that ends from now on."""
+        if self._pool is not None:
+            with self._lock:
+                self._closing = cancel
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self._pool = None
+
+    def _known(self, arch: Arch, baseline: Measurement) -> Measurement | None:
+        """The answer without a new measurement: a0, this run's measurement of ``arch`` or of the
+        same network (free); None when it needs measuring (or is in flight)."""
+        if arch == baseline.arch:
+            return baseline
+        if arch in self._seen:
+            self.stats.repeats += 1
+            return self._seen[arch]
+        key = self.network_key(arch)
+        same = self._networks.get(key)
+        if same is not None:
+            self.stats.duplicates += 1
+            self._seen[arch] = dataclasses.replace(same, arch=arch, cached=True)
+            return self._seen[arch]
+        return None
+
+    def _submit_new(self, arch: Arch) -> Future[Measurement]:
+        key = self.network_key(arch)
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending if self._pending_arch(pending) == arch else self._alias(pending, arch)
+        if self.budget_exhausted or not self.can_submit:
+            raise BudgetExhausted(f"budget of {self.budget} unique evaluations is used up or in flight")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.parallelism, thread_name_prefix="rlnas-evaluate")
+        future = self._pool.submit(self._measure_in_flight, arch, key, self.target_accuracy)
+        future.arch = arch  # type: ignore[attr-defined]
+        self._pending[key] = future
+        return future
+
+    @staticmethod
+    def _pending_arch(future: Future[Measurement]) -> Arch:
+        return future.arch  # type: ignore[attr-defined]
+
+    def _alias(self, pending: Future[Measurement], arch: Arch) -> Future[Measurement]:
+        """A future for ``arch`` answered by the in-flight measurement of the same network."""
+        alias: Future[Measurement] = Future()
+        alias.arch = arch  # type: ignore[attr-defined]
+
+        def answer(done: Future[Measurement]) -> None:
+            try:
+                with self._lock:
+                    self.stats.duplicates += 1
+                    self._seen[arch] = dataclasses.replace(done.result(), arch=arch, cached=True)
+                alias.set_result(self._seen[arch])
+            except BaseException as exc:  # the waiter must never hang on a failed measurement
+                alias.set_exception(exc)
+
+        pending.add_done_callback(answer)
+        return alias
+
+    def _measure_in_flight(self, arch: Arch, key: str, target: float) -> Measurement:
+        try:
+            try:
+                m = self._measure(arch, target=target)
+            except Exception as exc:  # an unexpected error is this candidate's failure
+                m = self._fail(Measurement(arch=arch), "evaluator", exc)
+            with self._lock:
+                if not self._closing:  # a measurement cut short by the run's end is not a result
+                    self._finish(m)
+            return m
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def _finish(self, m: Measurement) -> None:
         self._record(m)
         self._append_log("candidate", m)
         self._notify(m)
-        return m
 
     def best_feasible(self) -> Measurement | None:
         """The fastest feasible candidate of this run (a0 excluded), or None."""
@@ -268,10 +410,8 @@ class Evaluator:
         if acc is None:
             return m
         m.acc_fp32, m.acc_int8 = _num(acc.acc_fp32), _num(acc.acc_int8)
-        # a callable: the oracle extracts the network only on a cache miss
         lat = self._call("latency", m, lambda: self.latency_oracle.measure(
-            lambda: self.supernet.extract(arch).eval(), self.input_shape, precision="int8",
-            model_key=self.model_key(arch)))
+            NetworkBuilder(self.supernet, arch), self.input_shape, precision="int8", model_key=self.model_key(arch)))
         if lat is None:
             return m
         m.latency_ms, m.ref_latency_ms = _num(lat.latency_ms), _num(lat.ref_latency_ms)
@@ -384,6 +524,12 @@ def preserved_rng() -> Iterator[None]:
         finally:
             random.setstate(py)
             np.random.set_state(npy)
+
+
+def _done(m: Measurement) -> Future[Measurement]:
+    future: Future[Measurement] = Future()
+    future.set_result(m)
+    return future
 
 
 def _num(x: Any) -> float | None:

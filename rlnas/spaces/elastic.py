@@ -233,21 +233,29 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+@dataclass(frozen=True)
+class LayerMacs:
+    """One conv or linear layer of a forward pass: its kind (``conv1x1``, ``convkxk``, ``grouped``,
+    ``fc``), the height of its output (1 for ``fc``) and its multiply-accumulates per sample."""
+
+    kind: str
+    out_size: int
+    macs: int
+
+
 @torch.no_grad()
-def count_macs(module: nn.Module, input_shape: Iterable[int]) -> int:
-    """Multiply-accumulates of one forward pass of ``module`` on an input of ``input_shape``
-    (convs and linears only; per sample of the batch). Runs on the module's device; a ``meta``
-    module makes it free."""
-    total = 0
+def layer_macs(module: nn.Module, input_shape: Iterable[int]) -> list[LayerMacs]:
+    """The conv and linear layers of one forward pass of ``module`` on an input of
+    ``input_shape``, in execution order. Runs on the module's device; a ``meta`` module makes it free."""
+    layers: list[LayerMacs] = []
 
     def conv_hook(m: nn.Conv2d, inputs: tuple, out: Tensor) -> None:
-        nonlocal total
         kernel = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
-        total += out[0].numel() * kernel
+        kind = "grouped" if m.groups > 1 else ("conv1x1" if tuple(m.kernel_size) == (1, 1) else "convkxk")
+        layers.append(LayerMacs(kind, int(out.shape[-2]), int(out[0].numel() * kernel)))
 
     def linear_hook(m: nn.Linear, inputs: tuple, out: Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
+        layers.append(LayerMacs("fc", 1, int(out[0].numel() * m.in_features)))
 
     handles = []
     for m in module.modules():
@@ -264,4 +272,11 @@ def count_macs(module: nn.Module, input_shape: Iterable[int]) -> int:
     finally:
         for h in handles:
             h.remove()
-    return int(total)
+    return layers
+
+
+def count_macs(module: nn.Module, input_shape: Iterable[int]) -> int:
+    """Multiply-accumulates of one forward pass of ``module`` on an input of ``input_shape``
+    (convs and linears only; per sample of the batch). Runs on the module's device; a ``meta``
+    module makes it free."""
+    return sum(layer.macs for layer in layer_macs(module, input_shape))

@@ -1,0 +1,80 @@
+"""The machine-wide readers-writer lock that keeps timing alone on a machine.
+
+Timing takes it exclusively; heavy compute that may run beside it on the same machine (accuracy
+evaluations and IR builds of the Ray backend) takes it shared, so that many computations run
+together but never while a latency is measured. Writers are preferred: a timing run that waits
+holds a turnstile that new readers must pass, so a stream of computations cannot starve it.
+``flock`` locks belong to open file descriptions, so this works across processes and threads
+(older rlnas versions took ``filelock.FileLock`` on the same path: the same exclusive ``flock``,
+so they interoperate). Standard library only: the timing worker
+imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass
+class Waited:
+    """How long the lock took to get (seconds), filled in when it is held."""
+
+    seconds: float = 0.0
+
+
+def _open(path: str) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+
+@contextlib.contextmanager
+def _flock(path: str, mode: int) -> Iterator[None]:
+    fd = _open(path)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: str | None) -> Iterator[Waited]:
+    """Hold the lock alone (timing); no lock without a path. Yields how long it took to get."""
+    waited, start = Waited(), time.perf_counter()
+    if not path:
+        yield waited
+        return
+    fd = _open(path)
+    try:
+        with _flock(path + ".turnstile", fcntl.LOCK_EX):  # new readers queue behind this writer
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        waited.seconds = time.perf_counter() - start
+        yield waited
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def shared(path: str | None) -> Iterator[Waited]:
+    """Hold the lock together with other computations, never during a timing run."""
+    waited, start = Waited(), time.perf_counter()
+    if not path:
+        yield waited
+        return
+    fd = _open(path)
+    try:
+        with _flock(path + ".turnstile", fcntl.LOCK_EX):
+            pass
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        waited.seconds = time.perf_counter() - start
+        yield waited
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

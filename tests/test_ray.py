@@ -1,0 +1,143 @@
+"""The Ray backend on a real multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``):
+two nodes advertising two device profiles measured in one run, a node killed mid-measurement,
+and a seeded random search that gives the same architectures and accuracies as the local backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from hydra import compose, initialize_config_dir
+from ray.cluster_utils import Cluster
+from torch import nn
+
+import rlnas
+from rlnas.distributed.ray_backend import RemoteLatencyOracle, device_resource
+from rlnas.oracles.device import load_profile, runnable_profiles
+from rlnas.oracles.store import MeasurementStore
+from rlnas.oracles.worker import TimingConfig
+from rlnas.pipeline import run_search
+
+pytestmark = pytest.mark.slow
+PROFILES = [p for p in runnable_profiles() if p != "host"][:2]
+if len(PROFILES) < 2:
+    pytest.skip(f"needs two device profiles this host can run, it runs {runnable_profiles()}", allow_module_level=True)
+SHAPE = (1, 3, 32, 32)
+FAST = TimingConfig(warmup_iters=2, block_iters=5, block_skip=1, min_rounds=3, min_iters=10, min_time_s=0.05,
+                    max_time_s=10.0)
+
+
+def tiny(width: int = 8) -> nn.Module:
+    torch.manual_seed(width)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head without devices and one node per profile (1 CPU each)."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = {p: cluster.add_node(num_cpus=1, resources={device_resource(p): 1}) for p in PROFILES}
+    ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def oracle(tmp_path: Path, profile: str, timing: TimingConfig = FAST, **kwargs) -> RemoteLatencyOracle:
+    return RemoteLatencyOracle(profile, store=tmp_path / "m.sqlite", cache_dir=tmp_path, reference=lambda: tiny(16),
+                               timing=timing, retries=1, node_wait_s=30.0, **kwargs)
+
+
+def test_two_devices_measured_in_one_run(cluster, tmp_path):
+    _, nodes = cluster
+    results = {}
+    for profile in PROFILES:
+        lat = oracle(tmp_path, profile)
+        results[profile] = lat.measure(lambda: tiny(8), SHAPE, model_key=f"tiny8:{profile}")
+        assert results[profile].ok, results[profile].reason
+        assert results[profile].host["node_id"] == nodes[profile].node_id  # timed on its device's node
+        assert lat.cache_key("k", SHAPE, "int8")["cpu"] == results[profile].host["cpu"]
+        again = lat.measure(lambda: tiny(8), SHAPE, model_key=f"tiny8:{profile}")
+        assert again.cached and again.latency_ms == results[profile].latency_ms  # the driver's store
+        lat.close()
+    isas = {p: load_profile(p).effective_isa() for p in PROFILES}
+    for profile, result in results.items():  # the kernels of each node's ISA cap ran
+        assert result.int8_kernels(), result.kernels
+        assert result.isa == isas[profile]
+    assert results[PROFILES[0]].kernels != results[PROFILES[1]].kernels
+
+
+def test_node_killed_mid_measurement(cluster, tmp_path):
+    cl, nodes = cluster
+    profile = PROFILES[1]
+    spare = cl.add_node(num_cpus=1, resources={device_resource(profile): 1})
+    slow = TimingConfig(warmup_iters=2, block_iters=5, min_rounds=3, min_iters=10, min_time_s=10.0, max_time_s=30.0)
+    lat = oracle(tmp_path, profile, timing=slow)
+    first = lat.worker.describe()["node_id"]
+    victim = next(n for n in (nodes[profile], spare) if n.node_id == first)
+    survivor = spare if victim is nodes[profile] else nodes[profile]
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(r=lat.measure(lambda: tiny(12), SHAPE, model_key="tiny12")))
+    thread.start()
+    time.sleep(5.0)  # both IRs built (~3 s), the node is timing now
+    cl.remove_node(victim, allow_graceful=False)
+    thread.join(120)
+    result = out["r"]
+    assert result.ok, result.reason
+    assert result.host["node_id"] == survivor.node_id  # retried on the other node of the device
+    nodes[profile] = survivor
+    lat.close()  # its actor holds the survivor's one unit of the device
+    # the last node of the device goes too: a failed measurement with the reason, not cached
+    lat2 = oracle(tmp_path, profile, timing=slow)
+    lat2.worker.describe()  # on the survivor, once the first actor's unit is free again
+    lat2.worker.node_wait_s = 5.0  # then no other node will come
+    thread = threading.Thread(target=lambda: out.update(r=lat2.measure(lambda: tiny(14), SHAPE, model_key="tiny14")))
+    thread.start()
+    time.sleep(5.0)
+    cl.remove_node(survivor, allow_graceful=False)
+    thread.join(120)
+    lost = out["r"]
+    lat2.close()
+    assert not lost.ok and lost.transient and device_resource(profile) in lost.reason
+    store = MeasurementStore(tmp_path / "m.sqlite")
+    assert not any(r["model_key"] == "tiny14" for r in store.records("latency"))  # not cached: a later run retries
+    nodes[profile] = cl.add_node(num_cpus=1, resources={device_resource(profile): 1})
+
+
+def search_config(root: Path, backend: list[str]) -> object:
+    overrides = ["experiment=tiny", f"device={PROFILES[1]}", "agent=random", "budget=4", "seed=3", "threads=1",
+                 "finalists.k=0", "export.enabled=false", "logging.progress=false", "logging.tensorboard=false",
+                 f"supernet.dir={root / 'supernets'}", f"cache_dir={root / backend[0].split('=')[1]}",
+                 f"run_dir={root / backend[0].split('=')[1] / 'run'}", *backend]
+    if not (rlnas.REPO_DIR / "data" / "cifar10" / "train").is_dir():
+        pytest.skip("needs data/cifar10 (make data)")
+    with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_seeded_random_search_matches_the_local_backend(cluster, tmp_path):
+    local = search_config(tmp_path, ["backend=local"])
+    remote = search_config(tmp_path, ["backend=ray", f"ray.address={cluster[0].address}",
+                                      "backend.accuracy_workers=2", "backend.parallelism=2"])
+    runs = {}
+    for name, cfg in (("local", local), ("ray", remote)):
+        summary = run_search(cfg, Path(cfg.run_dir))
+        assert summary["unique_evaluations"] == 4
+        lines = [json.loads(x) for x in (Path(cfg.run_dir) / "evaluations.jsonl").read_text().splitlines()]
+        runs[name] = {json.dumps(r["measurement"]["arch"], sort_keys=True): r["measurement"]
+                      for r in lines if r["kind"] == "candidate"}
+    assert runs["local"].keys() == runs["ray"].keys()  # the same architectures
+    for arch, m in runs["local"].items():
+        r = runs["ray"][arch]
+        assert r["acc_int8"] == m["acc_int8"]  # same images, calibration and recalibration
+        assert r["latency_ratio"] == pytest.approx(m["latency_ratio"], rel=0.35)  # within timing noise
+    store = MeasurementStore(tmp_path / "ray" / "measurements.sqlite")
+    timed_on = {r["host"]["node_id"] for r in store.records("latency")}
+    assert timed_on and cluster[0].head_node.node_id not in timed_on  # on the device's node, not the head
+    assert ray.is_initialized()  # the test's connection survives the run (the backend did not own it)
