@@ -71,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--report-at", type=int, nargs="*", default=None, help="budgets reported (default: 1/4, 1/2, all)")
     p.add_argument("--confirm-real", action="store_true",
                    help="re-measure every run's best architecture with the real oracles")
+    p.add_argument("--confirm-top", type=int, default=None,
+                   help="with --confirm-real: only the K runs of each agent with the best surrogate result")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs in parallel processes (surrogate only: real timing must run alone), 1 thread each")
     p.add_argument("--agent-overrides", nargs="*", default=[], metavar="AGENT:KEY=VALUE",
@@ -175,6 +177,13 @@ def confirm_real(runs: list[dict], overrides: list[str]) -> list[dict]:
     finally:
         setup.close()
     return out
+
+
+def top_runs(runs: list[dict], agents: list[str], k: int | None) -> list[dict]:
+    """Each agent's k runs with the lowest final ratio (all runs when k is None)."""
+    if k is None:
+        return runs
+    return [r for a in agents for r in sorted((r for r in runs if r["agent"] == a), key=lambda r: r["final"])[:k]]
 
 
 def confirm_table(confirmed: list[dict], agents: list[str]) -> str:
@@ -296,7 +305,7 @@ def main() -> None:
              + (f", surrogate (noise {args.noise})" if args.surrogate else ""))
     note = SURROGATE_NOTE if args.surrogate else SHARED_NOTE
     plot(runs, args.agents, budget, out / "curves.png", title)
-    confirmed = confirm_real(runs, overrides) if args.confirm_real else []
+    confirmed = confirm_real(top_runs(runs, args.agents, args.confirm_top), overrides) if args.confirm_real else []
     real = f"\n\nEach run's best, measured with the real oracles:\n\n{confirm_table(confirmed, args.agents)}" if confirmed else ""
     (out / "results.json").write_text(json.dumps({"title": title, "overrides": overrides, "budget": budget,
                                                    "agent_overrides": args.agent_overrides, "runs": runs,
