@@ -50,7 +50,7 @@ from rlnas.oracles.device import (
     host_cpu_flags,
     host_cpu_model,
 )
-from rlnas.oracles.latency import LatencyOracle
+from rlnas.oracles.latency import LatencyOracle, ir_content_key
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, WorkerClient, WorkerCrashed, WorkerError
 from rlnas.supernet import load_supernet
 from rlnas.tasks import build_data, get_task
@@ -266,7 +266,7 @@ class RemoteTimingWorker:
         stat = xml.with_suffix(".bin").stat()
         ident = (str(xml), stat.st_size, stat.st_mtime_ns)
         if ident not in self._digests:
-            self._digests[ident] = _file_digest(xml)
+            self._digests[ident] = ir_content_key(xml).removeprefix("ir:")[:32]
         return self._digests[ident]
 
     def _ship(self, msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, ray.ObjectRef]]:
@@ -403,13 +403,6 @@ class RemoteAccuracyOracle(AccuracyOracle):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def _file_digest(xml: Path) -> str:
-    digest = hashlib.sha256()
-    for path in (xml, xml.with_suffix(".bin")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:32]
 
 
 def _map_paths(msg: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:

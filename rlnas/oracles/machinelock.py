@@ -44,26 +44,7 @@ def _flock(path: str, mode: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exclusive(path: str | None) -> Iterator[Waited]:
-    """Hold the lock alone (timing); no lock without a path. Yields how long it took to get."""
-    waited, start = Waited(), time.perf_counter()
-    if not path:
-        yield waited
-        return
-    fd = _open(path)
-    try:
-        with _flock(path + ".turnstile", fcntl.LOCK_EX):  # new readers queue behind this writer
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        waited.seconds = time.perf_counter() - start
-        yield waited
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def shared(path: str | None) -> Iterator[Waited]:
-    """Hold the lock together with other computations, never during a timing run."""
+def _hold(path: str | None, mode: int) -> Iterator[Waited]:
     waited, start = Waited(), time.perf_counter()
     if not path:
         yield waited
@@ -71,10 +52,22 @@ def shared(path: str | None) -> Iterator[Waited]:
     fd = _open(path)
     try:
         with _flock(path + ".turnstile", fcntl.LOCK_EX):
-            pass
-        fcntl.flock(fd, fcntl.LOCK_SH)
+            if mode == fcntl.LOCK_EX:  # a writer waits inside the turnstile: new readers queue behind it
+                fcntl.flock(fd, mode)
+        if mode != fcntl.LOCK_EX:
+            fcntl.flock(fd, mode)
         waited.seconds = time.perf_counter() - start
         yield waited
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def exclusive(path: str | None) -> contextlib.AbstractContextManager[Waited]:
+    """Hold the lock alone (timing); no lock without a path. Yields how long it took to get."""
+    return _hold(path, fcntl.LOCK_EX)
+
+
+def shared(path: str | None) -> contextlib.AbstractContextManager[Waited]:
+    """Hold the lock together with other computations, never during a timing run."""
+    return _hold(path, fcntl.LOCK_SH)
