@@ -1,8 +1,8 @@
 """Finalists: the search's best candidates fine-tuned from a0, re-quantized, scored on held-out
 images and confirmed in one interleaved latency measurement with a0.
 
-    select   the k best candidates by the reward's objective, feasible or within ``margin`` below
-             the target (fine-tuning can lift them over it)
+    select   the k best candidates by the reward's objective (or the k fastest: ``rank=latency``),
+             feasible or within ``margin`` below the target (fine-tuning can lift them over it)
     tune     each one: its supernet weights (BN recalibrated), fine-tuned on the training images
              with distillation from a0 (frozen, as deployed); resumable, TensorBoard ``finetune/``
     score    FP32 and NNCF INT8 (real calibration images) on validation images (the choice) and on
@@ -47,6 +47,7 @@ log = logging.getLogger("rlnas.finalists")
 
 FINALISTS_DIR = "finalists"
 A0_NAME = "a0"
+RANKINGS = ("objective", "latency")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class FinalistsConfig:
     :param k: how many candidates to fine-tune and confirm (0: none; the export then takes the
         search's best feasible candidate as measured).
     :param margin: candidates up to this much accuracy below the target may be finalists.
+    :param rank: how the eligible candidates are ordered: ``objective`` (the reward's, so a hard
+        reward puts every feasible one first) or ``latency`` (the fastest first: near-misses that
+        fine-tuning may lift over the target compete with feasible ones on speed alone).
     :param epochs: fine-tuning epochs over the training images (fractions allowed; 0: no tuning).
     :param lr: peak SGD learning rate (5 % warm-up, cosine to 0); ``weight_decay`` on weights only.
     :param kd_alpha: loss = ``kd_alpha`` * KD(a0) + (1 - ``kd_alpha``) * CE(labels, smoothing).
@@ -65,6 +69,7 @@ class FinalistsConfig:
 
     k: int = 3
     margin: float = 0.01
+    rank: str = "objective"
     epochs: float = 1.0
     lr: float = 0.01
     weight_decay: float = 5e-4
@@ -81,6 +86,8 @@ class FinalistsConfig:
     def __post_init__(self) -> None:
         if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("finalists: k, epochs and margin must be >= 0, lr > 0, batch_size >= 1")
+        if self.rank not in RANKINGS:
+            raise ValueError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
 
 
 @dataclass
@@ -104,10 +111,12 @@ class Finalist:
 
 
 def select(candidates: list[Measurement], reward: Callable[[Measurement, float], float], target: float,
-           k: int, margin: float) -> list[Measurement]:
-    """The ``k`` best candidates by ``reward`` among those measured fine with INT8 accuracy at
-    least ``target - margin``."""
+           k: int, margin: float, rank: str = "objective") -> list[Measurement]:
+    """The ``k`` best candidates among those measured fine with INT8 accuracy at least
+    ``target - margin``: by ``reward`` (``rank="objective"``) or by latency ratio (``"latency"``)."""
     eligible = [m for m in candidates if m.ok and m.acc_int8 is not None and m.acc_int8 >= target - margin]
+    if rank == "latency":
+        return sorted(eligible, key=lambda m: (m.latency_ratio, -m.acc_int8))[:k]
     return sorted(eligible, key=lambda m: -reward(m, target))[:k]
 
 
@@ -251,7 +260,7 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
     out = run_dir / FINALISTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    chosen = select(candidates, reward, target, cfg.k, cfg.margin)
+    chosen = select(candidates, reward, target, cfg.k, cfg.margin, cfg.rank)
     if not chosen:
         return {"finalists": [], "note": f"no candidate within {cfg.margin} of the target {target:.4f}"}
     teacher, teacher_key = teacher_of(setup)

@@ -15,7 +15,7 @@ from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
 from rlnas.finalists import FinalistsConfig, FineTune, select
 from rlnas.search.evaluator import Evaluator, Measurement
-from rlnas.search.reward import SoftReward
+from rlnas.search.reward import HardReward, SoftReward
 from rlnas.spaces import create_supernet
 from rlnas.supernet.a0 import A0Error, build_a0, frozen_teacher, load_a0_weights
 from rlnas.supernet.train import SupernetTrainer, compose_config, train_supernet
@@ -106,6 +106,9 @@ def test_finalists_are_the_best_by_objective_within_the_margin() -> None:
     assert archs[0] not in {m.arch for m in chosen} and archs[4] not in {m.arch for m in chosen}
     assert len(select(candidates, SoftReward(), target, k=1, margin=0.0)) == 1
     assert select(candidates, SoftReward(), target, k=3, margin=0.0)[0].acc_int8 >= target
+    fastest = select(candidates, HardReward(), target, k=2, margin=0.01, rank="latency")
+    assert [m.arch for m in fastest] == [archs[1], archs[2]]  # the near-miss first: it is the fastest
+    assert [m.arch for m in select(candidates, HardReward(), target, k=2, margin=0.01)] == [archs[2], archs[3]]
 
 
 class _Counting:
