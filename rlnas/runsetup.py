@@ -126,16 +126,15 @@ def recipe_config(cfg: DictConfig, a0: Path | None) -> Any:
 
 
 def supernet_train_config(cfg: DictConfig, a0: Path | None = None) -> DictConfig:
-    """The ``train_supernet`` config of this run's config (same model, dataset, recipe and a0): the
-    run options are ``rlnas/conf/train_supernet.yaml``'s with ``supernet.train`` merged over them."""
-    defaults = OmegaConf.load(rlnas.CONF_DIR / "train_supernet.yaml")
-    train = plain(OmegaConf.merge({k: defaults[k] for k in ("checkpoint", "eval", "log")}, cfg.supernet.train))
+    """The ``train_supernet`` config of this run's config: the same model, dataset, recipe, a0 and
+    seed, with ``supernet.train`` as its run options (both commands compose them from
+    ``conf/train_options/``)."""
+    train = plain(cfg.supernet.train)
     return OmegaConf.create({
         "model": plain(cfg.model), "dataset": plain(cfg.dataset), "recipe": recipe_config(cfg, a0),
         "seed": int(cfg.supernet.seed), "threads": int(cfg.threads), "resolution": int(cfg.resolution),
         "output_dir": "", "max_seconds": cfg.supernet.max_seconds, "init": plain(cfg.supernet.init),
-        "a0": {"checkpoint": str(a0) if a0 else None},
-        "checkpoint": train["checkpoint"], "eval": train["eval"], "log": train["log"],
+        "a0": {"checkpoint": str(a0) if a0 else None}, **train,
     })
 
 

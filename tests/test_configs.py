@@ -14,6 +14,8 @@ import rlnas
 
 CONF = rlnas.CONF_DIR
 ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
+#: groups the search config places elsewhere than at their own name
+PACKAGES = {"train_options": "supernet.train"}
 GROUP_OPTIONS = sorted((g.name, p.stem) for g in CONF.iterdir() if g.is_dir() for p in g.glob("*.yaml"))
 
 
@@ -32,11 +34,12 @@ def test_root_configs_compose(root):
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes(group, option):
-    cfg = _compose("config", [f"{group}={option}"])
+    key = f"{group}@{PACKAGES[group]}" if group in PACKAGES else group
+    cfg = _compose("config", [f"{key}={option}"])
     if group == "experiment":
         assert "experiment" in cfg.hydra.runtime.choices
     else:
-        assert OmegaConf.select(cfg, group) is not None
+        assert OmegaConf.select(cfg, PACKAGES.get(group, group)) is not None
     OmegaConf.resolve(cfg)
     if group in ("agent", "reward"):
         assert instantiate(cfg[group]) is not None

@@ -12,12 +12,18 @@ imports it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+#: the machine-wide lock every timing run takes unless told otherwise
+DEFAULT_PATH = os.path.join(tempfile.gettempdir(), "rlnas-latency.lock")
 
 
 @dataclass
@@ -71,3 +77,24 @@ def exclusive(path: str | None) -> contextlib.AbstractContextManager[Waited]:
 def shared(path: str | None) -> contextlib.AbstractContextManager[Waited]:
     """Hold the lock together with other computations, never during a timing run."""
     return _hold(path, fcntl.LOCK_SH)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlnas.oracles.machinelock [--exclusive] [--path P] -- CMD ...``: run CMD holding
+    the machine lock (shared by default), so that heavy work started beside a search never runs
+    during one of its timings. CMD must not time latency itself under the same lock (it would
+    wait for itself)."""
+    parser = argparse.ArgumentParser(prog="python -m rlnas.oracles.machinelock", description=main.__doc__)
+    parser.add_argument("--exclusive", action="store_true", help="hold it alone (as a timing run does)")
+    parser.add_argument("--path", default=DEFAULT_PATH, help=f"lock file (default {DEFAULT_PATH})")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    with (exclusive if args.exclusive else shared)(args.path):
+        return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

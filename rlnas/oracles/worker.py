@@ -21,7 +21,6 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter, OrderedDict
@@ -33,7 +32,7 @@ from typing import IO, Any
 from rlnas.oracles import machinelock
 
 #: Machine-wide lock taken around every timing run, so measurements never overlap.
-DEFAULT_LOCK_PATH = str(Path(tempfile.gettempdir()) / "rlnas-latency.lock")
+DEFAULT_LOCK_PATH = machinelock.DEFAULT_PATH
 
 
 @dataclass(frozen=True)
