@@ -48,7 +48,7 @@ import rlnas
 from rlnas.arch import Arch
 from rlnas.runsetup import build_setup
 
-AGENTS = ("ppo", "random", "evolution")
+AGENTS = tuple(sorted(p.stem for p in (rlnas.CONF_DIR / "agent").glob("*.yaml")))  # evolution, ppo, ppo_model, random
 #: quick mode: a population smaller than the budget, or evolution never gets past initialisation
 QUICK_AGENT_OVERRIDES = {"evolution": ["agent.population_size=4", "agent.sample_size=2"]}
 SHARED_NOTE = ("All runs share one measurement cache: an architecture measured by one agent/seed is "

@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rlnas.arch import Arch, InvalidArchError, SearchSpace
 from rlnas.spaces import create_supernet, list_families
+from rlnas.spaces.base import Supernet
 from rlnas.spaces.mobilenet import MOBILENET_TINY, MOBILENET_V1
 from rlnas.spaces.resnet import RESNET50, RESNET_TINY, RESNEXT101_32X8D
 
@@ -128,3 +130,16 @@ def test_registry_lists_families_and_names_them_on_error() -> None:
     with pytest.raises(KeyError) as info:
         create_supernet("resnet51")
     assert "resnet51" in str(info.value) and "resnet50" in str(info.value) and "mobilenet_tiny" in str(info.value)
+
+
+@pytest.mark.parametrize("family,kwargs", [("resnet50", {"stem": "imagenet"}), ("resnet50", {"stem": "cifar"}),
+                                           ("resnext101_32x8d", {}), ("resnet_tiny", {"stem": "cifar"})])
+def test_layer_macs_from_the_plan_equal_the_forward_pass(family: str, kwargs: dict) -> None:
+    """ResNets count their layers from the channel plan; it must be what the network runs."""
+    with torch.device("meta"):
+        supernet = create_supernet(family, num_classes=10, **kwargs)
+    rng = np.random.default_rng(0)
+    archs = [supernet.space.max_arch(), supernet.space.min_arch()] + [supernet.space.sample(rng) for _ in range(6)]
+    for resolution in (32, 45):
+        for arch in archs:
+            assert supernet._count_layer_macs(arch, resolution) == Supernet._count_layer_macs(supernet, arch, resolution)

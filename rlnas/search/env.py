@@ -50,6 +50,8 @@ from rlnas.arch import Arch, SearchSpace
 from rlnas.search.evaluator import BudgetExhausted, Evaluator, Measurement
 from rlnas.search.reward import Reward, SoftReward
 
+START_STATES = ("a0", "random", "best")
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -123,8 +125,9 @@ class ArchEditEnv(gym.Env):
     :param evaluator: measures architectures (owns the budget, cache and logs).
     :param reward: the objective ``J(measurement, target)``; default :class:`SoftReward`.
     :param max_edits: edits per episode (then truncated).
-    :param start: ``"a0"`` (the original model) or ``"random"`` (uniform from the space; costs a
-        unique evaluation when new).
+    :param start: ``"a0"`` (the original model), ``"random"`` (uniform from the space; costs a
+        unique evaluation when new) or ``"best"`` (the fastest feasible network measured so far,
+        a0 before there is one).
     :param invalid_action_penalty: reward of an invalid edit, which is a no-op (see module doc).
     :param ratio_scale: latency ratio mapped to the end of the observation range (e.g. 20x).
     :param margin_scale: relative accuracy margin mapped to the end of its range (0.05 = 5 %).
@@ -145,8 +148,8 @@ class ArchEditEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
-        if start not in ("a0", "random"):
-            raise ValueError(f"start must be 'a0' or 'random', got {start!r}")
+        if start not in START_STATES:
+            raise ValueError(f"start must be one of {', '.join(START_STATES)}, got {start!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.evaluator = evaluator
@@ -224,7 +227,8 @@ class ArchEditEnv(gym.Env):
     def _start_arch(self) -> Arch:
         if self.start == "random":
             return self.space.sample(self.np_random)
-        return self.space.max_arch()
+        best = self.evaluator.best_feasible() if self.start == "best" else None
+        return best.arch if best is not None else self.space.max_arch()
 
     def _evaluate(self, arch: Arch) -> Measurement | None:
         try:

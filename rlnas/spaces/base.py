@@ -77,8 +77,13 @@ class Supernet(nn.Module):
         key = (self.network_key(arch), int(resolution))
         cache = self.__dict__.setdefault("_layer_macs_cache", {})
         if key not in cache:
-            cache[key] = tuple(layer_macs(self._extract_plain(arch, "meta"), (1, 3, resolution, resolution)))
+            cache[key] = tuple(self._count_layer_macs(arch, int(resolution)))
         return list(cache[key])
+
+    def _count_layer_macs(self, arch: Arch, resolution: int) -> list[LayerMacs]:
+        """Uncached :meth:`layer_macs`: hooks on a meta-device forward. A family may compute the
+        same list from its channel plan instead (far cheaper where many networks are featurized)."""
+        return layer_macs(self._extract_plain(arch, "meta"), (1, 3, resolution, resolution))
 
     def _extract_plain(self, arch: Arch, device: Device = None) -> nn.Module:
         with _EXTRACTION, self.active(arch):

@@ -32,6 +32,7 @@ from rlnas.spaces.elastic import (
     ElasticConv2d,
     ElasticLinear,
     GroupedSel,
+    LayerMacs,
     Sel,
     importance_order,
     make_divisible,
@@ -247,6 +248,26 @@ class ElasticResNet(Supernet):
                 "maxpool": isinstance(self.maxpool, nn.MaxPool2d)}
         return {"stem": stem, "stages": stages, "blocks": blocks, "fc": [in_ch, self.num_classes]}
 
+    def _count_layer_macs(self, arch: Arch, resolution: int) -> list[LayerMacs]:
+        """:meth:`layer_macs` from the channel plan, in execution order (stem, then per block
+        the projection and conv1-conv3; ~1000x cheaper than the meta forward, equal to it:
+        ``tests/test_arch.py``)."""
+        plan = self.channel_plan(arch)
+        size = _conv_out(resolution, plan["stem"]["conv"])
+        layers = [_conv_macs(plan["stem"]["conv"], size)]
+        if plan["stem"]["maxpool"]:
+            size = (size + 2 - 3) // 2 + 1
+        for stage in plan["blocks"]:
+            for block in stage:
+                if block["downsample"] is not None:  # the projection runs first in this family's blocks
+                    layers.append(_conv_macs(block["downsample"], _conv_out(size, block["downsample"])))
+                for name in ("conv1", "conv2", "conv3"):
+                    size = _conv_out(size, block[name])
+                    layers.append(_conv_macs(block[name], size))
+        fc_in, fc_out = plan["fc"]
+        layers.append(LayerMacs("fc", 1, fc_in * fc_out))
+        return layers
+
     def set_active(self, arch: Arch) -> None:
         """Validate ``arch`` and make :meth:`forward` run it."""
         plan = self.channel_plan(arch)
@@ -318,6 +339,17 @@ def _block_convs(channels: list[int], stride: int, groups: int, projection: bool
     in_ch, mid, out = channels
     return {"conv1": conv_spec(in_ch, mid, 1), "conv2": conv_spec(mid, mid, 3, stride, groups),
             "conv3": conv_spec(mid, out, 1), "downsample": conv_spec(in_ch, out, 1, stride) if projection else None}
+
+
+def _conv_out(size: int, spec: dict) -> int:
+    """Output side of a conv padded by ``kernel // 2`` (every conv of the family)."""
+    return (size + 2 * (spec["kernel"] // 2) - spec["kernel"]) // spec["stride"] + 1
+
+
+def _conv_macs(spec: dict, out_size: int) -> LayerMacs:
+    kind = "grouped" if spec["groups"] > 1 else ("conv1x1" if spec["kernel"] == 1 else "convkxk")
+    per_output = spec["in"] // spec["groups"] * spec["kernel"] ** 2
+    return LayerMacs(kind, out_size, out_size * out_size * spec["out"] * per_output)
 
 
 def _copy_pool(pool: nn.Module) -> nn.Module:
