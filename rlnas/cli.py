@@ -10,6 +10,7 @@ command still exits 2 at the end when any job failed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
@@ -78,12 +79,19 @@ def one_line_errors(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callab
 
 def _remove_empty_run_dir() -> None:
     """Hydra writes ``.hydra/`` and the job log before the task runs: a run refused at once leaves
-    no directory behind (one holding anything else, e.g. a run to resume, is kept)."""
+    no directory behind (one holding anything else, e.g. a run to resume, is kept), nor the empty
+    parents Hydra made for it under the working directory."""
     if not HydraConfig.initialized():
         return
-    out = Path(HydraConfig.get().runtime.output_dir)
+    out = Path(HydraConfig.get().runtime.output_dir).resolve()
     if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in out.parents:
+            if parent == cwd or cwd not in parent.parents:
+                break
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                parent.rmdir()
 
 
 def _finish(prog: str) -> None:

@@ -5,6 +5,9 @@ and a seeded random search that gives the same architectures and accuracies as t
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ import ray
 import torch
 from hydra import compose, initialize_config_dir
 from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
 from torch import nn
 
 import rlnas
@@ -141,3 +145,47 @@ def test_seeded_random_search_matches_the_local_backend(cluster, tmp_path):
     timed_on = {r["host"]["node_id"] for r in store.records("latency")}
     assert timed_on and cluster[0].head_node.node_id not in timed_on  # on the device's node, not the head
     assert ray.is_initialized()  # the test's connection survives the run (the backend did not own it)
+
+
+def _candidates(run_dir: Path) -> list[dict]:
+    path = run_dir / "evaluations.jsonl"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.endswith("}")]
+    return [r for r in map(json.loads, lines) if r["kind"] == "candidate"]
+
+
+def _alive_actors_of(job_ids: set[str]) -> list:
+    """Alive actors of jobs other than ``job_ids`` (the test's own connection)."""
+    return [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.job_id not in job_ids]
+
+
+def test_driver_killed_with_sigkill_resumes(cluster, tmp_path):
+    """kill -9 of a driver on a Ray cluster: its actors die with it (the device is free again), and
+    the same command resumes from the run log without measuring anything twice."""
+    cfg = search_config(tmp_path, ["backend=ray", f"ray.address={cluster[0].address}", "backend.accuracy_workers=1"])
+    args = [str(Path(sys.executable).parent / "rlnas-search"), "experiment=tiny", f"device={PROFILES[1]}",
+            "agent=random", "budget=4", "seed=5", "threads=1", "finalists.k=0", "export.enabled=false",
+            "logging.progress=false", "logging.tensorboard=false", f"supernet.dir={cfg.supernet.dir}",
+            f"cache_dir={cfg.cache_dir}", f"run_dir={cfg.run_dir}", "backend=ray",
+            f"ray.address={cluster[0].address}", "backend.accuracy_workers=1"]
+    run_dir = Path(cfg.run_dir)
+    ours = {ray.get_runtime_context().get_job_id()}
+    driver = subprocess.Popen(args, cwd=rlnas.REPO_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while len(_candidates(run_dir)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    assert _alive_actors_of(ours), "the driver's actors run on the cluster"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    before = {json.dumps(r["measurement"]["arch"], sort_keys=True) for r in _candidates(run_dir)}
+    deadline = time.monotonic() + 60
+    while _alive_actors_of(ours) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert not _alive_actors_of(ours), "a killed driver's actors must not keep the device"
+    rerun = subprocess.run(args, cwd=rlnas.REPO_DIR, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = [json.dumps(r["measurement"]["arch"], sort_keys=True) for r in _candidates(run_dir)]
+    assert len(after) == 4 and len(set(after)) == 4  # the budget, each network measured once
+    assert before <= set(after) and len(before) >= 2  # what was measured before the kill is kept

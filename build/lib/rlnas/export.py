@@ -1,0 +1,500 @@
+"""``rlnas-export run=<dir>``: ship the best feasible architecture of a search run.
+
+Writes under ``<run>/export/``:
+
+- ``arch.json``: the architecture (and the family's builder kwargs);
+- ``model.pt``: standalone PyTorch model, ``{"state_dict", "arch", "family", "kwargs", ...}``
+  (BN statistics recalibrated as the accuracy oracle does; optionally fine-tuned for
+  ``export.finetune_epochs`` epochs with distillation from a0); :func:`load_exported` rebuilds it;
+- ``model.onnx``: FP32 ONNX of the network (dynamic batch; outputs ``logits``, or ``loc`` and
+  ``conf`` for detection);
+- ``model.xml``/``model.bin``: OpenVINO INT8 IR of the network, quantized by NNCF with real
+  calibration images, static input ``[1, 3, R, R]`` (as timed), so ``benchmark_app -m model.xml``
+  runs it as is. Detectors give raw ``loc``/``conf``: box decoding and NMS stay in Python
+  (:func:`rlnas.detection.boxes.postprocess` with the model's ``priors``);
+- ``report.md`` + ``report.json``: a0 vs found: FP32/INT8 accuracy (top-1, or mAP@.5 for
+  detection), INT8 latency and throughput on the profile, speed-up, IR and PyTorch sizes, params, MACs.
+
+The numbers come from the run's measurements (the oracles' cache); the saved IR's INT8 accuracy is
+measured again (``export.verify_images``) by the accuracy oracle's own task pipeline
+(:class:`~rlnas.oracles.accuracy.TaskPipeline`), which also converts and calibrates it, so the
+artefact is checked exactly as the search measured. What else differs by task (distillation loss,
+``model.pt`` metadata, how to run the IR) is in the task registry (:mod:`rlnas.tasks`). Overrides after ``run=`` change
+the run's saved config, e.g. ``rlnas-export run=<dir> export.finetune_epochs=2``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from rlnas.arch import Arch
+from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, run_finalists, save_int8_ir, teacher_of
+from rlnas.oracles.accuracy import TaskPipeline
+from rlnas.oracles.device import host_cpu_model
+from rlnas.oracles.latency import ir_size
+from rlnas.ovtools import name_tensors, with_image_preprocessing
+from rlnas.report import pareto_figure, write_report
+from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
+from rlnas.search.evaluator import Measurement, read_history
+from rlnas.spaces import create_supernet
+from rlnas.tasks import DistillLoss, Task, TaskError, get_task
+from rlnas.validate import ConfigError, check_search
+
+log = logging.getLogger("rlnas.export")
+
+USAGE = "usage: rlnas-export run=<search run directory> [config overrides, e.g. export.finetune_epochs=2]"
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported; the message says what is missing and how to get it."""
+
+
+# -- reading a run -------------------------------------------------------------------------------
+
+
+def load_run(run_dir: Path) -> tuple[Measurement, list[Measurement]]:
+    """The baseline and the candidates measured by the run in ``run_dir``."""
+    path = run_dir / HISTORY_NAME
+    if not path.is_file():
+        raise ExportError(f"{path} not found: {run_dir} holds no search measurements yet. Run "
+                          f"`rlnas-search run_dir={run_dir}` (it resumes a run that was interrupted).")
+    records = read_history(path)
+    baselines = [m for kind, _, m in records if kind == "baseline"]
+    if not baselines:
+        raise ExportError(f"{path} has no baseline record; rerun `rlnas-search run_dir={run_dir}`")
+    seen, candidates = set(), []
+    for kind, _, m in records:
+        if kind == "candidate" and m.arch not in seen:
+            seen.add(m.arch)
+            candidates.append(m)
+    return baselines[0], candidates
+
+
+def best_feasible(candidates: list[Measurement]) -> Measurement | None:
+    feasible = [m for m in candidates if m.feasible]
+    return min(feasible, key=lambda m: m.latency_ratio) if feasible else None
+
+
+def run_supernet_path(run_dir: Path) -> str:
+    """The supernet checkpoint the run searched (recorded in ``<run>/supernet.json``)."""
+    meta_path = run_dir / SUPERNET_META_NAME
+    if not meta_path.is_file():
+        raise ExportError(f"{meta_path} not found: not a finished rlnas-search setup; run "
+                          f"`rlnas-search run_dir={run_dir}` first")
+    path = json.loads(meta_path.read_text())["path"]
+    if not Path(path).is_file():
+        raise ExportError(f"the run used the supernet at {path}, which is gone; retrain it with the run's "
+                          f"config (`rlnas-search run_dir={run_dir}` trains it when missing) or restore the file")
+    return path
+
+
+# -- building the artefacts ------------------------------------------------------------------------
+
+
+def finetune_distill(student: nn.Module, teacher: nn.Module, data: Any, loss_fn: DistillLoss, epochs: int,
+                     lr: float, batch_size: int, seed: int = 0) -> nn.Module:
+    """Fine-tune ``student`` on the training split with distillation from ``teacher`` (a0):
+    SGD with a cosine schedule, loss ``loss_fn(student(x), teacher(x), targets)``."""
+    teacher.eval()
+    student.train()
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
+    total = max(1, epochs * data.steps_per_epoch(batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    for epoch in range(epochs):
+        for x, targets in data.train_batches(batch_size, epoch, seed=seed + 1000):
+            with torch.no_grad():
+                taught = teacher(x)
+            loss = loss_fn(student(x), taught, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log.info("fine-tune epoch %d/%d: kd loss %.4f", epoch + 1, epochs, loss.item())
+    return student.eval()
+
+
+def task_of(accuracy: Any) -> tuple[TaskPipeline, Task]:
+    """The accuracy oracle's :class:`~rlnas.oracles.accuracy.TaskPipeline` and its task's
+    registry entry; ExportError for a task that is not registered."""
+    try:
+        return accuracy.pipeline, get_task(accuracy.task)
+    except TaskError as err:
+        raise ExportError(str(err)) from err
+
+
+def torch_size_bytes(model: nn.Module) -> int:
+    """Bytes of the FP32 state dict as ``torch.save`` writes it."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int,
+                output_names: tuple[str, ...] = ("logits",)) -> None:
+    """FP32 ONNX with a dynamic batch (TorchScript exporter: needs no onnxscript); one name per
+    output of the network (e.g. ``loc``, ``conf`` for a detector)."""
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    dynamic = {name: {0: "batch"} for name in ("input", *output_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=list(output_names), dynamic_axes=dynamic)
+
+
+def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Path,
+                   verify_images: int | None, normalisation: tuple[list[float], list[float]] | None = None,
+                   ) -> tuple[int, dict[str, float] | None]:
+    """Quantize ``model`` as the accuracy oracle does (its task's conversion, NNCF with
+    ``calib_images`` real calibration images), save it with a static batch-1 input named
+    ``input`` and outputs named by the task, then (unless ``verify_images == 0``) score the saved
+    IR with the oracle's INT8 evaluation on ``verify_images`` validation images (None: the
+    oracle's evaluation set). With ``normalisation`` (mean, std), a second IR beside it,
+    ``<name>_uint8.xml``, takes uint8 NHWC images and normalises them inside the graph.
+
+    :returns: the IR size in bytes and the scores (keys of the task's ``metrics``) or None.
+    """
+    resolution = accuracy.data.resolution
+    quantized = accuracy.quantize(model, calib_images)
+    quantized.reshape([1, 3, resolution, resolution])
+    name_tensors(quantized, "input", accuracy.pipeline.output_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    if normalisation is not None:
+        ov.save_model(with_image_preprocessing(quantized, *normalisation), str(path.with_name(f"{path.stem}_uint8.xml")),
+                      compress_to_fp16=False)
+    scores = None
+    if verify_images != 0:
+        saved = ov.Core().read_model(str(path))
+        scores = accuracy.int8_scores(accuracy.compile(saved), verify_images)
+    return ir_size(path), scores
+
+
+def save_model(model: nn.Module, arch: Arch, meta: dict[str, Any], accuracy: Any, task: Task,
+               path: Path) -> None:
+    """``model.pt``: the state dict with what :func:`load_exported` needs to rebuild the network,
+    and the task's preprocessing and class entries."""
+    data = accuracy.data
+    torch.save({"state_dict": model.state_dict(), "arch": arch.to_dict(), "family": meta["family"],
+                "kwargs": meta["kwargs"], "task": accuracy.task, "resolution": data.resolution,
+                **task.meta(data)}, path)
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """Rebuild the model saved as ``model.pt`` by :func:`export_run` (eval mode); a detector
+    returns ``(loc, conf)`` and carries its ``priors``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = create_supernet(ckpt["family"], **ckpt["kwargs"]).extract(Arch.from_dict(ckpt["arch"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+# -- the export ---------------------------------------------------------------------------------------
+
+
+def _numbers(m: Measurement) -> dict[str, Any]:
+    return {"arch": m.arch.short(), "arch_json": m.arch.to_json(), "acc_fp32": m.acc_fp32,
+            "acc_int8": m.acc_int8, "latency_ms": m.latency_ms, "ref_latency_ms": m.ref_latency_ms,
+            "throughput_fps": m.throughput_fps,
+            "latency_ratio": m.latency_ratio, "params": m.params, "macs": m.macs,
+            "ir_size_bytes": m.ir_size_bytes, "feasible": m.feasible}
+
+
+NO_FEASIBLE_NOTE = "no feasible candidate was found: exporting a0 itself (the constraint holds for it)"
+LATENCY_NOTE = ("latency: OpenVINO INT8, batch 1, on the profile (median). Absolute medians of a0 and the found "
+                "network come from different moments; the speed-up uses the ratio timed alongside a0 "
+                "(interleaved rounds), robust to machine load. Throughput: OpenVINO's throughput mode "
+                "(PERFORMANCE_HINT THROUGHPUT, the plugin's streams and requests) on the profile's threads, a0's "
+                "and the exported IR measured in alternation")
+
+
+def export_run(cfg: DictConfig, run_dir: str | Path, setup: RunSetup | None = None) -> dict[str, Any]:
+    """Export the run's result (see module doc): with ``finalists.k > 0`` the finalist chosen by
+    :func:`rlnas.finalists.run_finalists` (fine-tuned, confirmed), else the best feasible
+    candidate as the search measured it.
+
+    :param setup: the search's :class:`~rlnas.runsetup.RunSetup` (reuses its supernet, a0, data and
+        oracles); None builds it from the run's config and supernet (``rlnas-export``).
+    :returns: the report summary (also written as ``report.json``).
+    """
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    baseline, candidates = load_run(run_dir)
+    own = setup is None
+    setup = setup or _setup_of_run(cfg, run_dir)
+    try:
+        return _export(cfg, run_dir, setup, baseline, candidates, t0)
+    finally:
+        if own:
+            setup.close()
+
+
+def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measurement, candidates: list[Measurement],
+            t0: float) -> dict[str, Any]:
+    supernet, meta, accuracy, latency = setup.supernet, setup.meta, setup.accuracy, setup.latency
+    pipeline, task = task_of(accuracy)
+    out = run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    a0_acc = setup.a0_accuracy("val")
+    target = float(cfg.tau) * float(a0_acc.acc_fp32 if a0_acc is not None else baseline.acc_fp32)
+    fin_cfg = FinalistsConfig(**plain(cfg.finalists))
+    finals = None
+    if fin_cfg.k > 0 and candidates and accuracy.task == "classification":
+        writer = SummaryWriter(str(run_dir / "tb" / "finetune")) if cfg.logging.tensorboard else None
+        try:
+            finals = run_finalists(setup, candidates, instantiate(cfg.reward), target, run_dir, fin_cfg,
+                                   int(cfg.seed), writer)
+        finally:
+            if writer is not None:
+                writer.close()
+    best = best_feasible(candidates)
+    notes: list[str] = []
+    if finals and finals["finalists"]:
+        row = next(f for f in finals["finalists"] if f["name"] == finals["chosen"])
+        chosen_arch = Arch.from_dict(row["arch"])
+        chosen = next(m for m in candidates if m.arch == chosen_arch)
+        model = supernet.extract(chosen_arch)
+        model.load_state_dict(torch.load(row["weights_path"], map_location="cpu", weights_only=False)["state_dict"])
+        model.eval()
+        found = {**_numbers(chosen), **_finalist_numbers(row), "feasible": row["feasible"]}
+        notes.append(f"finalist {row['name']} of {len(finals['finalists'])}: fine-tuned {fin_cfg.epochs:g} epoch(s) "
+                     "from a0 by distillation, chosen as the fastest in the confirmation whose INT8 validation "
+                     f"accuracy meets the target; {'feasible' if row['feasible'] else 'NO finalist is feasible'}")
+    else:
+        chosen = best or baseline
+        found = _numbers(chosen)
+        notes += [] if best else [NO_FEASIBLE_NOTE]
+        if finals is not None:
+            notes.append(finals.get("note", ""))
+        model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes)
+    verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found)
+    if not finals or not finals["finalists"]:
+        notes += _timing_notes(found, latency, out / "model.xml", chosen)
+    if found["exported_ir_int8"]:
+        notes.append(f"exported INT8 IR re-measured on {verify} validation images: "
+                     f"{_scores_text(found['exported_ir_int8'], pipeline)} (search measured {pipeline.metric} "
+                     f"{_fmt(chosen.acc_int8)})")
+    base = {**_numbers(baseline), "torch_size_bytes": torch_size_bytes(supernet.extract(baseline.arch))}
+    notes += _profile_artefacts(out, setup, run_dir, found, base)
+    notes += [LATENCY_NOTE, task.usage(model, accuracy.data.resolution)]
+    summary = {
+        "setup": {"model": meta["family"], "task": accuracy.task, "dataset": cfg.dataset.name,
+                  "device profile": cfg.device.name, "tau": float(cfg.tau), "supernet checkpoint": meta.get("path"),
+                  "a0": str(setup.a0.path) if setup.a0 else None, "run": str(run_dir),
+                  "candidates measured": len(candidates), "host cpu": host_cpu_model()},
+        "metric": pipeline.metric, "metrics": dict(pipeline.metrics),
+        "a0": _a0_numbers(setup, finals), "baseline": base, "found": found, "target": target,
+        "feasible_found": bool(found.get("feasible")), "finalists": finals,
+        "speedup": _speedup(found, chosen),
+        "files": {name: str(out / name) for name in ("arch.json", "model.pt", "model.onnx", "model.xml",
+                                                     "model.bin", "model_uint8.xml", "model_uint8.bin",
+                                                     "benchmark_app_config.json", "report.md", "report.json")},
+        "notes": [n for n in notes if n], "out_dir": str(out), "export_seconds": time.perf_counter() - t0,
+    }
+    write_report(out, summary)
+    _pareto_png(out, baseline, candidates, target, best, pipeline.metric)
+    return summary
+
+
+def _profile_artefacts(out: Path, setup: RunSetup, run_dir: Path, found: dict[str, Any],
+                       base: dict[str, Any]) -> list[str]:
+    """``benchmark_app_config.json`` (the profile's CPU properties) and the throughput of a0's and
+    the exported IR in throughput mode; the report's notes on both."""
+    latency = setup.latency
+    if latency is None:
+        return []
+    profile = latency.profile
+    (out / "benchmark_app_config.json").write_text(json.dumps(
+        {"CPU": profile.compile_config(profile.inference_precision)}, indent=2) + "\n")
+    env = " ".join(f"{k}={v}" for k, v in profile.env().items())
+    notes = [f"reproduce the profile's latency: `{env + ' ' if env else ''}benchmark_app -m model.xml -d CPU "
+             f"-load_config benchmark_app_config.json -nireq 1` ({profile.isa or 'native'} ISA, {profile.threads} "
+             f"threads, INFERENCE_PRECISION_HINT {profile.inference_precision}); model_uint8.xml takes uint8 NHWC "
+             "images and normalises them inside the graph"]
+    a0_ir = run_dir / FINALISTS_DIR / A0_NAME / "model.xml"
+    if not a0_ir.is_file():
+        a0_ir = save_int8_ir(setup, teacher_of(setup)[0], out / "reference" / "a0.xml", int(setup.cfg.export.calib_images))
+    try:
+        fps = latency.throughput({"a0": a0_ir, "exported": out / "model.xml"})
+    except Exception as err:  # the artefacts exist either way; the throughput is a report figure
+        log.warning("throughput not measured: %s", err)
+        return notes
+    found["throughput_fps"], base["throughput_fps"] = fps["exported"], fps["a0"]
+    return notes
+
+
+def _finalist_numbers(row: dict[str, Any]) -> dict[str, Any]:
+    """A finalist's fine-tuned accuracies and confirmed timing, in the report's ``found`` keys."""
+    after = row["after"]
+    return {"acc_fp32": after["val_fp32"], "acc_int8": after["val_int8"], "holdout_fp32": after["holdout_fp32"],
+            "holdout_int8": after["holdout_int8"], "confirmed_ratio": row["confirmed_ratio"],
+            "confirmed_ci": row["confirmed_ci"], "latency_ms": row["confirmed_latency_ms"]}
+
+
+def _a0_numbers(setup: RunSetup, finals: dict[str, Any] | None) -> dict[str, Any] | None:
+    """a0's own row: FP32/INT8 accuracy as deployed on validation and held-out images, and its
+    latency in the confirmation."""
+    if setup.a0 is None:
+        return None
+    val, held = setup.a0_accuracy("val"), setup.a0_accuracy("holdout")
+    row = {"checkpoint": str(setup.a0.path), "sha256": setup.a0.sha256, "val_fp32": val.acc_fp32,
+           "val_int8": val.acc_int8, "holdout_fp32": held.acc_fp32, "holdout_int8": held.acc_int8,
+           "torch_size_bytes": torch_size_bytes(setup.a0.model)}
+    if finals and finals.get("confirmation"):
+        row["latency_ms"] = finals["confirmation"]["latency_ms"]["a0"]
+    return row
+
+
+def _speedup(found: dict[str, Any], chosen: Measurement) -> float | None:
+    """1 / the confirmed ratio when there is one, else the search's ratio."""
+    ratio = found.get("confirmed_ratio") or chosen.latency_ratio
+    return 1.0 / ratio if ratio else None
+
+
+def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: Task, found: dict[str, Any],
+             notes: list[str]) -> nn.Module:
+    """``arch`` prepared as the oracle measured it (BN recalibrated), fine-tuned with the task's
+    distillation from a0 when ``export.finetune_epochs > 0`` (its FP32 accuracy then re-measured)."""
+    model = accuracy.prepare(arch).to(memory_format=torch.contiguous_format)
+    epochs = int(cfg.export.finetune_epochs)
+    if epochs <= 0:
+        return model
+    teacher = accuracy.prepare(a0).to(memory_format=torch.contiguous_format)
+    loss_fn = task.distill(model, float(cfg.export.kd_temperature))
+    model = finetune_distill(model, teacher, accuracy.data, loss_fn, epochs, float(cfg.export.finetune_lr),
+                             int(cfg.export.finetune_batch_size), int(cfg.seed))
+    found["acc_fp32"] = accuracy.fp32_accuracy(model)
+    notes.append(f"fine-tuned {epochs} epoch(s) with distillation from a0; FP32/INT8 {accuracy.metric} re-measured")
+    return model
+
+
+def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, meta: dict[str, Any],
+                     accuracy: Any, task: Task, found: dict[str, Any]) -> int:
+    """Write arch.json, model.pt, model.onnx and the INT8 IR; record sizes and the IR's re-measured
+    INT8 scores in ``found``. Returns how many validation images scored the IR."""
+    pipeline, resolution = accuracy.pipeline, accuracy.data.resolution
+    (out / "arch.json").write_text(json.dumps({"arch": arch.to_dict(), "family": meta["family"],
+                                               "kwargs": meta["kwargs"], "task": accuracy.task,
+                                               "short": arch.short()}, indent=2) + "\n")
+    save_model(model, arch, meta, accuracy, task, out / "model.pt")
+    export_onnx(model, (1, 3, resolution, resolution), out / "model.onnx", int(cfg.export.onnx_opset),
+                pipeline.output_names)
+    verify = accuracy.eval_count if cfg.export.verify_images is None else int(cfg.export.verify_images)
+    entries = task.meta(accuracy.data)
+    ir_bytes, scores = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify,
+                                      (entries["mean"], entries["std"]))
+    found.update(ir_size_bytes=ir_bytes, torch_size_bytes=torch_size_bytes(model), exported_ir_int8=scores,
+                 exported_ir_acc_int8=scores[pipeline.accuracy_key] if scores else None)
+    if scores and int(cfg.export.finetune_epochs) > 0:
+        found["acc_int8"] = found["exported_ir_acc_int8"]
+    return verify
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _scores_text(scores: dict[str, float], pipeline: TaskPipeline) -> str:
+    """``"mAP@.5 0.4120, mAP@[.5:.95] 0.2011, ..."``: every score with its label."""
+    return ", ".join(f"{label} {_fmt(scores[k])}" for k, label in pipeline.metrics.items() if k in scores)
+
+
+def _timing_notes(found: dict[str, Any], latency: Any, xml: Path, chosen: Measurement) -> list[str]:
+    """Time the exported IR alongside a0 (into ``found``); the note saying so, if it worked."""
+    timed = _time_ir(latency, xml)
+    if timed is None:
+        return []
+    found["exported_ir_latency_ms"], found["exported_ir_ratio"] = timed.latency_ms, timed.ratio
+    return [f"exported IR timed on the profile alongside a0: {timed.latency_ms:.3f} ms, ratio "
+            f"{timed.ratio:.3f} (search measured {chosen.latency_ratio:.3f})"]
+
+
+def _pareto_png(out: Path, baseline: Measurement, candidates: list[Measurement], target: float,
+                best: Measurement | None, metric: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(candidates, baseline, target, best, metric=metric)
+    fig.savefig(out / "pareto.png")
+    plt.close(fig)
+
+
+def _time_ir(latency: Any, xml: Path) -> Any:
+    """The exported IR timed by the latency oracle (interleaved with a0), or None if that fails."""
+    if latency is None or not hasattr(latency, "measure_ir"):
+        return None
+    try:
+        result = latency.measure_ir(xml, precision="int8")
+    except Exception as err:  # the artefact exists either way; timing it is a bonus
+        log.warning("could not time %s: %s", xml, err)
+        return None
+    return result if result.ok else None
+
+
+def _setup_of_run(cfg: DictConfig, run_dir: Path) -> RunSetup:
+    """The run's setup rebuilt from its config, on the supernet it searched."""
+    cfg = cfg.copy()
+    cfg.supernet.checkpoint = run_supernet_path(run_dir)
+    try:
+        return build_setup(cfg)
+    except SetupError as err:
+        raise ExportError(str(err)) from err
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def compose_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The run's saved config (``<run>/.hydra/config.yaml``) with Hydra overrides applied; an
+    unknown key fails with Hydra's message."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ExportError(f"{saved} not found: {run_dir} is not an rlnas-search run directory. Run "
+                          f"`rlnas-search run_dir={run_dir}` first, or pass the directory it printed.")
+    with initialize_config_dir(config_dir=str(saved.parent.resolve()), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``rlnas-export run=<dir> [overrides]``."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    runs = [a for a in args if a.startswith("run=")]
+    if len(runs) != 1 or args in (["-h"], ["--help"]):
+        print(USAGE, file=sys.stderr)
+        return 2
+    run_dir = Path(runs[0].split("=", 1)[1])
+    overrides = [a for a in args if not a.startswith("run=")]
+    if not run_dir.is_dir():
+        print(f"run directory {run_dir} does not exist; search first: `rlnas-search run_dir={run_dir}`",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = check_search(compose_run_config(run_dir, overrides))
+        summary = export_run(cfg, run_dir)
+    except (ExportError, ConfigError, HydraException, OmegaConfBaseException) as err:
+        print(f"rlnas-export: {err}", file=sys.stderr)
+        return 2
+    print((Path(summary["out_dir"]) / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

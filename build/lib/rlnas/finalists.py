@@ -1,0 +1,296 @@
+"""Finalists: the search's best candidates fine-tuned from a0, re-quantized, scored on held-out
+images and confirmed in one interleaved latency measurement with a0.
+
+    select   the k best candidates by the reward's objective (or the k fastest: ``rank=latency``),
+             feasible or within ``margin`` below the target (fine-tuning can lift them over it)
+    tune     each one: its supernet weights (BN recalibrated), fine-tuned on the training images
+             with distillation from a0 (frozen, as deployed); resumable, TensorBoard ``finetune/``
+    score    FP32 and NNCF INT8 (real calibration images) on validation images (the choice) and on
+             held-out images (the report: nothing was selected on them)
+    confirm  a0 and every finalist, INT8 IRs built the same way, timed in the same interleaved
+             rounds with more rounds than the search (:meth:`LatencyOracle.confirm`)
+    choose   the fastest finalist in the confirmation whose fine-tuned INT8 *validation* accuracy
+             meets the constraint; none: the fastest, marked infeasible. Its held-out accuracy is
+             what the report states (choosing by held-out accuracy would bias it again)
+
+Everything lands in ``<run>/finalists/``: a killed run resumes its fine-tuning from the last
+checkpoint and takes its measurements from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rlnas.arch import Arch
+from rlnas.oracles.worker import TimingConfig
+from rlnas.ovtools import name_tensors
+from rlnas.runsetup import RunSetup
+from rlnas.search.evaluator import Measurement
+from rlnas.supernet.a0 import frozen_teacher
+from rlnas.supernet.checkpoint import atomic_save, load_file, weights_hash
+from rlnas.supernet.train import kd_loss, sgd
+
+log = logging.getLogger("rlnas.finalists")
+
+FINALISTS_DIR = "finalists"
+A0_NAME = "a0"
+RANKINGS = ("objective", "latency")
+
+
+@dataclass(frozen=True)
+class FinalistsConfig:
+    """``cfg.finalists``.
+
+    :param k: how many candidates to fine-tune and confirm (0: none; the export then takes the
+        search's best feasible candidate as measured).
+    :param margin: candidates up to this much accuracy below the target may be finalists.
+    :param rank: how the eligible candidates are ordered: ``objective`` (the reward's, so a hard
+        reward puts every feasible one first) or ``latency`` (the fastest first: near-misses that
+        fine-tuning may lift over the target compete with feasible ones on speed alone).
+    :param epochs: fine-tuning epochs over the training images (fractions allowed; 0: no tuning).
+    :param lr: peak SGD learning rate (5 % warm-up, cosine to 0); ``weight_decay`` on weights only.
+    :param kd_alpha: loss = ``kd_alpha`` * KD(a0) + (1 - ``kd_alpha``) * CE(labels, smoothing).
+    :param checkpoint_every: fine-tuning steps between resumable checkpoints.
+    :param confirm_timing: :class:`TimingConfig` of the confirmation (longer than the search's).
+    """
+
+    k: int = 3
+    margin: float = 0.01
+    rank: str = "objective"
+    epochs: float = 1.0
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    kd_alpha: float = 0.8
+    kd_temperature: float = 1.0
+    label_smoothing: float = 0.1
+    checkpoint_every: int = 50
+    calib_images: int = 300
+    confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
+                                                                   "max_time_s": 240.0})
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("finalists: k, epochs and margin must be >= 0, lr > 0, batch_size >= 1")
+        if self.rank not in RANKINGS:
+            raise ValueError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
+
+
+@dataclass
+class Finalist:
+    """One finalist before and after fine-tuning (accuracies: ``val`` chooses, ``holdout`` reports)."""
+
+    name: str
+    arch: Arch
+    search: dict[str, Any]
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    ir_path: str = ""
+    weights_path: str = ""
+    confirmed_ratio: float | None = None
+    confirmed_ci: list[float] | None = None
+    confirmed_latency_ms: float | None = None
+    feasible: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "arch": self.arch.to_dict(), "short": self.arch.short()}
+
+
+def select(candidates: list[Measurement], reward: Callable[[Measurement, float], float], target: float,
+           k: int, margin: float, rank: str = "objective") -> list[Measurement]:
+    """The ``k`` best candidates among those measured fine with INT8 accuracy at least
+    ``target - margin``: by ``reward`` (``rank="objective"``) or by latency ratio (``"latency"``)."""
+    eligible = [m for m in candidates if m.ok and m.acc_int8 is not None and m.acc_int8 >= target - margin]
+    if rank == "latency":
+        return sorted(eligible, key=lambda m: (m.latency_ratio, -m.acc_int8))[:k]
+    return sorted(eligible, key=lambda m: -reward(m, target))[:k]
+
+
+# -- fine-tuning ------------------------------------------------------------------------------------
+
+
+def classification_kd(cfg: FinalistsConfig) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``(student logits, teacher logits, labels) -> loss``: KD from a0 mixed with the labels."""
+
+    def loss(out: Tensor, taught: Tensor, labels: Tensor) -> Tensor:
+        value = cfg.kd_alpha * kd_loss(out, taught, cfg.kd_temperature)
+        if cfg.kd_alpha < 1:
+            value = value + (1 - cfg.kd_alpha) * F.cross_entropy(out, labels, label_smoothing=cfg.label_smoothing)
+        return value
+
+    return loss
+
+
+class FineTune:
+    """Resumable distillation fine-tuning of one network (``<dir>/finetune.pt`` holds the model,
+    optimizer, schedule position; batches are a function of (seed, epoch, step), so a resumed run
+    reaches the same weights as an uninterrupted one).
+
+    :param on_step: called with the step number after every optimizer step (tests kill there).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, data: Any, out_dir: Path, cfg: FinalistsConfig,
+                 name: str, seed: int = 0, writer: Any = None,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        self.student, self.teacher, self.data, self.cfg = student, teacher, data, cfg
+        self.out, self.name, self.seed, self.writer, self.on_step = Path(out_dir), name, seed, writer, on_step
+        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
+        self.total = max(1, round(cfg.epochs * self.steps_per_epoch))
+        self.optimizer = sgd(student, cfg.lr, cfg.weight_decay)
+        warm = max(1, round(0.05 * self.total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(
+            (s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, self.total - warm))))))
+        self.loss_fn = classification_kd(cfg)
+        self.step = 0
+
+    @property
+    def path(self) -> Path:
+        return self.out / "finetune.pt"
+
+    def run(self) -> nn.Module:
+        """Fine-tune to the end (resuming from ``finetune.pt``); returns the student in eval mode."""
+        self._resume()
+        bar = tqdm(total=self.total, initial=self.step, desc=f"fine-tune {self.name}", unit="step",
+                   disable=not self.cfg.progress, mininterval=2.0, dynamic_ncols=True)
+        self.student.train()
+        while self.step < self.total:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            for x, y in self.data.train_batches(self.cfg.batch_size, epoch, self.seed + 1000, in_epoch):
+                loss = self._train_step(x, y)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total:
+                    self._save()
+                if self.on_step is not None:
+                    self.on_step(self.step)
+                if self.step >= self.total:
+                    break
+        bar.close()
+        self._save()
+        return self.student.eval()
+
+    def _train_step(self, x: Tensor, y: Tensor) -> float:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            taught = self.teacher(x).float()
+        loss = self.loss_fn(self.student(x).float(), taught, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.writer is not None:
+            self.writer.add_scalar(f"finetune/{self.name}/loss", loss.item(), self.step)
+            self.writer.add_scalar(f"finetune/{self.name}/lr", lr, self.step)
+        return loss.item()
+
+    def _save(self) -> None:
+        atomic_save({"model": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "step": self.step, "total": self.total}, self.path)
+
+    def _resume(self) -> None:
+        if not self.path.is_file():
+            return
+        state = load_file(self.path)
+        if state.get("total") != self.total:
+            log.warning("%s was written for %s steps, this run has %s: starting over", self.path,
+                        state.get("total"), self.total)
+            return
+        self.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        log.info("fine-tune %s resumed at step %d of %d", self.name, self.step, self.total)
+
+
+# -- the stage ---------------------------------------------------------------------------------------
+
+
+def accuracy_row(setup: RunSetup, model: nn.Module, key: str) -> dict[str, Any]:
+    """FP32 and INT8 accuracy of a prepared model on validation and held-out images (cached)."""
+    val = setup.accuracy.evaluate_model(model, key)
+    held = setup.holdout.evaluate_model(model, key)
+    if not (val.ok and held.ok):
+        raise RuntimeError(f"scoring {key} failed: {val.reason or held.reason}")
+    return {"val_fp32": val.acc_fp32, "val_int8": val.acc_int8, "holdout_fp32": held.acc_fp32,
+            "holdout_int8": held.acc_int8}
+
+
+def save_int8_ir(setup: RunSetup, model: nn.Module, path: Path, calib_images: int) -> Path:
+    """``model`` quantized by NNCF on real calibration images (as the accuracy oracle does), saved
+    as an IR with a static batch-1 input, named input ``input`` and output(s) as the task names them."""
+    resolution = setup.data.resolution
+    quantized = setup.accuracy.quantize(model.to(memory_format=torch.contiguous_format), calib_images)
+    quantized.reshape([1, 3, resolution, resolution])
+    name_tensors(quantized, "input", setup.accuracy.pipeline.output_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    return path
+
+
+def teacher_of(setup: RunSetup) -> tuple[nn.Module, str]:
+    """a0 as deployed (frozen), or without one the maximal subnet prepared like a candidate."""
+    if setup.a0 is not None:
+        return frozen_teacher(setup.a0.model), setup.a0.key
+    top = setup.supernet.space.max_arch()
+    return frozen_teacher(setup.accuracy.prepare(top)), f"max:{setup.meta['checkpoint_id']}"
+
+
+def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, target: float, run_dir: Path,
+                  cfg: FinalistsConfig, seed: int = 0, writer: Any = None,
+                  on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Select, fine-tune, score and confirm the finalists; returns (and writes
+    ``<run>/finalists/finalists.json``) the rows, the confirmation and the choice."""
+    out = run_dir / FINALISTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    chosen = select(candidates, reward, target, cfg.k, cfg.margin, cfg.rank)
+    if not chosen:
+        return {"finalists": [], "note": f"no candidate within {cfg.margin} of the target {target:.4f}"}
+    teacher, teacher_key = teacher_of(setup)
+    a0_row = accuracy_row(setup, teacher, teacher_key)
+    irs = {A0_NAME: save_int8_ir(setup, teacher, out / A0_NAME / "model.xml", cfg.calib_images)}
+    finalists = []
+    for i, m in enumerate(chosen):
+        f = Finalist(f"f{i}", m.arch, {"latency_ratio": m.latency_ratio, "val_int8": m.acc_int8,
+                                       "val_fp32": m.acc_fp32})
+        finalists.append(f)
+        model = setup.accuracy.prepare(m.arch).to(memory_format=torch.channels_last)
+        f.before = accuracy_row(setup, model, f"subnet:{setup.meta['checkpoint_id']}:{m.arch.to_json()}")
+        if cfg.epochs > 0:
+            model = FineTune(model, teacher, setup.data, out / f.name, cfg, f.name, seed, writer, on_step).run()
+        f.weights_path = str(out / f.name / "model.pt")
+        torch.save({"state_dict": model.state_dict(), "arch": m.arch.to_dict()}, f.weights_path)
+        f.after = accuracy_row(setup, model, f"finetuned:{weights_hash(model.state_dict())}")
+        f.feasible = f.after["val_int8"] >= target
+        f.ir_path = str(save_int8_ir(setup, model, out / f.name / "model.xml", cfg.calib_images))
+        irs[f.name] = Path(f.ir_path)
+    timing = TimingConfig(**{**asdict(setup.latency.timing), **dict(cfg.confirm_timing)})
+    confirmation = setup.latency.confirm(irs, A0_NAME, timing)
+    for f in finalists:
+        f.confirmed_ratio = confirmation.ratio[f.name]
+        f.confirmed_ci = confirmation.ratio_ci[f.name]
+        f.confirmed_latency_ms = confirmation.latency_ms[f.name]
+    feasible = [f for f in finalists if f.feasible]
+    best = min(feasible or finalists, key=lambda f: f.confirmed_ratio)
+    result = {"finalists": [f.to_dict() for f in finalists], "a0": a0_row, "a0_key": teacher_key,
+              "target": target, "chosen": best.name, "chosen_feasible": best.feasible,
+              "confirmation": confirmation.to_dict(), "config": asdict(cfg), "seconds": time.perf_counter() - t0}
+    (out / "finalists.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result

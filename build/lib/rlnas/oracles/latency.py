@@ -1,0 +1,715 @@
+"""The measured latency oracle: PyTorch module -> OpenVINO IR (INT8 via NNCF) -> timed in a worker.
+
+Pipeline of :meth:`LatencyOracle.measure` on a cache miss: ``ov.convert_model`` with a static
+input shape, ``nncf.quantize`` on the ``ov.Model`` (never on the torch model: slower and far more
+memory), IR saved under ``cache_dir/ir/<key>.xml``, then compiled and timed by the profile's
+worker process, interleaved with a reference model so that the result carries a ratio taken
+under the same machine conditions. :meth:`LatencyOracle.measure_ir` times an existing IR as is
+by the same path (store, lock, worker, reference). Results, failures included, go to the
+measurement store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlnas.oracles import machinelock
+from rlnas.oracles.device import RELEVANT_FLAGS, DeviceProfile, host_cpu_flags, host_cpu_model, load_profile
+from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
+from rlnas.oracles.worker import (
+    DEFAULT_LOCK_PATH,
+    TimingConfig,
+    WorkerClient,
+    WorkerCrashed,
+    WorkerError,
+    WorkerTimeout,
+    ratio_rel_error,
+    round_ratios,
+)
+from rlnas.ovtools import convert, library_versions, quiet, save_ir
+
+#: Bump when the timing protocol changes what a number means; old cache entries are then ignored.
+PROTOCOL_VERSION = 1
+#: Store kind of latency records.
+KIND = "latency"
+#: Store kind of N-way confirmation measurements.
+CONFIRM_KIND = "confirmation"
+PRECISIONS = ("int8", "fp32", "fp16", "bf16")
+RATIO_METHODS = ("median_round_p10", "median_round_median", "p10", "median", "min")
+#: The IR each precision runs: bf16 is an f32 IR run with a bf16 hint.
+_IR_VARIANT = {"int8": "int8", "fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
+
+ModelLike = Any  # torch.nn.Module, or a zero-argument callable building one (built only on a miss)
+
+
+@dataclass
+class LatencyResult(StoredResult):
+    """One latency measurement (or a failure and its reason) of a model on a device profile.
+
+    ``latency_ms`` is the median single-image latency, ``p10_ms``/``p90_ms`` its percentiles.
+    ``ratio`` is a robust estimate of candidate/reference latency from interleaved rounds
+    (``ratio_estimates`` holds every estimator; ``ratio_method`` says which one ``ratio`` is) and
+    ``ref_latency_ms`` the reference's median in those same rounds; ``ratio_rel_error`` is the
+    estimated relative standard error of the per-round ratio median. ``inference_precision`` is
+    what the compiled model reports, ``kernels`` counts executed primitive types (e.g.
+    ``jit_avx2_I8``). ``stage_seconds`` has build, convert, quantize, save (0 when the IR was
+    reused), reference (preparing its IR), compile, lock_wait, measure and total.
+    """
+
+    status: str
+    reason: str = ""
+    latency_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    throughput_fps: float | None = None
+    ref_latency_ms: float | None = None
+    ref_p10_ms: float | None = None
+    ratio: float | None = None
+    ratio_method: str | None = None
+    ratio_estimates: dict[str, float] = field(default_factory=dict)
+    ratio_rel_error: float | None = None
+    ir_path: str | None = None
+    ir_size_bytes: int | None = None
+    precision: str = "int8"
+    inference_precision: str | None = None
+    isa: str | None = None
+    kernels: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+    ir_reused: bool = False
+    model_key: str = ""
+    input_shape: tuple[int, ...] = ()
+    profile: str = ""
+    iterations: int = 0
+    rounds: int = 0
+    measured_at: float = 0.0
+    host: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(self.input_shape)  # JSON round trips give lists
+
+    def int8_kernels(self) -> list[str]:
+        """Executed primitive types that run in int8 (``..._I8``/``..._i8``/``..._u8``)."""
+        return [k for k in self.kernels if k.lower().endswith(("_i8", "_u8"))]
+
+
+@dataclass
+class Confirmation(StoredResult):
+    """N models (e.g. a0 and the finalists) timed in the same interleaved rounds on one profile.
+
+    ``ratio[name]`` is the median over rounds of the per-round ratio of the model's 10th-percentile
+    time to the reference's (the search's estimator), ``ratio_ci[name]`` its 95 % bootstrap
+    confidence interval over rounds (paired: both times of a ratio come from the same round),
+    ``latency_ms`` each model's median.
+    """
+
+    reference: str
+    latency_ms: dict[str, float]
+    ratio: dict[str, float]
+    ratio_ci: dict[str, list[float]]
+    rounds: int
+    profile: str
+    kernels: dict[str, dict[str, int]] = field(default_factory=dict)
+    inference_precision: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+    status: str = "ok"
+
+    def speedup(self, name: str) -> float:
+        return 1.0 / self.ratio[name]
+
+
+LAYER_CLASSES = ("stem", "conv1x1", "conv3x3", "grouped", "fc", "other")
+
+
+def classify_layer_times(nodes: dict[str, dict[str, Any]], layers: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Per-layer-class milliseconds from :meth:`LatencyOracle.layer_times`' raw counters: an
+    executed node is the class of the first conv/FC layer fused into it (by weight shape)."""
+    convs = [name for name, layer in layers.items() if layer["type"] != "MatMul"]
+    stem = convs[0] if convs else None
+    out = dict.fromkeys(LAYER_CLASSES, 0.0)
+    for name, node in nodes.items():
+        kind = "other"
+        for original in [name, *node.get("fused", [])]:
+            owner = next((n for n in layers if original == n or original.startswith(n + "/")), None)
+            if owner is None:
+                continue
+            layer, original = layers[owner], owner
+            weights = layer["weights"]
+            if original == stem:
+                kind = "stem"
+            elif layer["type"] == "MatMul":
+                kind = "fc"
+            elif layer["type"] == "GroupConvolution":
+                kind = "grouped"
+            else:
+                kind = "conv1x1" if weights[-1] == weights[-2] == 1 else "conv3x3"
+            break
+        out[kind] += node["us"] / 1000.0
+    return out
+
+
+def bootstrap_ratio_ci(cand_rounds: list[list[float]], ref_rounds: list[list[float]], samples: int = 2000,
+                       seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of the median per-round p10 ratio, resampling rounds."""
+    ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, len(ratios), (samples, len(ratios)))], axis=1)
+    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+
+
+def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``(1, C, H, W)`` from ``(C, H, W)`` or ``(1, C, H, W)`` of positive ints; else ValueError."""
+    try:
+        dims = tuple(int(d) for d in shape)
+        ok = all(int(d) == d for d in shape) and len(dims) in (3, 4) and all(d > 0 for d in dims)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"input_shape must be (1, C, H, W) or (C, H, W) of positive ints, got {shape!r}")
+    dims = (1, *dims) if len(dims) == 3 else dims
+    if dims[0] != 1:
+        raise ValueError(f"input_shape batch must be 1 (single-image latency), got {shape!r}")
+    return dims
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
+    return precision
+
+
+def structural_key(model: Any) -> str:
+    """A model identity from its module tree (repr) and parameter/buffer shapes, not weights."""
+    parts = [repr(model)]
+    parts += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
+    parts += [f"{n}:{tuple(b.shape)}" for n, b in model.named_buffers()]
+    return "struct:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def ratio_estimates(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> dict[str, float]:
+    """Estimators of candidate/reference latency from interleaved rounds (times in ms)."""
+    cand = [t for r in cand_rounds for t in r]
+    ref = [t for r in ref_rounds for t in r]
+    pairs = list(zip(cand_rounds, ref_rounds, strict=True))
+    return {
+        "median_round_p10": statistics.median(round_ratios(cand_rounds, ref_rounds)),
+        "median_round_median": statistics.median(statistics.median(c) / statistics.median(r) for c, r in pairs),
+        "p10": percentile(cand, 10) / percentile(ref, 10),
+        "median": statistics.median(cand) / statistics.median(ref),
+        "min": min(cand) / min(ref),
+    }
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """NNCF settings.
+
+    With real calibration data ``subset_size`` samples are used and bias correction is on (unless
+    ``bias_correction`` says otherwise). With random tensors (latency only) ``random_subset_size``
+    samples and no bias correction: the data only sets quantizer ranges, never the timed graph.
+    ``inplace_statistics=None`` picks by resolution: NNCF's in-graph statistics make its
+    calibration model compile for ~3 s (ResNet-50), which only pays off on large activations
+    (measured: 32 px 4.9 s in-place vs ~2 s not; 224 px 9.3 s vs 15.3 s, 32 samples, loaded VM).
+    """
+
+    subset_size: int = 32
+    random_subset_size: int = 8
+    bias_correction: bool | None = None
+    inplace_statistics: bool | None = None
+    inplace_min_pixels: int = 96 * 96
+    target_device: str = "CPU"
+    quiet: bool = True
+
+    def samples(self, calibrated: bool) -> int:
+        return self.subset_size if calibrated else self.random_subset_size
+
+    def inplace(self, shape: Sequence[int]) -> bool:
+        if self.inplace_statistics is not None:
+            return self.inplace_statistics
+        return int(np.prod(shape[2:])) >= self.inplace_min_pixels
+
+
+class LatencyOracle:
+    """Measured OpenVINO latency of PyTorch models on one device profile, cached.
+
+    :param profile: a DeviceProfile or a profile name from conf/device/.
+    :param store: a MeasurementStore or its path (default ``cache_dir/measurements.sqlite``).
+    :param cache_dir: holds ``ir/`` (IRs, shared by profiles) and the worker log.
+    :param reference: the model interleaved with every candidate (a0 by default in the search):
+        an nn.Module or a zero-argument callable building one (converted at each candidate's
+        shape and precision), or an IR .xml path (used as is, identified by its content; a
+        dynamic-shape IR is reshaped to each candidate's shape). None = no reference, no ratio.
+    :param reference_key: identity of the reference in cache keys (default: the structural key of a
+        Module, ``"ir:" + sha256`` of an IR's files).
+    :param timing: rounds, iterations and minimum times of the timing protocol.
+    :param ratio_method: which of :data:`RATIO_METHODS` ``LatencyResult.ratio`` reports.
+    :param timeout_s: per worker request (compile + timing); the worker is killed past it.
+    :param lock_path: machine-wide lock held while timing (None = no lock).
+    :param retry_failed: re-measure models whose stored result is a failure.
+    :param check_host: refuse a profile this host cannot run (off where another machine times).
+    """
+
+    def __init__(self, profile: DeviceProfile | str, store: MeasurementStore | str | Path | None = None,
+                 cache_dir: str | Path = "cache", reference: Any = None, reference_key: str | None = None,
+                 timing: TimingConfig | None = None, quantization: QuantizationConfig | None = None,
+                 ratio_method: str = "median_round_p10", timeout_s: float = 600.0,
+                 lock_path: str | None = DEFAULT_LOCK_PATH, retry_failed: bool = False,
+                 check_host: bool = True) -> None:
+        if isinstance(profile, str):
+            profile = load_profile(profile, check_host=check_host)
+        self.profile = profile.validate() if check_host else profile
+        self.cache_dir = Path(cache_dir)
+        if store is None:
+            store = self.cache_dir / "measurements.sqlite"
+        self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store)
+        if ratio_method not in RATIO_METHODS:
+            raise ValueError(f"ratio_method {ratio_method!r} not in {RATIO_METHODS}")
+        self.timing = timing or TimingConfig()
+        self.quantization = quantization or QuantizationConfig()
+        self.ratio_method = ratio_method
+        self.timeout_s = timeout_s
+        self.lock_path = lock_path
+        self.retry_failed = retry_failed
+        self.versions = library_versions()
+        self._reference = reference
+        self._reference_id = self._identify_reference(reference, reference_key)
+        self.worker = WorkerClient(self.profile.env(), log_path=self.cache_dir / f"worker-{self.profile.name}.log")
+
+    # ------------------------------------------------------------------ public API
+
+    def measure(self, model: ModelLike, input_shape: Sequence[int], precision: str = "int8",
+                model_key: str | None = None, calibration: Iterable | None = None,
+                force: bool = False, retry_failed: bool | None = None) -> LatencyResult:
+        """Latency of ``model`` at ``input_shape``; a stored result is returned unless ``force``.
+
+        ``model`` may be a zero-argument callable returning the module: it is only called when
+        the IR must be built. A model that fails to convert, quantize, compile or run gives a
+        failed result (stored, so it is not retried unless ``retry_failed``); bad arguments
+        (shape, precision) raise ValueError.
+        """
+        shape = check_input_shape(input_shape)
+        check_precision(precision)
+        hint = self._hint(precision)
+        if model_key is None:
+            model = build_model(model)
+            model_key = structural_key(model)
+        return self._measure_cached(model_key, shape, precision, hint, force, retry_failed,
+                                    lambda: self.prepare_ir(model, model_key, shape, precision, calibration))
+
+    def measure_ir(self, xml_path: str | os.PathLike, input_shape: Sequence[int] | None = None,
+                   precision: str = "int8", model_key: str | None = None, force: bool = False,
+                   retry_failed: bool | None = None) -> LatencyResult:
+        """Latency of an existing OpenVINO IR, timed as is with the protocol of :meth:`measure`.
+
+        ``input_shape`` defaults to the IR's static input shape; an IR with a dynamic input needs
+        it (the worker reshapes the IR to it), and a given shape must be compatible with the IR's.
+        ``precision`` is not applied to the IR: it labels the record and picks the inference
+        precision hint (``fp32`` -> f32, ``bf16`` -> bf16, else the profile's). ``model_key``
+        defaults to ``"ir:" + sha256`` of the .xml and .bin contents, so an edited IR is measured
+        anew; it shares the store with :meth:`measure`'s keys. The IR must have one input.
+
+        Raised before anything is stored or timed: FileNotFoundError when the .xml or the .bin
+        beside it is missing, OSError when they cannot be read, ValueError when the path is not a
+        .xml, OpenVINO cannot read the IR, its input does not fit the (1, C, H, W) single-image
+        contract or ``input_shape``, or the precision is invalid. An IR that reads but fails to
+        compile or run gives a failed result, stored like :meth:`measure`'s.
+        """
+        check_precision(precision)
+        hint = self._hint(precision)
+        xml = check_ir_files(xml_path)
+        shape = ir_measure_shape(xml, ir_inputs(xml), input_shape)
+        if model_key is None:
+            model_key = ir_content_key(xml)
+        reused = {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}
+        return self._measure_cached(model_key, shape, precision, hint, force, retry_failed,
+                                    lambda: (xml, dict(reused), True))
+
+    def confirm(self, irs: dict[str, str | os.PathLike], reference: str, timing: TimingConfig | None = None,
+                precision: str = "int8", force: bool = False) -> Confirmation:
+        """Time every IR of ``irs`` (name -> .xml, static single-input IRs) in the same
+        interleaved rounds, with ratios to ``irs[reference]``: the confirmation measurement of
+        finalists (more rounds than the search: pass a longer ``timing``). Cached by the IRs'
+        contents, the profile and the timing; raises WorkerError & co. when timing fails."""
+        if reference not in irs:
+            raise ValueError(f"reference {reference!r} is not among the IRs {sorted(irs)}")
+        timing = timing or self.timing
+        xmls = {name: check_ir_files(path) for name, path in irs.items()}
+        shapes = {name: list(ir_measure_shape(xml, ir_inputs(xml), None)) for name, xml in xmls.items()}
+        key = {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
+               "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
+               "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
+               "timing": asdict(timing)}
+        record = None if force else self.store.get(CONFIRM_KIND, key)
+        if record is not None:
+            return dataclasses.replace(Confirmation.from_dict(record), cached=True)
+        config = self.profile.compile_config(self._hint(precision))
+        order = [reference] + [name for name in xmls if name != reference]
+        msg = {"op": "confirm", "timing": asdict(timing), "lock_path": self.lock_path,
+               "models": {name: {"path": str(xmls[name]), "config": config, "shape": shapes[name]} for name in order}}
+        start = time.perf_counter()
+        reply = self.worker.request(msg, max(self.timeout_s, 2 * timing.max_time_s + 60 * len(order)))
+        rounds = reply["rounds"]
+        result = Confirmation(
+            reference=reference, rounds=len(rounds[reference]), profile=self.profile.name,
+            latency_ms={n: statistics.median(t for r in rounds[n] for t in r) for n in order},
+            ratio={n: float(np.median(round_ratios(rounds[n], rounds[reference]))) for n in order},
+            ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
+            kernels=reply["kernels"], inference_precision=reply["inference_precision"],
+            stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
+                           "lock_wait": reply["lock_wait_s"], "total": time.perf_counter() - start})
+        self.store.put(CONFIRM_KIND, key, result.to_dict())
+        return result
+
+    def throughput(self, irs: dict[str, str | os.PathLike], seconds: float = 3.0, repeats: int = 3,
+                   precision: str = "int8") -> dict[str, float]:
+        """Median frames per second of each IR in OpenVINO's throughput mode on this profile
+        (its threads, ISA cap and precision hint; the plugin picks streams and requests), the IRs
+        measured in alternation. For reports: the search needs only latency."""
+        msg = {"op": "throughput", "models": {n: str(check_ir_files(p)) for n, p in irs.items()},
+               "config": self.profile.compile_config(self._hint(precision)), "seconds": seconds,
+               "repeats": repeats, "lock_path": self.lock_path}
+        reply = self.worker.request(msg, self.timeout_s + 2 * seconds * repeats * len(irs))
+        return {name: statistics.median(values) for name, values in reply["fps"].items()}
+
+    def layer_times(self, xml_path: str | os.PathLike, iters: int = 200, precision: str = "int8") -> dict[str, float]:
+        """Mean per-inference time (ms) of an IR's layers on this profile by layer class, from
+        OpenVINO's per-layer performance counters: ``stem`` (the first convolution), ``conv1x1``,
+        ``conv3x3`` (and other k x k), ``grouped`` (grouped / depthwise), ``fc``, ``other`` (pooling,
+        eltwise, reorders, quantize/dequantize...). Timed under the machine-wide lock."""
+        xml = check_ir_files(xml_path)
+        msg = {"op": "perf", "path": str(xml), "config": self.profile.compile_config(self._hint(precision)),
+               "iters": iters}
+        with machinelock.exclusive(self.lock_path):
+            reply = self.worker.request(msg, self.timeout_s)
+        return classify_layer_times(reply["nodes"], reply["layers"])
+
+    def cache_key(self, model_key: str, input_shape: Sequence[int], precision: str) -> dict[str, Any]:
+        """Everything that changes the number of one measurement."""
+        return {
+            "model": model_key, "input_shape": list(check_input_shape(input_shape)),
+            "precision": check_precision(precision), "profile": self.profile.key(), "cpu": self.timing_cpu(),
+            "openvino": self.versions["openvino"], "nncf": self.versions["nncf"],
+            "protocol": PROTOCOL_VERSION, "reference": self._reference_id,
+        }
+
+    def ir_path(self, model_key: str, input_shape: Sequence[int], precision: str) -> Path:
+        """Where the IR of (model, shape, precision) is cached; it does not depend on the profile."""
+        variant = _IR_VARIANT[check_precision(precision)]
+        ident = {"model": model_key, "input_shape": list(check_input_shape(input_shape)), "variant": variant,
+                 "openvino": self.versions["openvino"], "ir_format": 1}
+        if variant == "int8":
+            ident["nncf"] = self.versions["nncf"]
+            ident["target_device"] = self.quantization.target_device
+        digest = hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:24]
+        return self.cache_dir / "ir" / f"{variant}-{digest}.xml"
+
+    def prepare_ir(self, model: ModelLike, model_key: str, input_shape: Sequence[int], precision: str,
+                   calibration: Iterable | None = None) -> tuple[Path, dict[str, float], bool]:
+        """Build (or reuse) the IR: returns its path, stage seconds and whether it was reused."""
+        path = self.ir_path(model_key, input_shape, precision)
+        if path.is_file() and path.with_suffix(".bin").is_file():
+            return path, {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}, True
+        stages = build_ir(model, check_input_shape(input_shape), _IR_VARIANT[precision], path, calibration,
+                          self.quantization)
+        return path, stages, False
+
+    def timing_cpu(self) -> str:
+        """The CPU model of the machine that times (part of every cache key): this one."""
+        return host_cpu_model()
+
+    def stored_key(self, key: dict[str, Any], result: LatencyResult) -> dict[str, Any]:
+        """The key a new result is stored under: the one it was looked up by."""
+        return key
+
+    def host(self, reply: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The machine that times: this one (CPU model, kernel-selecting flags, host name)."""
+        flags = host_cpu_flags()
+        return {"cpu": host_cpu_model(), "flags": sorted(f for f in RELEVANT_FLAGS if f in flags),
+                "hostname": socket.gethostname()}
+
+    def close(self) -> None:
+        """Stop the worker process."""
+        self.worker.close()
+
+    def __enter__(self) -> LatencyOracle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _hint(self, precision: str) -> str:
+        if precision == "fp32":
+            return "f32"
+        if precision == "bf16":
+            if not self.profile.supports("bf16"):
+                raise ValueError(f"profile {self.profile.name!r} (ISA {self.profile.effective_isa()}) cannot run "
+                                 f"bf16; precisions it can run: {[p for p in PRECISIONS if p != 'bf16']}")
+            return "bf16"
+        return self.profile.inference_precision
+
+    def _identify_reference(self, reference: Any, reference_key: str | None) -> dict[str, Any] | None:
+        if reference is None:
+            return None
+        if isinstance(reference, (str, os.PathLike)):
+            xml = check_ir_files(reference, what="reference IR")
+            ir_inputs(xml, what="reference IR")  # fail now, not at every measurement, if unreadable
+            self._reference = xml
+            return {"ir": reference_key or ir_content_key(xml)}
+        return {"model": reference_key or structural_key(build_model(reference))}
+
+    def _reference_ir(self, shape: tuple[int, ...], precision: str) -> Path | None:
+        if self._reference_id is None:
+            return None
+        if "ir" in self._reference_id:
+            return Path(self._reference)
+        path, _, _ = self.prepare_ir(self._reference, self._reference_id["model"], shape, precision)
+        return path
+
+    def _lookup(self, key: dict[str, Any], retry_failed: bool) -> LatencyResult | None:
+        record = self.store.get(KIND, key)
+        if record is None:
+            return None
+        result = LatencyResult.from_dict(record)
+        if not result.ok and retry_failed:
+            return None
+        result.cached = True
+        if result.ok and result.ratio_estimates:
+            result.ratio = result.ratio_estimates.get(self.ratio_method, result.ratio)
+            result.ratio_method = self.ratio_method
+        return result
+
+    def _measure_cached(self, model_key: str, shape: tuple[int, ...], precision: str, hint: str, force: bool,
+                        retry_failed: bool | None, prepare: Callable[[], tuple[Path, dict[str, float], bool]],
+                        ) -> LatencyResult:
+        """The stored result for (model_key, shape, precision) unless ``force`` (or a failure to
+        retry); else ``prepare()`` gives the IR, which is timed, and the result is stored."""
+        key = self.cache_key(model_key, shape, precision)
+        retry = self.retry_failed if retry_failed is None else retry_failed
+        if not force:
+            hit = self._lookup(key, retry)
+            if hit is not None:
+                return hit
+        result = self._measure_new(prepare, model_key, shape, precision, hint)
+        if not result.transient:
+            self.store.put(KIND, self.stored_key(key, result), result.to_dict())
+        return result
+
+    def _measure_new(self, prepare: Callable[[], tuple[Path, dict[str, float], bool]], model_key: str,
+                     shape: tuple[int, ...], precision: str, hint: str) -> LatencyResult:
+        base = LatencyResult(status="failed", precision=precision, isa=self.profile.effective_isa(),
+                             versions=dict(self.versions, protocol=str(PROTOCOL_VERSION)), model_key=model_key,
+                             input_shape=shape, profile=self.profile.name, measured_at=time.time())
+        start = time.perf_counter()
+        try:
+            ir, stages, reused = prepare()
+        except IRBuildError as err:
+            base.reason, base.stage_seconds = str(err), err.stage_seconds
+            return base
+        base.ir_path, base.ir_size_bytes, base.ir_reused = str(ir), ir_size(ir), reused
+        base.stage_seconds = dict(stages)
+        ref_start = time.perf_counter()
+        ref_ir = self._reference_ir(shape, precision)
+        base.stage_seconds["reference"] = time.perf_counter() - ref_start
+        config, dims = self.profile.compile_config(hint), list(shape)
+        # "shape": the worker reshapes an IR with a dynamic input to it (static IRs are run as is)
+        msg = {"op": "measure", "cand": {"path": str(ir), "config": config, "shape": dims},
+               "ref": {"path": str(ref_ir), "config": config, "shape": dims} if ref_ir else None,
+               "timing": asdict(self.timing), "lock_path": self.lock_path}
+        try:
+            reply = self.worker.request(msg, self.timeout_s)
+        except (WorkerError, WorkerCrashed, WorkerTimeout) as err:
+            base.reason = f"{type(err).__name__}: {err}"
+            base.transient = bool(getattr(err, "transient", False))
+            base.stage_seconds["total"] = time.perf_counter() - start
+            return base
+        self._fill(base, reply)
+        base.stage_seconds["total"] = time.perf_counter() - start
+        return base
+
+    def _fill(self, result: LatencyResult, reply: dict[str, Any]) -> None:
+        cand = [t for r in reply["cand_rounds"] for t in r]
+        result.status = "ok"
+        result.latency_ms = statistics.median(cand)
+        result.p10_ms, result.p90_ms = percentile(cand, 10), percentile(cand, 90)
+        result.throughput_fps = 1000.0 / result.latency_ms
+        result.iterations, result.rounds = len(cand), len(reply["cand_rounds"])
+        result.inference_precision = reply["inference_precision"]
+        result.kernels = reply["kernels"]
+        result.stage_seconds.update(compile=reply["compile_s"], measure=reply["measure_s"],
+                                    lock_wait=reply["lock_wait_s"])
+        result.versions["openvino_runtime"] = self.worker.hello.get("openvino", "")
+        result.host = self.host(reply)
+        if reply["ref_rounds"]:
+            ref = [t for r in reply["ref_rounds"] for t in r]
+            result.ref_latency_ms, result.ref_p10_ms = statistics.median(ref), percentile(ref, 10)
+            result.ratio_estimates = ratio_estimates(reply["cand_rounds"], reply["ref_rounds"])
+            rel_error = ratio_rel_error(reply["cand_rounds"], reply["ref_rounds"])
+            result.ratio_rel_error = rel_error if math.isfinite(rel_error) else None
+            result.ratio, result.ratio_method = result.ratio_estimates[self.ratio_method], self.ratio_method
+
+
+# ---------------------------------------------------------------------- existing IRs
+
+
+def check_ir_files(xml_path: str | os.PathLike, what: str = "IR") -> Path:
+    """The absolute path of an IR .xml whose .bin exists beside it; ValueError if the path is not
+    a .xml, FileNotFoundError naming the missing file."""
+    xml = Path(xml_path).expanduser().absolute()
+    if xml.suffix != ".xml":
+        raise ValueError(f"{what} must be an OpenVINO IR .xml (with its .bin beside it), got {xml}")
+    for path in (xml, xml.with_suffix(".bin")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist (an IR is a .xml with its .bin beside it)")
+    return xml
+
+
+def ir_content_key(xml: Path) -> str:
+    """``"ir:" + sha256`` of the .xml then the .bin contents: the identity of an IR file pair."""
+    digest = hashlib.sha256()
+    for path in (xml, xml.with_suffix(".bin")):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return "ir:" + digest.hexdigest()
+
+
+def ir_inputs(xml: Path, what: str = "IR") -> list[Any]:
+    """The ``ov.PartialShape`` of each input of an IR, read by OpenVINO in this process (weights
+    are memory-mapped, not loaded); ValueError when OpenVINO cannot read it."""
+    import openvino as ov
+
+    try:
+        model = ov.Core().read_model(str(xml))
+    except Exception as err:
+        raise ValueError(f"OpenVINO cannot read {what} {xml}: {type(err).__name__}: {err}") from err
+    return [port.get_partial_shape() for port in model.inputs]
+
+
+def ir_measure_shape(xml: Path, inputs: list[Any], input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """The (1, C, H, W) shape to time a one-input IR at, given :func:`ir_inputs`: its static
+    shape, or ``input_shape`` if it fits; else ValueError."""
+    import openvino as ov
+
+    if len(inputs) != 1:
+        raise ValueError(f"IR {xml} has {len(inputs)} inputs; measure_ir times one-input IRs")
+    partial = inputs[0]
+    if input_shape is None:
+        if partial.is_dynamic:
+            raise ValueError(f"IR {xml} has a dynamic input {partial}: pass input_shape")
+        dims = [d.get_length() for d in partial]
+        try:
+            return check_input_shape(dims)
+        except ValueError as err:
+            raise ValueError(f"IR {xml} input {partial}: {err}") from None
+    shape = check_input_shape(input_shape)
+    if not partial.compatible(ov.PartialShape(list(shape))):
+        raise ValueError(f"input_shape {tuple(input_shape)} does not fit the input {partial} of IR {xml}")
+    return shape
+
+
+# ---------------------------------------------------------------------- IR building
+
+
+def build_model(model: ModelLike) -> Any:
+    """The module itself, or what a zero-argument builder returns."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return model
+    if callable(model):
+        return model()
+    raise TypeError(f"model must be a torch.nn.Module or a callable returning one, got {type(model).__name__}")
+
+
+class IRBuildError(RuntimeError):
+    """Conversion, quantization or saving failed; ``stage_seconds`` says how far it got."""
+
+    def __init__(self, message: str, stage_seconds: dict[str, float]) -> None:
+        super().__init__(message)
+        self.stage_seconds = stage_seconds
+
+
+def ir_size(xml: Path) -> int:
+    """Bytes on disk of an IR (.xml + .bin)."""
+    return sum(p.stat().st_size for p in (xml, xml.with_suffix(".bin")) if p.is_file())
+
+
+def _stage(name: str, stages: dict[str, float], fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    try:
+        return fn()
+    except Exception as err:
+        raise IRBuildError(f"{name} failed: {type(err).__name__}: {err}", stages) from err
+    finally:
+        stages[name] = time.perf_counter() - start
+
+
+def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path, calibration: Iterable | None,
+             quant: QuantizationConfig) -> dict[str, float]:
+    """Build ``model`` (if a builder), convert it to an IR at ``path`` (variant int8, fp32 or
+    fp16); return stage seconds. Raises IRBuildError naming the failed stage."""
+    stages: dict[str, float] = {}
+    with quiet(quant.quiet):
+        module = _stage("build", stages, lambda: build_model(model))
+        ov_model = _stage("convert", stages, lambda: convert(module, shape))
+        if variant == "int8":
+            ov_model = _stage("quantize", stages, lambda: quantize(ov_model, shape, calibration, quant))
+        else:
+            stages["quantize"] = 0.0
+        _stage("save", stages, lambda: save_ir(ov_model, path, compress_to_fp16=variant == "fp16"))
+    return stages
+
+
+def calibration_arrays(calibration: Iterable | None, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+    """Up to ``count`` float32 arrays of ``shape``: from ``calibration`` (tensors, arrays, or
+    (input, label) pairs) or random normal data when None."""
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
+    arrays: list[np.ndarray] = []
+    for item in calibration:
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        arr = item.detach().cpu().numpy() if hasattr(item, "detach") else np.asarray(item)
+        arr = arr.astype(np.float32).reshape(-1, *shape[1:])
+        arrays.extend(arr[i:i + 1] for i in range(len(arr)))
+        if len(arrays) >= count:
+            break
+    if not arrays:
+        raise ValueError("calibration iterable is empty")
+    return arrays[:count]
+
+
+def quantize(ov_model: Any, shape: tuple[int, ...], calibration: Iterable | None, quant: QuantizationConfig) -> Any:
+    """``nncf.quantize`` on the ov.Model (INT8, CPU target)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    calibrated = calibration is not None
+    data = calibration_arrays(calibration, shape, quant.samples(calibrated))
+    bias_correction = quant.bias_correction if quant.bias_correction is not None else calibrated
+    advanced = AdvancedQuantizationParameters(disable_bias_correction=not bias_correction,
+                                              inplace_statistics=quant.inplace(shape))
+    return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data),
+                         target_device=nncf.TargetDevice[quant.target_device], advanced_parameters=advanced)

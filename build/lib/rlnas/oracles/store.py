@@ -1,0 +1,128 @@
+"""A persistent measurement cache shared by processes: SQLite in WAL mode with a busy timeout.
+
+Keys are dicts holding everything that changes a number; they are stored as canonical JSON and
+looked up by its SHA-256. Each operation opens its own short-lived connection, so a store object
+is safe to use after ``fork`` and from several threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS measurements (
+    kind TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    record_json TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (kind, key_hash)
+)
+"""
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal dicts give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    """SHA-256 hex digest of a key dict's canonical JSON."""
+    return hashlib.sha256(canonical_json(key).encode()).hexdigest()
+
+
+class MeasurementStore:
+    """Records of measurements by ``(kind, key dict)``, in one SQLite file safe across processes.
+
+    :param path: database file; parent directories are created.
+    :param busy_timeout_ms: how long a writer waits for another process's lock.
+    """
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield conn
+        finally:
+            conn.close()
+
+    def get(self, kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The record stored under ``(kind, key)``, or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT record_json FROM measurements WHERE kind=? AND key_hash=?",
+                               (kind, key_hash(key))).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put(self, kind: str, key: dict[str, Any], record: dict[str, Any]) -> None:
+        """Store (or replace) the record under ``(kind, key)``."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?)",
+                         (kind, key_hash(key), canonical_json(key), canonical_json(record), time.time()))
+            conn.execute("COMMIT")
+
+    def delete(self, kind: str, key: dict[str, Any]) -> bool:
+        """Remove one record; True if there was one."""
+        with self._connect() as conn:
+            cur = conn.execute("DELETE FROM measurements WHERE kind=? AND key_hash=?", (kind, key_hash(key)))
+            return cur.rowcount > 0
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """All records of ``kind``, oldest update first."""
+        return [record for _, record in self.items(kind)]
+
+    def items(self, kind: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """All ``(key, record)`` pairs of ``kind``, oldest update first."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT key_json, record_json FROM measurements WHERE kind=? ORDER BY updated",
+                                (kind,)).fetchall()
+        return [(json.loads(k), json.loads(r)) for k, r in rows]
+
+    def kinds(self) -> list[str]:
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT kind FROM measurements ORDER BY kind")]
+
+    def __len__(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return f"MeasurementStore({str(self.path)!r})"
+
+
+class StoredResult:
+    """Base of the dataclass results that go to the store and run logs (latency, accuracy,
+    confirmation, the Evaluator's Measurement): ``ok`` from ``status`` and a dict round trip
+    that ignores keys a newer or older version wrote."""
+
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,174 @@
+"""OpenVINO helpers shared by both oracles, the finalists and detection: conversion from PyTorch,
+NNCF INT8 quantization, CPU compilation with an explicit precision hint, what ran, versions.
+
+Conversion goes through OpenVINO's TorchScript decoder with one trace and no trace check (see
+:func:`convert`): ``ov.convert_model(module, example_input=...)`` traces with the check on, which
+runs the model twice more per candidate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nncf
+import numpy as np
+import openvino as ov
+import torch
+from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+from torch import Tensor, nn
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that change numbers, read from package metadata (cheap: nothing is imported)."""
+    out = {}
+    for name in ("openvino", "nncf", "torch"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "none"
+    return out
+
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Silence tracer warnings, NNCF progress bars and info logs (errors still raise)."""
+    if not enabled:
+        yield
+        return
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf_log.setLevel(level)
+
+
+
+def convert(model: Any, shape: tuple[int, ...]) -> Any:
+    """``ov.convert_model`` with a static shape, tracing once (no trace check: it reruns the model
+    twice more)."""
+    model.eval()
+    example = torch.randn(*shape)
+    threads = torch.get_num_threads()
+    # One thread: tracing needs no speed, and OpenMP threads on a busy machine made a 32 px
+    # ResNet-50 forward take 0.9 s instead of 14 ms (threads wait for descheduled peers).
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            decoder = TorchScriptPythonDecoder(model, example_input=(example,),
+                                               trace_kwargs={"check_trace": False})
+            return ov.convert_model(decoder, input=[list(shape)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def convert_to_openvino(model: nn.Module, resolution: int) -> Any:
+    """``ov.Model`` of ``model`` with a dynamic batch, traced exactly as the latency oracle traces."""
+    ov_model = convert(model.eval().to(memory_format=torch.contiguous_format), (1, 3, resolution, resolution))
+    ov_model.reshape([-1, 3, resolution, resolution])
+    return ov_model
+
+
+def quantize_int8(ov_model: Any, calibration: list[np.ndarray]) -> Any:
+    """INT8 ``ov.Model`` by NNCF post-training quantization (CPU target, default preset, fast bias
+    correction) over calibration batches; statistics are taken per sample, not per batch."""
+    batched = max(len(a) for a in calibration) > 1
+    return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration),
+                         target_device=nncf.TargetDevice.CPU,
+                         advanced_parameters=AdvancedQuantizationParameters(batchwise_statistics=batched))
+
+
+def compile_cpu(ov_model: Any, batch_size: int, resolution: int, inference_precision: str = "f32",
+                threads: int | None = None) -> Any:
+    """Compile for CPU with a static ``[batch_size, 3, R, R]`` input and an explicit precision
+    hint (the CPU plugin otherwise runs bf16 where the CPU has it, changing the numbers)."""
+    model = ov_model.clone()
+    model.reshape([batch_size, 3, resolution, resolution])
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return _core().compile_model(model, "CPU", config)
+
+
+@functools.lru_cache(maxsize=1)
+def _core() -> Any:
+    return ov.Core()
+
+
+def primitive_types(compiled: Any) -> list[str]:
+    """The ``primitiveType`` of every op of the compiled (runtime) model, e.g. ``jit_avx2_1x1_I8``."""
+    return [str(op.get_rt_info()["primitiveType"].astype(str)) for op in compiled.get_runtime_model().get_ops()]
+
+
+def int8_primitive_count(compiled: Any) -> int:
+    """How many executed primitives run in INT8 (``I8`` in their primitive type)."""
+    return sum("I8" in t.upper() for t in primitive_types(compiled))
+
+
+def openvino_top1(compiled: Any, batches: Iterable[Tensor], labels: Tensor) -> float:
+    """Top-1 of a compiled model with a static batch; short batches are zero-padded."""
+    batch = int(compiled.input(0).get_shape()[0])
+    request = compiled.create_infer_request()
+    correct = seen = 0
+    for x in batches:
+        n = len(x)
+        arr = x.numpy()
+        if n < batch:
+            arr = np.concatenate([arr, np.zeros((batch - n, *arr.shape[1:]), dtype=arr.dtype)])
+        logits = request.infer({0: arr})[compiled.output(0)]
+        pred = torch.from_numpy(np.asarray(logits)[:n].argmax(1))
+        correct += int((pred == labels[seen:seen + n]).sum())
+        seen += n
+    if seen != len(labels):
+        raise ValueError(f"batches held {seen} images for {len(labels)} labels")
+    return correct / max(1, seen)
+
+
+
+def save_ir(ov_model: Any, path: Path, compress_to_fp16: bool) -> None:
+    """Save atomically: write under a temporary name, then rename .bin before .xml (the .xml's
+    presence means the IR is complete), so concurrent writers of the same IR never clash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.xml")
+    try:
+        ov.save_model(ov_model, str(tmp), compress_to_fp16=compress_to_fp16)
+        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
+
+
+def name_tensors(ov_model: Any, input_name: str, output_names: Iterable[str]) -> Any:
+    """Give the model's input and outputs stable tensor names (``input``; ``logits`` or ``loc``/``conf``)."""
+    ov_model.inputs[0].get_tensor().set_names({input_name})
+    for port, name in zip(ov_model.outputs, output_names, strict=False):
+        port.get_tensor().set_names({name})
+    return ov_model
+
+
+def with_image_preprocessing(ov_model: Any, mean: Iterable[float], std: Iterable[float]) -> Any:
+    """A copy of ``ov_model`` that takes images as they come: uint8, NHWC, RGB in [0, 255]; the
+    conversion to float and the normalisation ``(x / 255 - mean) / std`` run inside the graph
+    (OpenVINO's ``PrePostProcessor``)."""
+    ppp = ov.preprocess.PrePostProcessor(ov_model.clone())
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([m * 255 for m in mean]).scale(
+        [s * 255 for s in std])
+    return ppp.build()

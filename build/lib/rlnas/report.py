@@ -1,0 +1,156 @@
+"""Result tables and the export report (the Pareto front itself: :mod:`rlnas.search.pareto`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from rlnas.search.evaluator import Measurement
+from rlnas.search.pareto import pareto_figure, pareto_front
+
+__all__ = ["comparison_rows", "pareto_figure", "pareto_front", "result_table", "write_report"]
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def comparison_rows(baseline: Measurement, best: Measurement | None) -> list[list[str]]:
+    """Rows of the result table: a0 and the best feasible architecture side by side."""
+    rows = [["", "a0 (original)", "best feasible"]]
+    b = best
+    fields = [
+        ("architecture", lambda m: m.arch.short()),
+        ("FP32 accuracy", lambda m: _fmt(m.acc_fp32, ".4f")),
+        ("INT8 accuracy", lambda m: _fmt(m.acc_int8, ".4f")),
+        ("INT8 latency (ms)", lambda m: _fmt(m.latency_ms, ".3f")),
+        ("a0 INT8 latency timed alongside (ms)", lambda m: _fmt(m.ref_latency_ms, ".3f")),
+        ("latency ratio to a0 (interleaved)", lambda m: _fmt(m.latency_ratio, ".3f")),
+        ("speed-up", lambda m: _fmt(1 / m.latency_ratio if m.latency_ratio else None, ".2f") + "x"),
+        ("params (M)", lambda m: _fmt(m.params / 1e6 if m.params else None, ".3f")),
+        ("MACs (M)", lambda m: _fmt(m.macs / 1e6 if m.macs else None, ".2f")),
+    ]
+    for name, get in fields:
+        rows.append([name, get(baseline), get(b) if b is not None else "none found"])
+    return rows
+
+
+def result_table(baseline: Measurement, best: Measurement | None, target: float,
+                 unique_evaluations: int, budget: int | None, extra: dict[str, Any] | None = None) -> str:
+    """The console table printed at the end of a search."""
+    rows = comparison_rows(baseline, best)
+    table = tabulate(rows[1:], headers=rows[0], tablefmt="github")
+    lines = [table, "",
+             f"accuracy target (INT8 >= tau * a0 FP32): {target:.4f}",
+             f"unique evaluations: {unique_evaluations}" + (f" / budget {budget}" if budget else "")]
+    lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``report.json`` (the summary as is) and ``report.md`` (its human-readable form).
+
+    ``summary`` keys: ``baseline`` and ``found`` (dicts of numbers), ``setup`` (profile, dataset,
+    tau...), ``files`` (name -> path), ``notes`` (list of strings), ``metric`` (the accuracy's
+    label, e.g. ``top-1`` or ``mAP@.5``; default ``accuracy``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    md_path = out / "report.md"
+    md_path.write_text(_markdown(summary))
+    return md_path, json_path
+
+
+#: (label, key, format); ``{metric}`` in a label is the accuracy's name (top-1, mAP@.5...)
+_REPORT_FIELDS = [
+    ("architecture", "arch", None),
+    ("FP32 {metric}", "acc_fp32", ".4f"),
+    ("INT8 {metric}", "acc_int8", ".4f"),
+    ("INT8 {metric} of the exported IR", "exported_ir_acc_int8", ".4f"),
+    ("INT8 latency (ms, profile)", "latency_ms", ".3f"),
+    ("a0 INT8 latency timed alongside (ms)", "ref_latency_ms", ".3f"),
+    ("INT8 throughput (FPS, throughput mode; a0's IR / exported)", "throughput_fps", ".1f"),
+    ("latency ratio to a0", "latency_ratio", ".3f"),
+    ("params", "params", ",d"),
+    ("MACs", "macs", ",d"),
+    ("OpenVINO INT8 IR size (bytes)", "ir_size_bytes", ",d"),
+    ("PyTorch FP32 size (bytes)", "torch_size_bytes", ",d"),
+]
+
+
+def _cell(value: Any, spec: str | None) -> str:
+    return "-" if value is None else (format(value, spec) if spec else str(value))
+
+
+def _a0_table(a0: dict[str, Any], found: dict[str, Any], metric: str) -> list[str]:
+    """a0 as deployed beside the exported network, validation and held-out images."""
+    fields = [("FP32 {m}, validation images", "val_fp32", "acc_fp32"),
+              ("INT8 {m}, validation images", "val_int8", "acc_int8"),
+              ("FP32 {m}, held-out images", "holdout_fp32", "holdout_fp32"),
+              ("INT8 {m}, held-out images", "holdout_int8", "holdout_int8"),
+              ("INT8 latency in the confirmation (ms)", "latency_ms", "latency_ms")]
+    rows = [[label.format(m=metric), _cell(a0.get(a), ".4f"), _cell(found.get(f), ".4f")] for label, a, f in fields]
+    return ["## a0 (the model you deploy, as deployed) and the exported network", "",
+            tabulate(rows, headers=["", "a0", "exported"], tablefmt="github"), ""]
+
+
+def _finalists_table(finals: dict[str, Any], metric: str) -> list[str]:
+    """Every finalist before/after fine-tuning, with its search and confirmation timings."""
+    rows = []
+    for f in finals.get("finalists", []):
+        b, a = f["before"], f["after"]
+        ci = f.get("confirmed_ci") or [None, None]
+        rows.append([f["name"] + (" (exported)" if f["name"] == finals.get("chosen") else ""), f["short"],
+                     _cell(f["search"].get("latency_ratio"), ".3f"), _cell(f.get("confirmed_ratio"), ".3f"),
+                     f"[{_cell(ci[0], '.3f')}, {_cell(ci[1], '.3f')}]",
+                     f"{_cell(b['val_int8'], '.4f')} -> {_cell(a['val_int8'], '.4f')}",
+                     f"{_cell(b['holdout_int8'], '.4f')} -> {_cell(a['holdout_int8'], '.4f')}",
+                     "yes" if f["feasible"] else "no"])
+    conf = finals.get("confirmation") or {}
+    return [f"## Finalists (target INT8 {metric} >= {finals.get('target', float('nan')):.4f} on validation images)",
+            "", tabulate(rows, headers=["", "architecture", "ratio (search)", "ratio (confirmed)", "95 % CI",
+                                        f"INT8 {metric} val: before -> after fine-tune",
+                                        f"INT8 {metric} held-out: before -> after", "feasible"],
+                         tablefmt="github"), "",
+            f"Confirmation: a0 and the finalists in {conf.get('rounds', '?')} interleaved rounds on profile "
+            f"{conf.get('profile', '?')} (IRs built the same way for all).", ""]
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    base, found = summary.get("baseline", {}), summary.get("found", {})
+    metric = summary.get("metric", "accuracy")
+    rows = [[label.format(metric=metric), _cell(base.get(key), spec), _cell(found.get(key), spec)]
+            for label, key, spec in _REPORT_FIELDS]
+    lines = ["# rlnas search result", ""]
+    setup = summary.get("setup", {})
+    if setup:
+        lines += [f"- **{k}**: {v}" for k, v in setup.items()] + [""]
+    if summary.get("speedup"):
+        where = "confirmed alongside a0" if found.get("confirmed_ratio") else "as measured in the search"
+        lines += [f"**INT8 speed-up on the profile: {summary['speedup']:.2f}x** ({where}; target: INT8 {metric} "
+                  f">= {summary.get('target', float('nan')):.4f} on validation images; constraint "
+                  f"{'met' if found.get('feasible') else 'NOT met'}).", ""]
+        if found.get("holdout_int8") is not None and summary.get("a0"):
+            tau = summary.get("setup", {}).get("tau", 0.99)
+            held_target = tau * summary["a0"]["holdout_fp32"]
+            ok = found["holdout_int8"] >= held_target
+            lines += [f"On held-out images: INT8 {metric} {found['holdout_int8']:.4f} vs tau x a0 FP32 "
+                      f"{held_target:.4f}: the constraint {'holds' if ok else 'does NOT hold'} there.", ""]
+    if summary.get("a0"):
+        lines += _a0_table(summary["a0"], found, metric)
+    lines += ["## The maximal subnet of the supernet and the exported network (search numbers)", "",
+              tabulate(rows, headers=["", "maximal subnet", "exported"], tablefmt="github"), ""]
+    if summary.get("finalists") and summary["finalists"].get("finalists"):
+        lines += _finalists_table(summary["finalists"], metric)
+    files = summary.get("files", {})
+    if files:
+        lines += ["## Files", ""] + [f"- `{k}`: {v}" for k, v in files.items()] + [""]
+    notes = summary.get("notes", [])
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
