@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tabulate import tabulate
 
 import rlnas
@@ -115,9 +116,22 @@ def mean_ci(values) -> tuple[float, float, float]:
 
 
 def run_one(setup, cfg, agent_name: str, seed: int, budget: int, out: Path, agent_overrides: list[str]) -> dict:
+    """One (agent, seed) run; a finished one is read back from its ``result.json`` when the agent
+    config and budget are the same (a campaign stopped half-way loses no finished run)."""
     with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
         agent_cfg = compose(config_name="config", overrides=[f"agent={agent_name}", *agent_overrides]).agent
     run_dir = out / f"{agent_name}_seed{seed}"
+    done = run_dir / "result.json"
+    identity = {"agent": OmegaConf.to_container(agent_cfg), "budget": budget}
+    if done.exists() and json.loads(done.read_text()).get("identity") == identity:
+        return json.loads(done.read_text())["result"]
+    result = _run(setup, cfg, agent_cfg, agent_name, seed, budget, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"identity": identity, "result": result}, default=str) + "\n")
+    return result
+
+
+def _run(setup, cfg, agent_cfg, agent_name: str, seed: int, budget: int, run_dir: Path) -> dict:
     evaluator = setup.evaluator(run_dir / "evaluations.jsonl", budget=budget)
     agent = instantiate(agent_cfg)
     reward = instantiate(cfg.reward)

@@ -10,9 +10,9 @@ One run, top to bottom (:meth:`ModelBasedPPO._search`):
                    :class:`~rlnas.search.env.ArchEditEnv` whose evaluator answers from the
                    surrogate (free, unlimited); the policy persists across rounds
               propose  the ``proposals`` networks visited in imagination that score best by the
-                   reward on the surrogate's prediction (the accuracy lowered by ``kappa`` times
-                   the trees' spread: pessimism where the model knows little) and were never
-                   measured; measure them for real (concurrently where the evaluator can)
+                   reward on the surrogate's prediction (the accuracy moved by ``kappa`` times
+                   the trees' spread: optimism where the model knows little, by default) and were
+                   never measured; measure them for real (concurrently where the evaluator can)
     until     the budget of unique real evaluations is used up
 
 The budget counts real evaluations only, as for every agent. Deterministic given the seed and
@@ -156,7 +156,9 @@ class ModelBasedPPO(Agent):
     :param proposals: real evaluations per round (the best unmeasured networks of the round's
         imagination); with a parallel evaluator they are measured concurrently.
     :param model_steps: PPO env steps in the model per round.
-    :param kappa: pessimism on accuracy (trees' spread units) when scoring imagined networks.
+    :param kappa: the accuracy an imagined network gets is the prediction minus ``kappa`` times
+        the trees' spread: > 0 pessimistic, < 0 optimistic (upper-confidence exploration, which
+        the next round's real measurements correct).
     :param max_edits: edits per imagined episode (steps are free here: longer than real PPO's).
     :param start: ``a0``, ``random`` or ``best`` (the best feasible network measured so far).
     :param latency_model: :data:`rlnas.oracles.surrogate.MODELS` member for the latency ratio.
@@ -175,9 +177,9 @@ class ModelBasedPPO(Agent):
         init_evaluations: int = 20,
         proposals: int = 10,
         model_steps: int = 2048,
-        kappa: float = 0.0,
+        kappa: float = -0.5,
         max_edits: int = 16,
-        start: str = "a0",
+        start: str = "best",
         latency_model: str = "additive",
         accuracy_model: str = "trees",
         learning_rate: float = 3e-4,
