@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import openvino as ov
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm import tqdm
+from torch import nn
 
 from rlnas.arch import Arch
 from rlnas.oracles.worker import TimingConfig
@@ -40,8 +38,8 @@ from rlnas.ovtools import name_tensors
 from rlnas.runsetup import RunSetup
 from rlnas.search.evaluator import Measurement
 from rlnas.supernet.a0 import frozen_teacher
-from rlnas.supernet.checkpoint import atomic_save, load_file, weights_hash
-from rlnas.supernet.train import kd_loss, sgd
+from rlnas.supernet.checkpoint import weights_hash
+from rlnas.supernet.finetune import FineTune, FineTuneOptions
 
 log = logging.getLogger("rlnas.finalists")
 
@@ -83,6 +81,10 @@ class FinalistsConfig:
                                                                    "max_time_s": 240.0})
     progress: bool = True
 
+    def tuning(self) -> FineTuneOptions:
+        """The fine-tuning fields, as :class:`~rlnas.supernet.finetune.FineTune` takes them."""
+        return FineTuneOptions(**{f.name: getattr(self, f.name) for f in fields(FineTuneOptions)})
+
     def __post_init__(self) -> None:
         if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("finalists: k, epochs and margin must be >= 0, lr > 0, batch_size >= 1")
@@ -120,105 +122,6 @@ def select(candidates: list[Measurement], reward: Callable[[Measurement, float],
     return sorted(eligible, key=lambda m: -reward(m, target))[:k]
 
 
-# -- fine-tuning ------------------------------------------------------------------------------------
-
-
-def classification_kd(cfg: FinalistsConfig) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """``(student logits, teacher logits, labels) -> loss``: KD from a0 mixed with the labels."""
-
-    def loss(out: Tensor, taught: Tensor, labels: Tensor) -> Tensor:
-        value = cfg.kd_alpha * kd_loss(out, taught, cfg.kd_temperature)
-        if cfg.kd_alpha < 1:
-            value = value + (1 - cfg.kd_alpha) * F.cross_entropy(out, labels, label_smoothing=cfg.label_smoothing)
-        return value
-
-    return loss
-
-
-class FineTune:
-    """Resumable distillation fine-tuning of one network (``<dir>/finetune.pt`` holds the model,
-    optimizer, schedule position; batches are a function of (seed, epoch, step), so a resumed run
-    reaches the same weights as an uninterrupted one).
-
-    :param on_step: called with the step number after every optimizer step (tests kill there).
-    """
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, data: Any, out_dir: Path, cfg: FinalistsConfig,
-                 name: str, seed: int = 0, writer: Any = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
-        self.student, self.teacher, self.data, self.cfg = student, teacher, data, cfg
-        self.out, self.name, self.seed, self.writer, self.on_step = Path(out_dir), name, seed, writer, on_step
-        self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
-        self.total = max(1, round(cfg.epochs * self.steps_per_epoch))
-        self.optimizer = sgd(student, cfg.lr, cfg.weight_decay)
-        warm = max(1, round(0.05 * self.total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(
-            (s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, self.total - warm))))))
-        self.loss_fn = classification_kd(cfg)
-        self.step = 0
-
-    @property
-    def path(self) -> Path:
-        return self.out / "finetune.pt"
-
-    def run(self) -> nn.Module:
-        """Fine-tune to the end (resuming from ``finetune.pt``); returns the student in eval mode."""
-        self._resume()
-        bar = tqdm(total=self.total, initial=self.step, desc=f"fine-tune {self.name}", unit="step",
-                   disable=not self.cfg.progress, mininterval=2.0, dynamic_ncols=True)
-        self.student.train()
-        while self.step < self.total:
-            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-            for x, y in self.data.train_batches(self.cfg.batch_size, epoch, self.seed + 1000, in_epoch):
-                loss = self._train_step(x, y)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total:
-                    self._save()
-                if self.on_step is not None:
-                    self.on_step(self.step)
-                if self.step >= self.total:
-                    break
-        bar.close()
-        self._save()
-        return self.student.eval()
-
-    def _train_step(self, x: Tensor, y: Tensor) -> float:
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            taught = self.teacher(x).float()
-        loss = self.loss_fn(self.student(x).float(), taught, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        if self.writer is not None:
-            self.writer.add_scalar(f"finetune/{self.name}/loss", loss.item(), self.step)
-            self.writer.add_scalar(f"finetune/{self.name}/lr", lr, self.step)
-        return loss.item()
-
-    def _save(self) -> None:
-        atomic_save({"model": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "step": self.step, "total": self.total}, self.path)
-
-    def _resume(self) -> None:
-        if not self.path.is_file():
-            return
-        state = load_file(self.path)
-        if state.get("total") != self.total:
-            log.warning("%s was written for %s steps, this run has %s: starting over", self.path,
-                        state.get("total"), self.total)
-            return
-        self.student.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        log.info("fine-tune %s resumed at step %d of %d", self.name, self.step, self.total)
-
-
 # -- the stage ---------------------------------------------------------------------------------------
 
 
@@ -252,6 +155,24 @@ def teacher_of(setup: RunSetup) -> tuple[nn.Module, str]:
     return frozen_teacher(setup.accuracy.prepare(top)), f"max:{setup.meta['checkpoint_id']}"
 
 
+def tune_all(setup: RunSetup, models: dict[str, nn.Module], teacher: nn.Module, out: Path, cfg: FinalistsConfig,
+             seed: int, writer: Any, on_step: Callable[[int], None] | None) -> dict[str, nn.Module]:
+    """Every finalist fine-tuned from ``teacher``: one after the other here, or as many at once as
+    the Ray backend has fine-tuning workers (each on a node, checkpoints kept by this driver)."""
+    backend = setup.backend
+
+    def tune(name: str) -> nn.Module:
+        if backend is None:
+            return FineTune(models[name], teacher, setup.data, out / name, cfg.tuning(), name, seed, writer,
+                            on_step).run()
+        return backend.fine_tune(models[name], teacher, setup.cfg.dataset, int(setup.cfg.resolution), out / name,
+                                 cfg.tuning(), name, seed, writer)
+
+    workers = backend.accuracy_workers if backend is not None else 1
+    with ThreadPoolExecutor(max(1, min(workers, len(models))), thread_name_prefix="rlnas-finetune") as pool:
+        return dict(zip(models, pool.map(tune, models), strict=True))
+
+
 def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, target: float, run_dir: Path,
                   cfg: FinalistsConfig, seed: int = 0, writer: Any = None,
                   on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -266,17 +187,18 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
     teacher, teacher_key = teacher_of(setup)
     a0_row = accuracy_row(setup, teacher, teacher_key)
     irs = {A0_NAME: save_int8_ir(setup, teacher, out / A0_NAME / "model.xml", cfg.calib_images)}
-    finalists = []
-    for i, m in enumerate(chosen):
-        f = Finalist(f"f{i}", m.arch, {"latency_ratio": m.latency_ratio, "val_int8": m.acc_int8,
-                                       "val_fp32": m.acc_fp32})
-        finalists.append(f)
-        model = setup.accuracy.prepare(m.arch).to(memory_format=torch.channels_last)
-        f.before = accuracy_row(setup, model, f"subnet:{setup.meta['checkpoint_id']}:{m.arch.to_json()}")
-        if cfg.epochs > 0:
-            model = FineTune(model, teacher, setup.data, out / f.name, cfg, f.name, seed, writer, on_step).run()
+    finalists = [Finalist(f"f{i}", m.arch, {"latency_ratio": m.latency_ratio, "val_int8": m.acc_int8,
+                                            "val_fp32": m.acc_fp32}) for i, m in enumerate(chosen)]
+    models = {}
+    for f in finalists:
+        models[f.name] = setup.accuracy.prepare(f.arch).to(memory_format=torch.channels_last)
+        f.before = accuracy_row(setup, models[f.name], f"subnet:{setup.meta['checkpoint_id']}:{f.arch.to_json()}")
+    if cfg.epochs > 0:
+        models = tune_all(setup, models, teacher, out, cfg, seed, writer, on_step)
+    for f in finalists:
+        model = models[f.name]
         f.weights_path = str(out / f.name / "model.pt")
-        torch.save({"state_dict": model.state_dict(), "arch": m.arch.to_dict()}, f.weights_path)
+        torch.save({"state_dict": model.state_dict(), "arch": f.arch.to_dict()}, f.weights_path)
         f.after = accuracy_row(setup, model, f"finetuned:{weights_hash(model.state_dict())}")
         f.feasible = f.after["val_int8"] >= target
         f.ir_path = str(save_int8_ir(setup, model, out / f.name / "model.xml", cfg.calib_images))

@@ -63,7 +63,7 @@ def test_a0_loads_strictly_and_names_what_does_not_fit(a0_file: Path, dataset: d
 
 def _finetune(student, teacher, data, out: Path, on_step=None):
     cfg = FinalistsConfig(epochs=1.0, batch_size=16, checkpoint_every=2, lr=0.05, progress=False)
-    return FineTune(copy.deepcopy(student), teacher, data, out, cfg, "f0", seed=3, on_step=on_step).run()
+    return FineTune(copy.deepcopy(student), teacher, data, out, cfg.tuning(), "f0", seed=3, on_step=on_step).run()
 
 
 def test_killed_finetune_resumes_to_the_same_weights(a0_file: Path, dataset: dict, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ and a seeded random search that gives the same architectures and accuracies as t
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -16,16 +17,22 @@ import pytest
 import ray
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 from torch import nn
 
 import rlnas
-from rlnas.distributed.ray_backend import RemoteLatencyOracle, device_resource
+from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.distributed.ray_backend import RemoteFineTune, RemoteLatencyOracle, device_resource
 from rlnas.oracles.device import load_profile, runnable_profiles
 from rlnas.oracles.store import MeasurementStore
 from rlnas.oracles.worker import TimingConfig
 from rlnas.pipeline import run_search
+from rlnas.spaces import create_supernet
+from rlnas.supernet.a0 import frozen_teacher
+from rlnas.supernet.finetune import FineTune, FineTuneOptions
+from rlnas.tasks import build_data
 
 pytestmark = pytest.mark.slow
 PROFILES = [p for p in runnable_profiles() if p != "host"][:2]
@@ -189,3 +196,44 @@ def test_driver_killed_with_sigkill_resumes(cluster, tmp_path):
     after = [json.dumps(r["measurement"]["arch"], sort_keys=True) for r in _candidates(run_dir)]
     assert len(after) == 4 and len(set(after)) == 4  # the budget, each network measured once
     assert before <= set(after) and len(before) >= 2  # what was measured before the kill is kept
+
+
+class Killed(Exception):
+    """Stands for the driver's death right after it wrote a fine-tuning checkpoint."""
+
+
+class _KillAfterFirstChunk:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.steps = max(self.steps, step)
+        if step >= 2:
+            raise Killed
+
+
+def test_finetune_on_a_node_resumes_from_the_drivers_checkpoint(cluster, tmp_path):
+    """A finalist fine-tuned by an actor (images built on its node) matches the same fine-tuning
+    run locally, and a driver that dies after a checkpoint resumes it to the same weights."""
+    root = write_synthetic_imagefolder(tmp_path / "img", {"train": 24, "test": 8}, num_classes=4)
+    dataset = {"name": "synthetic", "root": str(root), "train_split": "train", "val_split": "test",
+               "num_classes": 4, "store_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+               "cache_dir": str(tmp_path / "cache")}
+    torch.manual_seed(0)
+    supernet = create_supernet("resnet_tiny", num_classes=4).eval()
+    teacher = frozen_teacher(supernet.extract(supernet.space.max_arch()))
+    student = supernet.extract(supernet.space.min_arch())
+    options = FineTuneOptions(epochs=1.0, batch_size=8, checkpoint_every=2, lr=0.05, progress=False)
+    torch.set_num_threads(1)
+    local = FineTune(copy.deepcopy(student), teacher, build_data(OmegaConf.create(dataset), 32), None, options,
+                     "f0", seed=1).run().state_dict()
+    remote = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "a", options, "f0", seed=1).run()
+    for k, v in remote.state_dict().items():
+        assert torch.allclose(v.float(), local[k].float(), atol=1e-5), k  # the same run, on a node
+    with pytest.raises(Killed):
+        RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1,
+                       writer=_KillAfterFirstChunk()).run()
+    assert (tmp_path / "b" / "finetune.pt").is_file()  # written by the driver, not the node
+    resumed = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1).run()
+    for k, v in resumed.state_dict().items():
+        assert torch.equal(v, remote.state_dict()[k]), k

@@ -23,6 +23,7 @@ Only :class:`RayBackend` is meant to be built by users, from ``conf/backend/ray.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from queue import Queue
 from typing import Any
@@ -39,6 +41,8 @@ import ray
 import torch
 from omegaconf import OmegaConf
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from torch import nn
+from tqdm import tqdm
 
 from rlnas.arch import Arch
 from rlnas.oracles import machinelock
@@ -53,6 +57,8 @@ from rlnas.oracles.device import (
 from rlnas.oracles.latency import LatencyOracle, ir_content_key
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, WorkerClient, WorkerCrashed, WorkerError
 from rlnas.supernet import load_supernet
+from rlnas.supernet.checkpoint import atomic_save, load_file
+from rlnas.supernet.finetune import FineTune, FineTuneOptions
 from rlnas.tasks import build_data, get_task
 
 log = logging.getLogger(__name__)
@@ -103,11 +109,14 @@ class RayBackend:
     :param retries: times a request whose node died is sent again to a node of the same device.
     :param node_wait_s: how long to wait for a node that advertises the device.
     :param num_cpus: CPUs of the embedded Ray (None: all of this machine's).
+    :param finetune_gpus: GPUs per finalist fine-tuning actor (0: CPUs only; e.g. 1 on a cluster
+        with GPU nodes, where the fine-tuning then runs on CUDA). ``accuracy_workers`` finalists
+        are fine-tuned at once, ``accuracy_threads`` CPUs each.
     """
 
     def __init__(self, address: str | None = None, accuracy_workers: int = 1, accuracy_threads: int = 1,
                  parallelism: int = 2, retries: int = 2, node_wait_s: float = 120.0,
-                 num_cpus: int | None = None) -> None:
+                 num_cpus: int | None = None, finetune_gpus: float = 0.0) -> None:
         if accuracy_workers < 1 or accuracy_threads < 1 or parallelism < 1 or retries < 0:
             raise ValueError("backend=ray needs accuracy_workers, accuracy_threads and parallelism >= 1, "
                              f"retries >= 0 (got {accuracy_workers}, {accuracy_threads}, {parallelism}, {retries})")
@@ -115,6 +124,9 @@ class RayBackend:
         self.accuracy_workers, self.accuracy_threads = int(accuracy_workers), int(accuracy_threads)
         self.parallelism, self.retries = int(parallelism), int(retries)
         self.node_wait_s, self.num_cpus = float(node_wait_s), num_cpus
+        if finetune_gpus < 0:
+            raise ValueError(f"backend.finetune_gpus must be >= 0, got {finetune_gpus}")
+        self.finetune_gpus = float(finetune_gpus)
         self._owned = False
 
     def start(self, devices: list[str]) -> None:
@@ -153,6 +165,13 @@ class RayBackend:
         options = {**build.keywords, **kwargs, "threads": self.accuracy_threads}  # type: ignore[attr-defined]
         return RemoteAccuracyOracle(workers=self.accuracy_workers, retries=self.retries, dataset=dataset,
                                     resolution=resolution, **options)
+
+
+    def fine_tune(self, student: nn.Module, teacher: nn.Module, dataset: Any, resolution: int, out_dir: Path,
+                  options: FineTuneOptions, name: str, seed: int = 0, writer: Any = None) -> nn.Module:
+        """One finalist fine-tuned on a node (:class:`RemoteFineTune`); returns it with its weights."""
+        return RemoteFineTune(student, teacher, dataset, resolution, out_dir, options, name, seed, writer,
+                              threads=self.accuracy_threads, gpus=self.finetune_gpus, retries=self.retries).run()
 
 
 # -- latency -----------------------------------------------------------------------------------------
@@ -400,6 +419,97 @@ class RemoteAccuracyOracle(AccuracyOracle):
         """Stop the accuracy actors (their CPUs are free again)."""
         while not self._idle.empty():
             ray.kill(self._idle.get(), no_restart=True)
+
+
+# -- fine-tuning -------------------------------------------------------------------------------------
+
+
+@ray.remote(max_restarts=0)
+class FineTuneActor:
+    """On any node with CPUs (a GPU where it was given one): one finalist's
+    :class:`~rlnas.supernet.finetune.FineTune`, its images built here from the dataset config.
+    The driver pulls :meth:`state` after every chunk of steps and keeps the checkpoints."""
+
+    def __init__(self, networks: bytes, dataset: dict[str, Any], resolution: int, options: dict[str, Any],
+                 name: str, seed: int, threads: int) -> None:
+        torch.set_num_threads(int(threads))
+        student, teacher = torch.load(io.BytesIO(networks), map_location="cpu", weights_only=False)
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        data = build_data(OmegaConf.create(dataset), int(resolution))
+        self.tune = FineTune(student, teacher, data, None, FineTuneOptions(**{**options, "progress": False}),
+                             name, seed, device=device)
+        self.info = {**node_info(), "device": device}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.info, "total": self.tune.total, "step": self.tune.step}
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        return self.tune.load_state(state)
+
+    def advance(self, steps: int) -> list[float]:
+        with machinelock.shared(DEFAULT_LOCK_PATH):  # never beside a timing run on this node
+            return self.tune.advance(int(steps))
+
+    def state(self) -> dict[str, Any]:
+        return self.tune.state()
+
+
+class RemoteFineTune:
+    """Drives a :class:`FineTuneActor`: resumes it from the driver's ``<out_dir>/finetune.pt``,
+    runs ``checkpoint_every`` steps at a time, writes each checkpoint here (atomically) and logs
+    the losses under ``finetune/<name>/``. A node lost mid-way: a new actor resumes from the last
+    checkpoint (``retries`` times)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, dataset: Any, resolution: int, out_dir: Path,
+                 options: FineTuneOptions, name: str, seed: int, writer: Any = None, threads: int = 1,
+                 gpus: float = 0.0, retries: int = 2) -> None:
+        buffer = io.BytesIO()
+        torch.save((student.cpu(), teacher.cpu()), buffer)
+        dataset = OmegaConf.to_container(dataset, resolve=True) if OmegaConf.is_config(dataset) else dict(dataset)
+        if dataset.get("root") and not Path(dataset["root"]).is_absolute():  # the node has no driver cwd
+            dataset["root"] = str(Path(dataset["root"]).absolute())
+        self.args = (ray.put(buffer.getvalue()), dataset, int(resolution), asdict(options), name, int(seed), int(threads))
+        self.student, self.options, self.name, self.writer = student, options, name, writer
+        self.path = Path(out_dir) / "finetune.pt"
+        self.threads, self.gpus, self.retries = int(threads), float(gpus), int(retries)
+
+    def run(self) -> nn.Module:
+        """Fine-tune to the end on a node; returns the student (here) with the tuned weights."""
+        for attempt in range(self.retries + 1):
+            actor = FineTuneActor.options(num_cpus=self.threads, num_gpus=self.gpus).remote(*self.args)
+            try:
+                state = self._drive(actor)
+            except RayActorError as err:
+                log.warning("fine-tune %s: node lost (attempt %d of %d): %s", self.name, attempt + 1,
+                            self.retries + 1, type(err).__name__)
+                continue
+            finally:
+                ray.kill(actor, no_restart=True)
+            self.student.load_state_dict(state["model"])
+            return self.student.eval()
+        raise NodeLost(f"fine-tune {self.name}: the node fine-tuning it was lost {self.retries + 1} times")
+
+    def _drive(self, actor: Any) -> dict[str, Any]:
+        info = ray.get(actor.describe.remote())
+        if self.path.is_file() and ray.get(actor.load_state.remote(load_file(self.path))):
+            info = ray.get(actor.describe.remote())
+            log.info("fine-tune %s resumed at step %d of %d on %s", self.name, info["step"], info["total"],
+                     info["hostname"])
+        step, total = info["step"], info["total"]
+        bar = tqdm(total=total, initial=step, desc=f"fine-tune {self.name} ({info['hostname']})", unit="step",
+                   disable=not self.options.progress, mininterval=2.0, dynamic_ncols=True)
+        state = ray.get(actor.state.remote())
+        while step < total:
+            losses = ray.get(actor.advance.remote(self.options.checkpoint_every - step % self.options.checkpoint_every))
+            state = ray.get(actor.state.remote())
+            atomic_save(state, self.path)  # the driver alone writes: a killed run resumes from here
+            for i, loss in enumerate(losses, start=step + 1):
+                if self.writer is not None:
+                    self.writer.add_scalar(f"finetune/{self.name}/loss", loss, i)
+            bar.update(len(losses))
+            step = state["step"]
+        bar.close()
+        return state
 
 
 # -- helpers -----------------------------------------------------------------------------------------
