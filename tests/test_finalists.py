@@ -13,7 +13,7 @@ import torch
 
 from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
-from rlnas.finalists import FinalistsConfig, FineTune, select
+from rlnas.finalists import Finalist, FinalistsConfig, FineTune, choose, select
 from rlnas.search.evaluator import Evaluator, Measurement
 from rlnas.search.reward import HardReward, SoftReward
 from rlnas.spaces import create_supernet
@@ -166,3 +166,13 @@ def test_supernet_from_a0_starts_as_a0_and_distils_from_it(a0_file: Path, datase
     assert meta["a0"]["sha256"] and meta["recipe"]["teacher"] == "a0" and meta["completed"]
     with pytest.raises(A0Error, match="no a0.checkpoint"):
         SupernetTrainer(compose_config([*overrides, f"output_dir={tmp_path / 'none'}"]))
+
+
+def test_the_choice_wants_a_margin_on_validation_images() -> None:
+    arch = create_supernet("resnet_tiny", num_classes=10).space.max_arch()
+    fast, safe, slow = (Finalist(n, arch, {}, after={"val_int8": acc}, confirmed_ratio=r)
+                        for n, acc, r in (("fast", 0.803, 0.27), ("safe", 0.807, 0.29), ("slow", 0.79, 0.2)))
+    assert choose([fast, safe, slow], 0.80, 0.005) == (safe, True)  # fast is feasible, but only just
+    assert choose([fast, slow], 0.80, 0.005) == (fast, False)  # no margin anywhere: the fastest feasible
+    assert choose([fast, safe, slow], 0.80, 0.0) == (fast, True)
+    assert choose([slow], 0.80, 0.005) == (slow, False)  # nothing feasible: the fastest, infeasible
