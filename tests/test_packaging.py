@@ -4,6 +4,7 @@ installed package), every family registers itself and the commands run from any 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,15 @@ COMMANDS = ["rlnas-search", "rlnas-train-supernet", "rlnas-export", "rlnas-laten
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this checkout installed into a fresh directory (dependencies from this venv)."""
+    """The wheel of this checkout installed into a fresh directory (dependencies from this venv).
+    Built from a copy of the sources: setuptools writes ``build/`` beside them."""
     root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    shutil.copytree(rlnas.REPO_DIR / "rlnas", source / "rlnas", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "setup.cfg", "README.md"):
+        shutil.copy(rlnas.REPO_DIR / name, source / name)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(rlnas.REPO_DIR), "-w", str(root / "whl")],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(root / "whl")],
                    check=True, capture_output=True, timeout=300)
     wheel = next((root / "whl").glob("rlnas-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)], check=True,

@@ -1,4 +1,0 @@
-"""Distributed evaluation: :mod:`rlnas.distributed.ray_backend` (``backend=ray``).
-
-Nothing is imported here: a local run never loads Ray.
-"""
