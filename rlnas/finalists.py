@@ -82,7 +82,7 @@ class FinalistsConfig:
     label_smoothing: float = 0.1
     checkpoint_every: int = 50
     calib_images: int = 300
-    val_margin: float = 0.0
+    val_margin: float = 0.005
     confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
                                                                    "max_time_s": 240.0})
     progress: bool = True
@@ -93,7 +93,7 @@ class FinalistsConfig:
 
     def __post_init__(self) -> None:
         if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.val_margin < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("finalists: k, epochs and margin must be >= 0, lr > 0, batch_size >= 1")
+            raise ValueError("finalists: k, epochs, margin and val_margin must be >= 0, lr > 0, batch_size >= 1")
         if self.rank not in RANKINGS:
             raise ValueError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
 

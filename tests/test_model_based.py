@@ -50,7 +50,7 @@ def test_model_world_is_free_and_pessimism_lowers_accuracy(supernet, make_table)
     for step in range(30):
         env.step(int(np.flatnonzero(env.action_masks()[:-1])[step % 3]))
     assert plain.unique_evaluations > 1 and evaluator.unique_evaluations == 12  # nothing measured for real
-    arch = next(im.measurement.arch for im in plain.visited.values())
+    arch = next(m.arch for m in plain.visited.values())
     assert pessimistic.evaluate(arch).acc_int8 <= plain.evaluate(arch).acc_int8
 
 

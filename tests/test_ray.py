@@ -203,11 +203,9 @@ class Killed(Exception):
 
 
 class _KillAfterFirstChunk:
-    def __init__(self) -> None:
-        self.steps = 0
+    """A TensorBoard writer whose driver dies once the first chunk of steps is logged."""
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.steps = max(self.steps, step)
         if step >= 2:
             raise Killed
 

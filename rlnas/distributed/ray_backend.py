@@ -371,9 +371,7 @@ class RemoteAccuracyOracle(AccuracyOracle):
         super().__init__(*args, **kwargs)
         self.retries, self.timeout_s = int(retries), float(timeout_s)
         blob = Path(checkpoint_path).read_bytes()
-        dataset = OmegaConf.to_container(dataset, resolve=True) if OmegaConf.is_config(dataset) else dict(dataset)
-        if dataset.get("root") and not Path(dataset["root"]).is_absolute():  # the node has no driver cwd
-            dataset["root"] = str(Path(dataset["root"]).absolute())
+        dataset = _node_dataset(dataset)
         self._actor_args = (ray.put(blob), hashlib.sha256(blob).hexdigest()[:16], self._actor_options(), dataset,
                             int(resolution))
         self._idle: Queue = Queue()
@@ -465,9 +463,7 @@ class RemoteFineTune:
                  gpus: float = 0.0, retries: int = 2) -> None:
         buffer = io.BytesIO()
         torch.save((student.cpu(), teacher.cpu()), buffer)
-        dataset = OmegaConf.to_container(dataset, resolve=True) if OmegaConf.is_config(dataset) else dict(dataset)
-        if dataset.get("root") and not Path(dataset["root"]).is_absolute():  # the node has no driver cwd
-            dataset["root"] = str(Path(dataset["root"]).absolute())
+        dataset = _node_dataset(dataset)
         self.args = (ray.put(buffer.getvalue()), dataset, int(resolution), asdict(options), name, int(seed), int(threads))
         self.student, self.options, self.name, self.writer = student, options, name, writer
         self.path = Path(out_dir) / "finetune.pt"
@@ -531,6 +527,14 @@ def _map_paths(msg: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
 
 def _with_paths(msg: dict[str, Any], local: dict[str, str]) -> dict[str, Any]:
     return _map_paths(msg, lambda digest: local[digest])
+
+
+def _node_dataset(dataset: Any) -> dict[str, Any]:
+    """The dataset config as plain data for a node, its root absolute (a node has no driver cwd)."""
+    dataset = OmegaConf.to_container(dataset, resolve=True) if OmegaConf.is_config(dataset) else dict(dataset)
+    if dataset.get("root") and not Path(dataset["root"]).is_absolute():
+        dataset["root"] = str(Path(dataset["root"]).absolute())
+    return dataset
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -22,7 +22,7 @@ the measurements; a resumed run replays its measurements from the history for fr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +84,6 @@ class OnlineSurrogate:
         return ratio, float(np.clip(acc_model.predict(acc_x)[0], 0, 1)), 0.0
 
 
-@dataclass
-class Imagined:
-    """A network visited in imagination: its prediction and the acquisition score."""
-
-    measurement: Measurement
-    spread: float
-
-
 class ModelWorld:
     """The evaluator interface :class:`ArchEditEnv` needs, answered by an :class:`OnlineSurrogate`
     (nothing measured, no budget). It remembers every network visited since :meth:`refit`.
@@ -106,7 +98,7 @@ class ModelWorld:
         self.space = evaluator.space
         self.surrogate = surrogate
         self.kappa = float(kappa)
-        self.visited: dict[str, Imagined] = {}
+        self.visited: dict[str, Measurement] = {}  # network key -> its prediction
 
     @property
     def baseline(self) -> Measurement:
@@ -134,10 +126,9 @@ class ModelWorld:
         if key not in self.visited:
             ratio, acc, spread = self.surrogate.predict(arch)
             acc = acc - self.kappa * spread
-            m = Measurement(arch=arch, latency_ratio=ratio, acc_int8=acc,
-                            feasible=acc >= self.target_accuracy)
-            self.visited[key] = Imagined(m, spread)
-        m = self.visited[key].measurement
+            self.visited[key] = Measurement(arch=arch, latency_ratio=ratio, acc_int8=acc,
+                                            feasible=acc >= self.target_accuracy)
+        m = self.visited[key]
         return m if m.arch == arch else replace(m, arch=arch)
 
 
@@ -245,9 +236,9 @@ class ModelBasedPPO(Agent):
         network fill up a round whose imagination found too few."""
         measured = {evaluator.network_key(m.arch) for m in [evaluator.baseline, *evaluator.history]}
         target = evaluator.target_accuracy
-        fresh = [(key, im) for key, im in world.visited.items() if key not in measured]
-        fresh.sort(key=lambda item: -reward(item[1].measurement, target))
-        batch = [im.measurement.arch for _, im in fresh[:self.proposals]]
+        fresh = [m for key, m in world.visited.items() if key not in measured]
+        fresh.sort(key=lambda m: -reward(m, target))
+        batch = [m.arch for m in fresh[:self.proposals]]
         start = (evaluator.best_feasible() or evaluator.baseline).arch
         seen = measured | {evaluator.network_key(a) for a in batch}
         for _ in range(20 * self.proposals):
