@@ -3,6 +3,7 @@
     .venv/bin/python experiments/supernet_accuracy.py outputs/supernet/resnet50-cifar10-from_a0 \
         outputs/supernet/resnet50-cifar10-scratch-1h --a0 ../shared/models/resnet50-cifar10-a0.pt
     .venv/bin/python experiments/supernet_accuracy.py <run dir> --random 3 --eval-images 2000
+    .venv/bin/python experiments/supernet_accuracy.py <supernet> --finalists <run>/finalists/finalists.json
 
 Scored on the validation images (the search's; for CIFAR-10 a seeded half of the test split).
 a0 (``--a0``: the user's trained model) is scored as deployed (its own BN statistics), FP32 and
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--a0", help="the trained a0 (torchvision-format state dict) to compare with")
     p.add_argument("--random", type=int, default=3, help="seeded random sub-networks besides max/middle/min")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finalists", nargs="*", default=[], metavar="FINALISTS_JSON",
+                   help="also score these runs' finalists' architectures (<run>/finalists/finalists.json)")
     p.add_argument("--eval-images", type=int, default=None, help="default: the whole validation split")
     p.add_argument("--recal-images", type=int, default=2000)
     p.add_argument("--calib-images", type=int, default=300)
@@ -59,11 +62,20 @@ def middle_arch(space: SearchSpace) -> Arch:
     return Arch(space.family, depths, (width,) * space.num_stages, expands)
 
 
-def subnets(space: SearchSpace, random: int, seed: int) -> list[tuple[str, Arch]]:
+def finalist_archs(paths: list[str]) -> list[tuple[str, Arch]]:
+    """``(run/finalist, arch)`` of every finalist in the given ``finalists.json`` files."""
+    out = []
+    for path in paths:
+        run = Path(path).resolve().parent.parent.name
+        out += [(f"{run}/{f['name']}", Arch.from_dict(f["arch"])) for f in json.loads(Path(path).read_text())["finalists"]]
+    return out
+
+
+def subnets(space: SearchSpace, random: int, seed: int, finalists: list[str]) -> list[tuple[str, Arch]]:
     rng = np.random.default_rng(seed)
     return ([("largest (a0)", space.max_arch()), ("middle (uniform)", middle_arch(space))]
             + [(f"random {i + 1}", space.sample(rng)) for i in range(random)]
-            + [("smallest", space.min_arch())])
+            + finalist_archs(finalists) + [("smallest", space.min_arch())])
 
 
 def table(rows: list[dict], a0_fp32: float) -> str:
@@ -96,7 +108,7 @@ def score_supernet(path: str, args: argparse.Namespace, a0_path: str | None) -> 
                   "macs": supernet.count_macs(supernet.space.max_arch(), data.resolution),
                   "acc_fp32": result.acc_fp32, "acc_int8": result.acc_int8, "eval_images": oracle.eval_count}
     rows = []
-    for name, arch in subnets(supernet.space, args.random, args.seed):
+    for name, arch in subnets(supernet.space, args.random, args.seed, args.finalists):
         start = time.perf_counter()
         result = oracle.evaluate(arch)
         if not result.ok:

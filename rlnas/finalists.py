@@ -8,7 +8,9 @@ images and confirmed in one interleaved latency measurement with a0.
     score    FP32 and NNCF INT8 (real calibration images) on validation images (the choice) and on
              held-out images (the report: nothing was selected on them)
     confirm  a0 and every finalist, INT8 IRs built the same way, timed in the same interleaved
-             rounds with more rounds than the search (:meth:`LatencyOracle.confirm`)
+             rounds with more rounds than the search (:meth:`LatencyOracle.confirm`), in
+             ``confirm_passes`` passes: on this VM two passes minutes apart differ by 5-7 % while
+             each pass's own CI is +-0.5 %, so a finalist's ratio is its median over passes
     choose   the fastest finalist in the confirmation whose fine-tuned INT8 *validation* accuracy
              meets the constraint with ``val_margin`` to spare (validation images are optimistic
              for networks selected on them); else the fastest that meets it at all; none: the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from rlnas.arch import Arch
+from rlnas.oracles.latency import Confirmation
 from rlnas.oracles.worker import TimingConfig
 from rlnas.ovtools import name_tensors
 from rlnas.runsetup import RunSetup
@@ -68,6 +72,8 @@ class FinalistsConfig:
         images: the networks were selected on them, so their held-out accuracy is lower (after
         fine-tuning by 0.4-0.9 points in the README's runs).
     :param confirm_timing: :class:`TimingConfig` of the confirmation (longer than the search's).
+    :param confirm_passes: confirmation passes (each a full interleaved measurement of a0 and the
+        finalists); a finalist's confirmed ratio is its median over them.
     """
 
     k: int = 3
@@ -85,6 +91,7 @@ class FinalistsConfig:
     val_margin: float = 0.005
     confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
                                                                    "max_time_s": 240.0})
+    confirm_passes: int = 2
     progress: bool = True
 
     def tuning(self) -> FineTuneOptions:
@@ -94,6 +101,8 @@ class FinalistsConfig:
     def __post_init__(self) -> None:
         if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.val_margin < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("finalists: k, epochs, margin and val_margin must be >= 0, lr > 0, batch_size >= 1")
+        if self.confirm_passes < 1:
+            raise ValueError(f"finalists.confirm_passes={self.confirm_passes}: at least 1 confirmation pass")
         if self.rank not in RANKINGS:
             raise ValueError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
 
@@ -110,6 +119,7 @@ class Finalist:
     ir_path: str = ""
     weights_path: str = ""
     confirmed_ratio: float | None = None
+    confirmed_passes: list[float] = field(default_factory=list)
     confirmed_ci: list[float] | None = None
     confirmed_latency_ms: float | None = None
     feasible: bool = False
@@ -159,6 +169,22 @@ def teacher_of(setup: RunSetup) -> tuple[nn.Module, str]:
         return frozen_teacher(setup.a0.model), setup.a0.key
     top = setup.supernet.space.max_arch()
     return frozen_teacher(setup.accuracy.prepare(top)), f"max:{setup.meta['checkpoint_id']}"
+
+
+def combine_passes(passes: list[Confirmation]) -> dict[str, Any]:
+    """One record of several confirmation passes: per model the median ratio and latency over the
+    passes, every pass's ratio, and the envelope of the passes' 95 % CIs (lowest low, highest high)."""
+    first = passes[0]
+    names = list(first.ratio)
+    return {"reference": first.reference, "profile": first.profile, "passes": len(passes),
+            "rounds": sum(c.rounds for c in passes), "rounds_by_pass": [c.rounds for c in passes],
+            "ratio": {n: statistics.median(c.ratio[n] for c in passes) for n in names},
+            "ratio_by_pass": {n: [c.ratio[n] for c in passes] for n in names},
+            "ratio_ci": {n: [min(c.ratio_ci[n][0] for c in passes), max(c.ratio_ci[n][1] for c in passes)]
+                         for n in names},
+            "latency_ms": {n: statistics.median(c.latency_ms[n] for c in passes) for n in names},
+            "kernels": first.kernels, "inference_precision": first.inference_precision,
+            "runs": [c.to_dict() for c in passes]}
 
 
 def choose(finalists: list[Finalist], target: float, val_margin: float) -> tuple[Finalist, bool]:
@@ -219,15 +245,17 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
         f.ir_path = str(save_int8_ir(setup, model, out / f.name / "model.xml", cfg.calib_images))
         irs[f.name] = Path(f.ir_path)
     timing = TimingConfig(**{**asdict(setup.latency.timing), **dict(cfg.confirm_timing)})
-    confirmation = setup.latency.confirm(irs, A0_NAME, timing)
+    confirmation = combine_passes([setup.latency.confirm(irs, A0_NAME, timing, repeat=i)
+                                   for i in range(cfg.confirm_passes)])
     for f in finalists:
-        f.confirmed_ratio = confirmation.ratio[f.name]
-        f.confirmed_ci = confirmation.ratio_ci[f.name]
-        f.confirmed_latency_ms = confirmation.latency_ms[f.name]
+        f.confirmed_ratio = confirmation["ratio"][f.name]
+        f.confirmed_passes = confirmation["ratio_by_pass"][f.name]
+        f.confirmed_ci = confirmation["ratio_ci"][f.name]
+        f.confirmed_latency_ms = confirmation["latency_ms"][f.name]
     best, with_margin = choose(finalists, target, cfg.val_margin)
     result = {"finalists": [f.to_dict() for f in finalists], "a0": a0_row, "a0_key": teacher_key,
               "target": target, "chosen": best.name, "chosen_feasible": best.feasible,
               "chosen_with_margin": with_margin,
-              "confirmation": confirmation.to_dict(), "config": asdict(cfg), "seconds": time.perf_counter() - t0}
+              "confirmation": confirmation, "config": asdict(cfg), "seconds": time.perf_counter() - t0}
     (out / "finalists.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,30 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+class StageClock:
+    """Wall seconds of the pipeline's stages in this invocation (a resumed stage shows what was left)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 1)
+        self._last = now
+
+    def describe(self) -> str:
+        total = sum(self.laps.values())
+        return f"{total / 60:.1f} min = " + " + ".join(f"{stage} {s / 60:.1f}" for stage, s in self.laps.items())
+
+
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Search with ``cfg`` in ``run_dir`` (resuming what is there); returns the summary."""
     # 1. supernet (found or trained), data, oracles
+    clock = StageClock()
     run_dir.mkdir(parents=True, exist_ok=True)
     setup = build_setup(cfg)
+    clock.lap("setup")
     (run_dir / SUPERNET_META_NAME).write_text(json.dumps(
         {k: v for k, v in setup.meta.items() if k != "history"}, indent=2, default=str))
     # 2. evaluator: budget, run log (resume), TensorBoard
@@ -76,6 +96,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  baseline.arch.short(), baseline.latency_ms, baseline.latency_ratio or 1.0,
                  f"{baseline.acc_fp32:.4f}" if baseline.acc_fp32 is not None else "-", baseline.acc_int8,
                  evaluator.target_accuracy)
+        clock.lap("a0 and maximal subnet")
         bar = ProgressBar(evaluator) if cfg.logging.progress else None
         if bar:
             evaluator.add_logger(bar)
@@ -84,6 +105,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         evaluator.close()
         if bar:
             bar.close()
+        clock.lap("search")
     except BaseException:
         evaluator.close(cancel=True)  # before the backend stops: no measurement cut short is recorded
         setup.close()
@@ -111,11 +133,15 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             log.warning("export skipped: %s", err)
         finally:
             setup.close()
+        clock.lap("finalists and export")
     else:
         setup.close()
-    extra = {"oracle cache hits": f"{evaluator.stats.oracle_cache_hits} of {evaluator.unique_evaluations}",
+    summary["stage_seconds"] = clock.laps
+    (run_dir / "search_result.json").write_text(json.dumps(summary, indent=2, default=str))
+    extra = {} if a0 is None else {"a0 as deployed (validation images)": f"FP32 {a0.acc_fp32:.4f}, INT8 {a0.acc_int8:.4f}"}
+    extra |= {"oracle cache hits": f"{evaluator.stats.oracle_cache_hits} of {evaluator.unique_evaluations}",
              "constraint violations": evaluator.stats.violations, "failures": evaluator.stats.failures,
-             "run directory": run_dir}
+             "wall time (this invocation)": clock.describe(), "run directory": run_dir}
     exported = summary.get("export")
     if exported:
         found = exported["found"]

@@ -19,8 +19,10 @@ def _fmt(x: Any, spec: str) -> str:
 
 
 def comparison_rows(baseline: Measurement, best: Measurement | None) -> list[list[str]]:
-    """Rows of the result table: a0 and the best feasible architecture side by side."""
-    rows = [["", "a0 (original)", "best feasible"]]
+    """Rows of the result table: the maximal subnet (a0's architecture with the supernet's weights:
+    a0 itself is the constraint's reference, reported beside the table) and the best feasible
+    architecture side by side; both latency ratios are to a0 timed alongside."""
+    rows = [["", "maximal subnet (a0's architecture)", "best feasible"]]
     b = best
     fields = [
         ("architecture", lambda m: m.arch.short()),
@@ -105,19 +107,22 @@ def _finalists_table(finals: dict[str, Any], metric: str) -> list[str]:
     for f in finals.get("finalists", []):
         b, a = f["before"], f["after"]
         ci = f.get("confirmed_ci") or [None, None]
+        passes = ", ".join(_cell(r, ".3f") for r in f.get("confirmed_passes") or [])
         rows.append([f["name"] + (" (exported)" if f["name"] == finals.get("chosen") else ""), f["short"],
                      _cell(f["search"].get("latency_ratio"), ".3f"), _cell(f.get("confirmed_ratio"), ".3f"),
-                     f"[{_cell(ci[0], '.3f')}, {_cell(ci[1], '.3f')}]",
+                     f"[{_cell(ci[0], '.3f')}, {_cell(ci[1], '.3f')}]", passes,
                      f"{_cell(b['val_int8'], '.4f')} -> {_cell(a['val_int8'], '.4f')}",
                      f"{_cell(b['holdout_int8'], '.4f')} -> {_cell(a['holdout_int8'], '.4f')}",
                      "yes" if f["feasible"] else "no"])
     conf = finals.get("confirmation") or {}
     return [f"## Finalists (target INT8 {metric} >= {finals.get('target', float('nan')):.4f} on validation images)",
-            "", tabulate(rows, headers=["", "architecture", "ratio (search)", "ratio (confirmed)", "95 % CI",
+            "", tabulate(rows, headers=["", "architecture", "ratio (search)", "ratio (confirmed, median)",
+                                        "95 % CI (envelope of the passes)", "ratio by pass",
                                         f"INT8 {metric} val: before -> after fine-tune",
                                         f"INT8 {metric} held-out: before -> after", "feasible"],
                          tablefmt="github"), "",
-            f"Confirmation: a0 and the finalists in {conf.get('rounds', '?')} interleaved rounds on profile "
+            f"Confirmation: a0 and the finalists in {conf.get('passes', 1)} pass(es), "
+            f"{conf.get('rounds_by_pass', conf.get('rounds', '?'))} interleaved rounds, on profile "
             f"{conf.get('profile', '?')} (IRs built the same way for all).", ""]
 
 

@@ -13,7 +13,8 @@ import torch
 
 from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
-from rlnas.finalists import Finalist, FinalistsConfig, FineTune, choose, select
+from rlnas.finalists import Finalist, FinalistsConfig, FineTune, choose, combine_passes, select
+from rlnas.oracles.latency import Confirmation
 from rlnas.search.evaluator import Evaluator, Measurement
 from rlnas.search.reward import HardReward, SoftReward
 from rlnas.spaces import create_supernet
@@ -176,3 +177,17 @@ def test_the_choice_wants_a_margin_on_validation_images() -> None:
     assert choose([fast, slow], 0.80, 0.005) == (fast, False)  # no margin anywhere: the fastest feasible
     assert choose([fast, safe, slow], 0.80, 0.0) == (fast, True)
     assert choose([slow], 0.80, 0.005) == (slow, False)  # nothing feasible: the fastest, infeasible
+
+
+def test_confirmation_passes_combine_to_their_median() -> None:
+    def one(ratio: float, ci: list[float], rounds: int) -> Confirmation:
+        return Confirmation(reference="a0", latency_ms={"a0": 2.0, "f0": 2.0 * ratio}, ratio={"a0": 1.0, "f0": ratio},
+                            ratio_ci={"a0": [1.0, 1.0], "f0": ci}, rounds=rounds, profile="p")
+
+    passes = [one(0.27, [0.26, 0.28], 400), one(0.31, [0.30, 0.32], 450), one(0.29, [0.285, 0.295], 420)]
+    combined = combine_passes(passes)
+    assert combined["ratio"]["f0"] == 0.29 and combined["ratio_by_pass"]["f0"] == [0.27, 0.31, 0.29]
+    assert combined["ratio_ci"]["f0"] == [0.26, 0.32] and combined["rounds_by_pass"] == [400, 450, 420]
+    assert combined["passes"] == 3 and len(combined["runs"]) == 3 and combined["latency_ms"]["f0"] == pytest.approx(0.58)
+    with pytest.raises(ValueError, match="confirm_passes"):
+        FinalistsConfig(confirm_passes=0)

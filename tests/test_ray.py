@@ -235,3 +235,46 @@ def test_finetune_on_a_node_resumes_from_the_drivers_checkpoint(cluster, tmp_pat
     resumed = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1).run()
     for k, v in resumed.state_dict().items():
         assert torch.equal(v, remote.state_dict()[k]), k
+
+
+class _NodeKiller:
+    """A TensorBoard writer that removes the node of the running fine-tuning actor once the first
+    chunk (and so the driver's first checkpoint) is written, and records the steps it is given."""
+
+    def __init__(self, cluster: Cluster, nodes: list) -> None:
+        self.cluster, self.nodes, self.steps, self.killed = cluster, nodes, [], None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.steps.append(step)
+        if step == 2 and self.killed is None:
+            actor = next(a for a in list_actors(filters=[("class_name", "=", "FineTuneActor"), ("state", "=", "ALIVE")]))
+            self.killed = next(n for n in self.nodes if n.node_id == actor.node_id)
+            self.cluster.remove_node(self.killed, allow_graceful=False)
+
+
+def test_finetune_node_lost_mid_run_resumes_on_another_node(cluster, tmp_path):
+    """The node fine-tuning a finalist dies after a checkpoint: a new actor on another node that
+    advertises the fine-tuning resource resumes from the driver's checkpoint, to the same weights."""
+    cl, _ = cluster
+    trainers = [cl.add_node(num_cpus=1, resources={"rlnas/trainer": 1}) for _ in range(2)]
+    root = write_synthetic_imagefolder(tmp_path / "img", {"train": 8, "test": 4}, num_classes=4)
+    dataset = {"name": "synthetic", "root": str(root), "train_split": "train", "val_split": "test",
+               "num_classes": 4, "store_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+               "cache_dir": str(tmp_path / "cache")}
+    torch.manual_seed(0)
+    supernet = create_supernet("resnet_tiny", num_classes=4).eval()
+    teacher = frozen_teacher(supernet.extract(supernet.space.max_arch()))
+    student = supernet.extract(supernet.space.min_arch())
+    options = FineTuneOptions(epochs=1.0, batch_size=8, checkpoint_every=2, lr=0.05, progress=False)  # 4 steps
+    pinned = {"resources": {"rlnas/trainer": 1}, "retries": 1}
+    whole = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "a", options, "f0", seed=1,
+                           **pinned).run()
+    killer = _NodeKiller(cl, trainers)
+    resumed = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1,
+                             writer=killer, **pinned).run()
+    steps = killer.steps
+    assert killer.killed is not None and steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # none again
+    for k, v in resumed.state_dict().items():
+        assert torch.equal(v, whole.state_dict()[k]), k
+    survivor = next(n for n in trainers if n is not killer.killed)
+    cl.remove_node(survivor, allow_graceful=False)

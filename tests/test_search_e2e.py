@@ -93,6 +93,9 @@ def test_search_resume_and_export(ws):
     kinds = [k for k, _, _ in history]
     assert kinds.count("baseline") == 1 and kinds.count("candidate") == 3
     assert len({m.arch for k, _, m in history if k == "candidate"}) == 3
+    stages = json.loads((run / "search_result.json").read_text())["stage_seconds"]
+    assert list(stages) == ["setup", "a0 and maximal subnet", "search", "finalists and export"]
+    assert stages["finalists and export"] > 0 and "wall time (this invocation)" in second.stdout
 
     _check_tensorboard(run / "tb")
     _check_export(run / "export")
@@ -134,8 +137,10 @@ def _check_export(out: Path) -> None:
     assert rows and finals["chosen"] in {f["name"] for f in rows}
     conf = finals["confirmation"]
     assert conf["reference"] == "a0" and conf["rounds"] >= 5 and set(conf["ratio"]) == {"a0"} | {f["name"] for f in rows}
+    assert conf["passes"] == 2 and len(conf["runs"]) == 2 and all(r["rounds"] >= 5 for r in conf["runs"])
     for f in rows:
         assert f["after"]["holdout_int8"] is not None and f["confirmed_ci"][0] <= f["confirmed_ratio"] <= f["confirmed_ci"][1]
+        assert f["confirmed_ratio"] == pytest.approx(sum(f["confirmed_passes"]) / 2) and len(f["confirmed_passes"]) == 2
     assert found["confirmed_ratio"] == next(f for f in rows if f["name"] == finals["chosen"])["confirmed_ratio"]
     assert "held-out images" in (out / "report.md").read_text()
 

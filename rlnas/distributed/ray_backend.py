@@ -44,8 +44,8 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from torch import nn
 from tqdm import tqdm
 
+from rlnas import machinelock
 from rlnas.arch import Arch
-from rlnas.oracles import machinelock
 from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
 from rlnas.oracles.device import (
     RELEVANT_FLAGS,
@@ -112,11 +112,15 @@ class RayBackend:
     :param finetune_gpus: GPUs per finalist fine-tuning actor (0: CPUs only; e.g. 1 on a cluster
         with GPU nodes, where the fine-tuning then runs on CUDA). ``accuracy_workers`` finalists
         are fine-tuned at once, ``accuracy_threads`` CPUs each.
+    :param finetune_resources: custom Ray resources a fine-tuning actor needs, to keep it on the
+        nodes that advertise them (e.g. ``{"rlnas/trainer": 1}`` on the training servers; ``{}``:
+        any node with the CPUs).
     """
 
     def __init__(self, address: str | None = None, accuracy_workers: int = 1, accuracy_threads: int = 1,
                  parallelism: int = 2, retries: int = 2, node_wait_s: float = 120.0,
-                 num_cpus: int | None = None, finetune_gpus: float = 0.0) -> None:
+                 num_cpus: int | None = None, finetune_gpus: float = 0.0,
+                 finetune_resources: dict[str, float] | None = None) -> None:
         if accuracy_workers < 1 or accuracy_threads < 1 or parallelism < 1 or retries < 0:
             raise ValueError("backend=ray needs accuracy_workers, accuracy_threads and parallelism >= 1, "
                              f"retries >= 0 (got {accuracy_workers}, {accuracy_threads}, {parallelism}, {retries})")
@@ -127,6 +131,7 @@ class RayBackend:
         if finetune_gpus < 0:
             raise ValueError(f"backend.finetune_gpus must be >= 0, got {finetune_gpus}")
         self.finetune_gpus = float(finetune_gpus)
+        self.finetune_resources = {str(k): float(v) for k, v in (finetune_resources or {}).items()}
         self._owned = False
 
     def start(self, devices: list[str]) -> None:
@@ -171,7 +176,8 @@ class RayBackend:
                   options: FineTuneOptions, name: str, seed: int = 0, writer: Any = None) -> nn.Module:
         """One finalist fine-tuned on a node (:class:`RemoteFineTune`); returns it with its weights."""
         return RemoteFineTune(student, teacher, dataset, resolution, out_dir, options, name, seed, writer,
-                              threads=self.accuracy_threads, gpus=self.finetune_gpus, retries=self.retries).run()
+                              threads=self.accuracy_threads, gpus=self.finetune_gpus, retries=self.retries,
+                              resources=self.finetune_resources).run()
 
 
 # -- latency -----------------------------------------------------------------------------------------
@@ -356,8 +362,7 @@ class AccuracyActor:
         self.info = node_info()
 
     def evaluate(self, arch: dict[str, Any]) -> dict[str, Any]:
-        with machinelock.shared(DEFAULT_LOCK_PATH):  # never beside a timing run on this node
-            result = self.oracle.evaluate(Arch.from_dict(arch))
+        result = self.oracle.evaluate(Arch.from_dict(arch))  # holds the node's machine lock shared
         result.details["node"] = self.info
         return result.to_dict()
 
@@ -445,8 +450,7 @@ class FineTuneActor:
         return self.tune.load_state(state)
 
     def advance(self, steps: int) -> list[float]:
-        with machinelock.shared(DEFAULT_LOCK_PATH):  # never beside a timing run on this node
-            return self.tune.advance(int(steps))
+        return self.tune.advance(int(steps))  # each step holds the node's machine lock shared
 
     def state(self) -> dict[str, Any]:
         return self.tune.state()
@@ -460,7 +464,7 @@ class RemoteFineTune:
 
     def __init__(self, student: nn.Module, teacher: nn.Module, dataset: Any, resolution: int, out_dir: Path,
                  options: FineTuneOptions, name: str, seed: int, writer: Any = None, threads: int = 1,
-                 gpus: float = 0.0, retries: int = 2) -> None:
+                 gpus: float = 0.0, retries: int = 2, resources: dict[str, float] | None = None) -> None:
         buffer = io.BytesIO()
         torch.save((student.cpu(), teacher.cpu()), buffer)
         dataset = _node_dataset(dataset)
@@ -468,11 +472,13 @@ class RemoteFineTune:
         self.student, self.options, self.name, self.writer = student, options, name, writer
         self.path = Path(out_dir) / "finetune.pt"
         self.threads, self.gpus, self.retries = int(threads), float(gpus), int(retries)
+        self.resources = dict(resources or {})
 
     def run(self) -> nn.Module:
         """Fine-tune to the end on a node; returns the student (here) with the tuned weights."""
         for attempt in range(self.retries + 1):
-            actor = FineTuneActor.options(num_cpus=self.threads, num_gpus=self.gpus).remote(*self.args)
+            actor = FineTuneActor.options(num_cpus=self.threads, num_gpus=self.gpus,
+                                          resources=self.resources).remote(*self.args)
             try:
                 state = self._drive(actor)
             except RayActorError as err:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlnas import machinelock
 from rlnas.arch import Arch
 from rlnas.oracles.device import host_cpu_flags
 from rlnas.oracles.store import MeasurementStore, StoredResult
@@ -154,6 +155,8 @@ class AccuracyOracle:
         ``holdout`` (held-out images for reports; the search never sees them).
     :param pipeline: how the supernet's task is measured (``rlnas.tasks.get_task(task).pipeline``);
         None: :class:`ClassificationPipeline`, for classification supernets only.
+    :param lock_path: the machine lock, held shared while scoring (a timing run on this machine
+        waits for it and it for the timing run; None: no lock).
     """
 
     def __init__(self, supernet: nn.Module, data: Any, store: MeasurementStore | str | Path | None,
@@ -161,7 +164,7 @@ class AccuracyOracle:
                  eval_images: int | None = None, batch_size: int = 250, threads: int | None = 2,
                  fp32_images: int | None = None, calib_batch_size: int = 50, inference_precision: str = "f32",
                  retry_failed: bool = False, channels_last: bool = True, split: str = "val",
-                 pipeline: TaskPipeline | None = None) -> None:
+                 pipeline: TaskPipeline | None = None, lock_path: str | None = machinelock.DEFAULT_PATH) -> None:
         self.task = getattr(supernet, "task", "classification")
         if pipeline is None and self.task != "classification":
             raise ValueError(f"a {self.task} supernet needs its task's pipeline: "
@@ -182,6 +185,7 @@ class AccuracyOracle:
         self.inference_precision = inference_precision
         self.retry_failed = retry_failed
         self.channels_last = channels_last
+        self.lock_path = lock_path
         self.versions = library_versions()
         self._isa = host_isa()
 
@@ -219,7 +223,8 @@ class AccuracyOracle:
         start = time.perf_counter()
         try:
             prepared = model.eval().to(memory_format=torch.channels_last) if self.channels_last else model.eval()
-            with torch_threads(self.threads):
+            with machinelock.shared(self.lock_path) as waited, torch_threads(self.threads):
+                stage.seconds["lock_wait"] = waited.seconds
                 result = self.pipeline.score(self, prepared, stage, self.eval_count)
         except Exception as err:  # reported to the caller, which cannot go on without it
             result = AccuracyResult("failed", f"{stage.current}: {type(err).__name__}: {err}")
@@ -320,7 +325,8 @@ class AccuracyOracle:
         stage = _Stage()
         start = time.perf_counter()
         try:
-            with torch_threads(self.threads):
+            with machinelock.shared(self.lock_path) as waited, torch_threads(self.threads):
+                stage.seconds["lock_wait"] = waited.seconds
                 result = pipeline(self, arch, stage)
         except Exception as err:  # a failing candidate is reported, never fatal to the search
             log.warning("accuracy of %s failed in %s: %s", arch.short(), stage.current, err)

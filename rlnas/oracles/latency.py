@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rlnas.oracles import machinelock
+from rlnas import machinelock
 from rlnas.oracles.device import RELEVANT_FLAGS, DeviceProfile, host_cpu_flags, host_cpu_model, load_profile
 from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
 from rlnas.oracles.worker import (
@@ -344,11 +344,12 @@ class LatencyOracle:
                                     lambda: (xml, dict(reused), True))
 
     def confirm(self, irs: dict[str, str | os.PathLike], reference: str, timing: TimingConfig | None = None,
-                precision: str = "int8", force: bool = False) -> Confirmation:
+                precision: str = "int8", force: bool = False, repeat: int = 0) -> Confirmation:
         """Time every IR of ``irs`` (name -> .xml, static single-input IRs) in the same
         interleaved rounds, with ratios to ``irs[reference]``: the confirmation measurement of
         finalists (more rounds than the search: pass a longer ``timing``). Cached by the IRs'
-        contents, the profile and the timing; raises WorkerError & co. when timing fails."""
+        contents, the profile, the timing and ``repeat`` (the pass number: passes 1, 2, ... are
+        new measurements of the same IRs); raises WorkerError & co. when timing fails."""
         if reference not in irs:
             raise ValueError(f"reference {reference!r} is not among the IRs {sorted(irs)}")
         timing = timing or self.timing
@@ -357,7 +358,7 @@ class LatencyOracle:
         key = {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
                "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
                "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
-               "timing": asdict(timing)}
+               "timing": asdict(timing), **({"repeat": repeat} if repeat else {})}
         record = None if force else self.store.get(CONFIRM_KIND, key)
         if record is not None:
             return dataclasses.replace(Confirmation.from_dict(record), cached=True)

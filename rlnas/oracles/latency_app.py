@@ -18,7 +18,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rlnas.oracles import machinelock
+from rlnas import machinelock
 from rlnas.oracles.device import DeviceProfile, load_profile, profile_from_config
 from rlnas.oracles.latency import PRECISIONS, LatencyOracle, LatencyResult, QuantizationConfig, percentile
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from rlnas.oracles import machinelock
+from rlnas import machinelock
 
 #: Machine-wide lock taken around every timing run, so measurements never overlap.
 DEFAULT_LOCK_PATH = machinelock.DEFAULT_PATH

@@ -41,7 +41,7 @@ def pareto_figure(measurements: Sequence[Measurement], baseline: Measurement, ta
     ax.step([m.latency_ratio for m in front], [m.acc_int8 for m in front], where="post", c="tab:blue",
             lw=1, label="Pareto front")
     ax.scatter([baseline.latency_ratio or 1.0], [baseline.acc_int8], marker="*", s=120, c="black",
-               label="a0 (original)")
+               label="maximal subnet (a0's architecture)")
     if best is not None:
         ax.scatter([best.latency_ratio], [best.acc_int8], marker="o", s=90, facecolors="none",
                    edgecolors="tab:red", lw=2, label="best feasible")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from rlnas import machinelock
 from rlnas.supernet.checkpoint import atomic_save, load_file
 from rlnas.supernet.train import kd_loss, sgd
 
@@ -144,14 +145,15 @@ class FineTune:
     def _train_step(self, x: Tensor, y: Tensor) -> float:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         y = y.to(self.device)
-        with torch.no_grad():
-            taught = self.teacher(x).float()
-        loss = self.loss_fn(self.student(x).float(), taught, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        with machinelock.shared(machinelock.DEFAULT_PATH):  # a timing run on this machine waits for the step
+            with torch.no_grad():
+                taught = self.teacher(x).float()
+            loss = self.loss_fn(self.student(x).float(), taught, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         if self.writer is not None:

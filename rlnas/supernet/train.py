@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import rlnas
+from rlnas import machinelock
 from rlnas.arch import Arch
 from rlnas.data.classification import ClassificationData, build_classification_data, resolve_path
 from rlnas.spaces import create_supernet
@@ -385,9 +386,10 @@ class SupernetTrainer:
             start = time.perf_counter()
             archs = sandwich(space, num_random, np.random.default_rng([self.seed, p.global_step]))
             lr = self.optimizer.param_groups[0]["lr"]
-            self.last_losses = self.step(x, y, archs)
+            with machinelock.shared(machinelock.DEFAULT_PATH) as waited:  # a timing run here waits for the step
+                self.last_losses = self.step(x, y, archs)
             self.scheduler.step()
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start - waited.seconds  # training time: a timing run's turn excluded
             p.global_step += 1
             p.step_in_epoch += 1
             p.elapsed += seconds
@@ -425,7 +427,8 @@ class SupernetTrainer:
         p = self.progress
         if not phase.sort_channels or phase_idx in p.sorted_phases:
             return
-        self.supernet.sort_channels()
+        with machinelock.shared(machinelock.DEFAULT_PATH):
+            self.supernet.sort_channels()
         self.optimizer.state.clear()  # momentum buffers refer to the old channel order
         p.sorted_phases.append(phase_idx)
         log.info("sorted channels at the start of phase %r", phase.name)
@@ -477,7 +480,8 @@ class SupernetTrainer:
         space = self.supernet.space
         out = {}
         for kind, arch in (("max", space.max_arch()), ("min", space.min_arch())):
-            out.update({f"{k}_{kind}": v for k, v in self.evaluate_arch(arch, val_images, recal_images).items()})
+            with machinelock.shared(machinelock.DEFAULT_PATH):
+                out.update({f"{k}_{kind}": v for k, v in self.evaluate_arch(arch, val_images, recal_images).items()})
         self.supernet.train()
         return out
 

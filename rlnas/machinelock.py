@@ -1,8 +1,9 @@
 """The machine-wide readers-writer lock that keeps timing alone on a machine.
 
-Timing takes it exclusively; heavy compute that may run beside it on the same machine (accuracy
-evaluations and IR builds of the Ray backend) takes it shared, so that many computations run
-together but never while a latency is measured. Writers are preferred: a timing run that waits
+Timing takes it exclusively; heavy compute that may run beside it on the same machine takes it
+shared (accuracy evaluations, IR builds of the Ray backend, and every optimizer step of supernet
+training and fine-tuning, so that a long training yields to a timing run between two steps): many
+computations run together but never while a latency is measured. Writers are preferred: a timing run that waits
 holds a turnstile that new readers must pass, so a stream of computations cannot starve it.
 ``flock`` locks belong to open file descriptions, so this works across processes and threads
 (older rlnas versions took ``filelock.FileLock`` on the same path: the same exclusive ``flock``,
@@ -18,12 +19,18 @@ import fcntl
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 #: the machine-wide lock every timing run takes unless told otherwise
 DEFAULT_PATH = os.path.join(tempfile.gettempdir(), "rlnas-latency.lock")
+#: set by the CLI for its command: the lock path a parent process holds shared for it
+HELD_ENV = "RLNAS_MACHINE_LOCK_HELD"
+
+
+_HELD = threading.local()  # per thread: shared holds by path (a nested shared hold is free)
 
 
 @dataclass
@@ -74,17 +81,33 @@ def exclusive(path: str | None) -> contextlib.AbstractContextManager[Waited]:
     return _hold(path, fcntl.LOCK_EX)
 
 
-def shared(path: str | None) -> contextlib.AbstractContextManager[Waited]:
-    """Hold the lock together with other computations, never during a timing run."""
-    return _hold(path, fcntl.LOCK_SH)
+@contextlib.contextmanager
+def shared(path: str | None) -> Iterator[Waited]:
+    """Hold the lock together with other computations, never during a timing run. Re-entrant in
+    a thread (an inner hold would otherwise queue behind a waiting timing run that waits for the
+    outer one), and free in a command the CLI runs holding it shared (``HELD_ENV``)."""
+    held = _HELD.__dict__.setdefault("counts", {})
+    if not path or held.get(path) or os.environ.get(HELD_ENV) == path:
+        held[path] = held.get(path, 0) + 1
+        try:
+            yield Waited()
+        finally:
+            held[path] -= 1
+        return
+    with _hold(path, fcntl.LOCK_SH) as waited:
+        held[path] = 1
+        try:
+            yield waited
+        finally:
+            held[path] = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rlnas.oracles.machinelock [--exclusive] [--path P] -- CMD ...``: run CMD holding
+    """``python -m rlnas.machinelock [--exclusive] [--path P] -- CMD ...``: run CMD holding
     the machine lock (shared by default), so that heavy work started beside a search never runs
-    during one of its timings. CMD must not time latency itself under the same lock (it would
-    wait for itself)."""
-    parser = argparse.ArgumentParser(prog="python -m rlnas.oracles.machinelock", description=main.__doc__)
+    during one of its timings. rlnas computations in CMD hold it through their parent; CMD must
+    not time latency itself under the same lock (it would wait for itself)."""
+    parser = argparse.ArgumentParser(prog="python -m rlnas.machinelock", description=main.__doc__)
     parser.add_argument("--exclusive", action="store_true", help="hold it alone (as a timing run does)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"lock file (default {DEFAULT_PATH})")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
@@ -92,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    with (exclusive if args.exclusive else shared)(args.path):
-        return subprocess.call(command)
+    if args.exclusive:
+        with exclusive(args.path):
+            return subprocess.call(command)
+    with shared(args.path):
+        return subprocess.call(command, env={**os.environ, HELD_ENV: args.path})
 
 
 if __name__ == "__main__":
