@@ -76,37 +76,61 @@ def _hold(path: str | None, mode: int) -> Iterator[Waited]:
         os.close(fd)
 
 
-def exclusive(path: str | None) -> contextlib.AbstractContextManager[Waited]:
-    """Hold the lock alone (timing); no lock without a path. Yields how long it took to get."""
-    return _hold(path, fcntl.LOCK_EX)
+def _canonical(path: str | None) -> str | None:
+    """One spelling per lock file (relative paths, symlinks), so that holds are recognised."""
+    return os.path.realpath(path) if path else None
+
+
+def _held_here(path: str) -> bool:
+    """Whether this thread, or the parent that runs this process under the CLI, holds ``path``."""
+    return bool(_HELD.__dict__.get("counts", {}).get(path)) or os.environ.get(HELD_ENV) == path
+
+
+@contextlib.contextmanager
+def exclusive(path: str | None) -> Iterator[Waited]:
+    """Hold the lock alone (timing); no lock without a path. Yields how long it took to get.
+    Raises RuntimeError where the lock is already held for this thread or process: waiting for
+    it there would wait for itself (and, holding the turnstile, stop every rlnas computation).
+    Shared holds nested in it are free (this thread holds the machine alone already)."""
+    path = _canonical(path)
+    if path and _held_here(path):
+        raise RuntimeError(f"the machine lock {path} is already held here (shared, or by the parent "
+                           f"command `python -m rlnas.machinelock`): timing under it would wait for itself")
+    with _hold(path, fcntl.LOCK_EX) as waited, _mark_held(path):
+        yield waited
+
+
+@contextlib.contextmanager
+def _mark_held(path: str | None) -> Iterator[None]:
+    held = _HELD.__dict__.setdefault("counts", {})
+    if path:
+        held[path] = held.get(path, 0) + 1
+    try:
+        yield
+    finally:
+        if path:
+            held[path] -= 1
 
 
 @contextlib.contextmanager
 def shared(path: str | None) -> Iterator[Waited]:
     """Hold the lock together with other computations, never during a timing run. Re-entrant in
     a thread (an inner hold would otherwise queue behind a waiting timing run that waits for the
-    outer one), and free in a command the CLI runs holding it shared (``HELD_ENV``)."""
-    held = _HELD.__dict__.setdefault("counts", {})
-    if not path or held.get(path) or os.environ.get(HELD_ENV) == path:
-        held[path] = held.get(path, 0) + 1
-        try:
+    outer one), and free in a command the CLI runs holding it (``HELD_ENV``)."""
+    path = _canonical(path)
+    if not path or _held_here(path):
+        with _mark_held(path):
             yield Waited()
-        finally:
-            held[path] -= 1
         return
-    with _hold(path, fcntl.LOCK_SH) as waited:
-        held[path] = 1
-        try:
-            yield waited
-        finally:
-            held[path] = 0
+    with _hold(path, fcntl.LOCK_SH) as waited, _mark_held(path):
+        yield waited
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rlnas.machinelock [--exclusive] [--path P] -- CMD ...``: run CMD holding
     the machine lock (shared by default), so that heavy work started beside a search never runs
-    during one of its timings. rlnas computations in CMD hold it through their parent; CMD must
-    not time latency itself under the same lock (it would wait for itself)."""
+    during one of its timings. rlnas computations in CMD hold it through their parent; a timing
+    run in CMD under the same lock fails (it would wait for itself)."""
     parser = argparse.ArgumentParser(prog="python -m rlnas.machinelock", description=main.__doc__)
     parser.add_argument("--exclusive", action="store_true", help="hold it alone (as a timing run does)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"lock file (default {DEFAULT_PATH})")
@@ -115,11 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    if args.exclusive:
-        with exclusive(args.path):
-            return subprocess.call(command)
-    with shared(args.path):
-        return subprocess.call(command, env={**os.environ, HELD_ENV: args.path})
+    path = _canonical(args.path)
+    with (exclusive if args.exclusive else shared)(path):  # CMD's own rlnas computations: held by us
+        return subprocess.call(command, env={**os.environ, HELD_ENV: path})
 
 
 if __name__ == "__main__":

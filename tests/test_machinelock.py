@@ -1,16 +1,22 @@
 """The machine-wide readers-writer lock, across real processes: timing alone, computations
-together, a waiting timing run served before new computations, and nested shared holds in one
-thread that do not deadlock behind a waiting timing run."""
+together, a waiting timing run served before new computations, nested holds in one thread that
+do not deadlock, and the CLI whose command's own computations hold the lock through it."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from rlnas import machinelock
+
+pytestmark = pytest.mark.timeout(120)  # a broken lock hangs: fail instead
 
 
 def hold(path: Path, seconds: float, exclusive: bool = False) -> subprocess.Popen:
@@ -23,24 +29,39 @@ def hold(path: Path, seconds: float, exclusive: bool = False) -> subprocess.Pope
     return proc
 
 
+def wait_until_a_timing_run_waits(path: Path) -> None:
+    """A waiting timing run holds the turnstile: poll it instead of sleeping a guess."""
+    fd = os.open(f"{path}.turnstile", os.O_RDWR | os.O_CREAT)
+    try:
+        for _ in range(2000):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.01)
+        raise AssertionError("no timing run waited for the lock")
+    finally:
+        os.close(fd)
+
+
 def test_timing_waits_for_computations_and_they_wait_for_it(tmp_path: Path) -> None:
     lock = tmp_path / "lock"
     computing = hold(lock, 1.5)
     with machinelock.shared(str(lock)) as waited:  # computations run together
-        assert waited.seconds < 0.5
+        assert waited.seconds < 1.0
     with machinelock.exclusive(str(lock)) as waited:  # a timing run waits for the computation
-        assert waited.seconds > 1.0  # held 1.5 s by the other process
+        assert waited.seconds > 1.0 and computing.wait(10) == 0  # held 1.5 s by the other process
     timing = hold(lock, 1.5, exclusive=True)
     with machinelock.shared(str(lock)) as waited:  # and a computation waits for the timing run
         assert waited.seconds > 1.0
-    computing.wait()
     timing.wait()
 
 
 def test_a_waiting_timing_run_goes_before_new_computations(tmp_path: Path) -> None:
     lock = tmp_path / "lock"
     order: list[str] = []
-    computing = hold(lock, 1.5)
+    computing = hold(lock, 1.0)
 
     def timing() -> None:
         with machinelock.exclusive(str(lock)):
@@ -49,7 +70,7 @@ def test_a_waiting_timing_run_goes_before_new_computations(tmp_path: Path) -> No
 
     thread = threading.Thread(target=timing)
     thread.start()
-    time.sleep(0.5)  # the timing run waits in the turnstile now
+    wait_until_a_timing_run_waits(lock)
     later = subprocess.run([sys.executable, "-m", "rlnas.machinelock", "--path", str(lock), "--",
                             sys.executable, "-c", "print('computed')"], capture_output=True, text=True, timeout=30)
     order.append(later.stdout.strip())
@@ -58,7 +79,7 @@ def test_a_waiting_timing_run_goes_before_new_computations(tmp_path: Path) -> No
     assert order == ["timing", "computed"]
 
 
-def test_nested_shared_holds_do_not_queue_behind_a_waiting_timing_run(tmp_path: Path) -> None:
+def test_nested_holds_in_one_thread(tmp_path: Path) -> None:
     lock = str(tmp_path / "lock")
     done = threading.Event()
 
@@ -73,12 +94,29 @@ def test_nested_shared_holds_do_not_queue_behind_a_waiting_timing_run(tmp_path: 
     waiting, other = threading.Thread(target=timing), threading.Thread(target=nested)
     with machinelock.shared(lock):
         waiting.start()
-        time.sleep(0.3)  # the timing run waits for this hold, in the turnstile
+        wait_until_a_timing_run_waits(tmp_path / "lock")
         other.start()
         other.join(1.0)
         assert not done.is_set()  # another thread's hold queues behind the timing run ...
-        with machinelock.shared(lock) as inner:  # ... this thread's nested one does not
+        with machinelock.shared(os.path.relpath(lock)) as inner:  # ... this thread's nested one does not
             assert inner.seconds == 0.0
+        with pytest.raises(RuntimeError, match="already held here"), machinelock.exclusive(lock):
+            pass  # timing under its own shared hold would wait for itself
     waiting.join(10)
     other.join(10)
     assert done.is_set() and not waiting.is_alive()
+    with machinelock.exclusive(lock), machinelock.shared(lock) as inner:  # a timing run's own computation
+        assert inner.seconds == 0.0
+
+
+def test_the_clis_command_holds_the_lock_through_its_parent(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    child = ("import sys; from rlnas import machinelock\n"
+             f"with machinelock.shared({str(lock)!r}): pass\n"
+             "try:\n"
+             f"    machinelock.exclusive({str(lock)!r}).__enter__()\n"
+             "except RuntimeError as err: print('refused:', err)\n")
+    for flag in ([], ["--exclusive"]):
+        run = subprocess.run([sys.executable, "-m", "rlnas.machinelock", *flag, "--path", str(lock), "--",
+                              sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and "refused: the machine lock" in run.stdout, run.stdout + run.stderr

@@ -243,11 +243,13 @@ class _NodeKiller:
 
     def __init__(self, cluster: Cluster, nodes: list) -> None:
         self.cluster, self.nodes, self.steps, self.killed = cluster, nodes, [], None
+        self.earlier = {a.actor_id for a in list_actors(filters=[("class_name", "=", "FineTuneActor")])}
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.steps.append(step)
         if step == 2 and self.killed is None:
-            actor = next(a for a in list_actors(filters=[("class_name", "=", "FineTuneActor"), ("state", "=", "ALIVE")]))
+            actors = list_actors(filters=[("class_name", "=", "FineTuneActor"), ("state", "=", "ALIVE")])
+            actor = next(a for a in actors if a.actor_id not in self.earlier)
             self.killed = next(n for n in self.nodes if n.node_id == actor.node_id)
             self.cluster.remove_node(self.killed, allow_graceful=False)
 
@@ -270,10 +272,12 @@ def test_finetune_node_lost_mid_run_resumes_on_another_node(cluster, tmp_path):
     whole = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "a", options, "f0", seed=1,
                            **pinned).run()
     killer = _NodeKiller(cl, trainers)
-    resumed = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1,
-                             writer=killer, **pinned).run()
+    tuner = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1,
+                           writer=killer, **pinned)
+    resumed = tuner.run()
     steps = killer.steps
     assert killer.killed is not None and steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # none again
+    assert tuner.attempts == 2  # a second actor, on the other node, took over
     for k, v in resumed.state_dict().items():
         assert torch.equal(v, whole.state_dict()[k]), k
     survivor = next(n for n in trainers if n is not killer.killed)

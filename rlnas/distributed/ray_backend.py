@@ -44,7 +44,6 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from torch import nn
 from tqdm import tqdm
 
-from rlnas import machinelock
 from rlnas.arch import Arch
 from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
 from rlnas.oracles.device import (
@@ -175,6 +174,11 @@ class RayBackend:
     def fine_tune(self, student: nn.Module, teacher: nn.Module, dataset: Any, resolution: int, out_dir: Path,
                   options: FineTuneOptions, name: str, seed: int = 0, writer: Any = None) -> nn.Module:
         """One finalist fine-tuned on a node (:class:`RemoteFineTune`); returns it with its weights."""
+        have = ray.cluster_resources()
+        missing = {k: v for k, v in self.finetune_resources.items() if have.get(k, 0) < v}
+        if missing:  # the actor would wait for such a node forever
+            raise RuntimeError(f"backend.finetune_resources {missing}: no node of the cluster advertises them "
+                               f"(it has {sorted(k for k in have if not k.startswith('node:'))})")
         return RemoteFineTune(student, teacher, dataset, resolution, out_dir, options, name, seed, writer,
                               threads=self.accuracy_threads, gpus=self.finetune_gpus, retries=self.retries,
                               resources=self.finetune_resources).run()
@@ -332,7 +336,7 @@ class RemoteLatencyOracle(LatencyOracle):
         return {**key, "cpu": cpu} if cpu else key
 
     def prepare_ir(self, *args: Any, **kwargs: Any) -> Any:
-        with self._build_lock, machinelock.shared(self.lock_path):
+        with self._build_lock:  # one IR build at a time on the driver (it holds the machine lock shared)
             return super().prepare_ir(*args, **kwargs)
 
     def host(self, reply: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -473,10 +477,12 @@ class RemoteFineTune:
         self.path = Path(out_dir) / "finetune.pt"
         self.threads, self.gpus, self.retries = int(threads), float(gpus), int(retries)
         self.resources = dict(resources or {})
+        self.attempts = 0  # actors started (a lost node: one more)
 
     def run(self) -> nn.Module:
         """Fine-tune to the end on a node; returns the student (here) with the tuned weights."""
         for attempt in range(self.retries + 1):
+            self.attempts += 1
             actor = FineTuneActor.options(num_cpus=self.threads, num_gpus=self.gpus,
                                           resources=self.resources).remote(*self.args)
             try:

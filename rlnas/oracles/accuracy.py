@@ -265,7 +265,8 @@ class AccuracyOracle:
 
     def prepare(self, arch: Arch) -> nn.Module:
         """``arch`` extracted from the supernet with recalibrated BN statistics, in eval mode."""
-        return self.recalibrate(self.supernet.extract(arch))
+        with machinelock.shared(self.lock_path):
+            return self.recalibrate(self.supernet.extract(arch))
 
     def recalibrate(self, model: nn.Module) -> nn.Module:
         """Re-estimate the BN statistics of an extracted model on ``recal_images`` training images."""
@@ -287,7 +288,7 @@ class AccuracyOracle:
     def quantize(self, model: nn.Module, calib_images: int | None = None) -> Any:
         """Convert a prepared model and quantize it by NNCF on real calibration images
         (:meth:`calibration`): the INT8 ``ov.Model``, dynamic batch."""
-        with quiet():
+        with quiet(), machinelock.shared(self.lock_path):
             return quantize_int8(self.pipeline.convert(self, model), self.calibration(calib_images))
 
     def compile(self, ov_model: Any) -> Any:

@@ -429,8 +429,9 @@ class LatencyOracle:
         path = self.ir_path(model_key, input_shape, precision)
         if path.is_file() and path.with_suffix(".bin").is_file():
             return path, {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}, True
-        stages = build_ir(model, check_input_shape(input_shape), _IR_VARIANT[precision], path, calibration,
-                          self.quantization)
+        with machinelock.shared(self.lock_path):  # conversion and NNCF: never beside a timing run
+            stages = build_ir(model, check_input_shape(input_shape), _IR_VARIANT[precision], path, calibration,
+                              self.quantization)
         return path, stages, False
 
     def timing_cpu(self) -> str:
