@@ -3,12 +3,12 @@
     .venv/bin/python experiments/confirm_agents.py
 """
 import json
-import statistics
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
 import rlnas
+from rlnas.finalists import combine_passes
 from rlnas.oracles.worker import TimingConfig
 from rlnas.runsetup import build_setup
 
@@ -28,11 +28,10 @@ setup = build_setup(cfg)
 baseline = setup.evaluator(None).baseline
 irs = {"a0": baseline.ir_path, **irs}
 timing = TimingConfig(**{**vars(setup.latency.timing), "min_rounds": 30, "min_time_s": 20.0, "max_time_s": 240.0})
-ratios = {k: [] for k in irs}
-for p in range(3):
-    conf = setup.latency.confirm(irs, "a0", timing, force=True)
-    for k in irs:
-        ratios[k].append(conf.ratio[k])
+passes = [setup.latency.confirm(irs, "a0", timing, force=True, repeat=p) for p in range(3)]
+combined = combine_passes(passes)  # as the finalists' confirmation: median over the passes
+for p, conf in enumerate(passes):
     print("pass", p, conf.rounds, {k: round(v, 3) for k, v in conf.ratio.items()})
-print({k: (round(statistics.median(v), 3), round(min(v), 3), round(max(v), 3)) for k, v in ratios.items()})
+print({k: (round(combined["ratio"][k], 3), round(min(v), 3), round(max(v), 3))
+       for k, v in combined["ratio_by_pass"].items()})
 setup.close()

@@ -210,10 +210,10 @@ class _KillAfterFirstChunk:
             raise Killed
 
 
-def test_finetune_on_a_node_resumes_from_the_drivers_checkpoint(cluster, tmp_path):
-    """A finalist fine-tuned by an actor (images built on its node) matches the same fine-tuning
-    run locally, and a driver that dies after a checkpoint resumes it to the same weights."""
-    root = write_synthetic_imagefolder(tmp_path / "img", {"train": 24, "test": 8}, num_classes=4)
+def _finetune_case(tmp_path: Path, train_per_class: int) -> tuple[dict, nn.Module, nn.Module, FineTuneOptions]:
+    """A synthetic 4-class dataset config, a tiny teacher (maximal subnet) and student (smallest),
+    and 1 epoch of fine-tuning in steps of 8 images, a checkpoint every 2."""
+    root = write_synthetic_imagefolder(tmp_path / "img", {"train": train_per_class, "test": 4}, num_classes=4)
     dataset = {"name": "synthetic", "root": str(root), "train_split": "train", "val_split": "test",
                "num_classes": 4, "store_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
                "cache_dir": str(tmp_path / "cache")}
@@ -222,6 +222,13 @@ def test_finetune_on_a_node_resumes_from_the_drivers_checkpoint(cluster, tmp_pat
     teacher = frozen_teacher(supernet.extract(supernet.space.max_arch()))
     student = supernet.extract(supernet.space.min_arch())
     options = FineTuneOptions(epochs=1.0, batch_size=8, checkpoint_every=2, lr=0.05, progress=False)
+    return dataset, teacher, student, options
+
+
+def test_finetune_on_a_node_resumes_from_the_drivers_checkpoint(cluster, tmp_path):
+    """A finalist fine-tuned by an actor (images built on its node) matches the same fine-tuning
+    run locally, and a driver that dies after a checkpoint resumes it to the same weights."""
+    dataset, teacher, student, options = _finetune_case(tmp_path, train_per_class=24)  # 12 steps
     torch.set_num_threads(1)
     local = FineTune(copy.deepcopy(student), teacher, build_data(OmegaConf.create(dataset), 32), None, options,
                      "f0", seed=1).run().state_dict()
@@ -238,20 +245,21 @@ def test_finetune_on_a_node_resumes_from_the_drivers_checkpoint(cluster, tmp_pat
 
 
 class _NodeKiller:
-    """A TensorBoard writer that removes the node of the running fine-tuning actor once the first
-    chunk (and so the driver's first checkpoint) is written, and records the steps it is given."""
+    """A TensorBoard writer that removes the node of the fine-tuning actor of ``tuner`` once the
+    first chunk (and so the driver's first checkpoint) is written, and records the steps it is given."""
 
     def __init__(self, cluster: Cluster, nodes: list) -> None:
-        self.cluster, self.nodes, self.steps, self.killed = cluster, nodes, [], None
-        self.earlier = {a.actor_id for a in list_actors(filters=[("class_name", "=", "FineTuneActor")])}
+        self.cluster, self.nodes, self.steps, self.killed, self.tuner = cluster, nodes, [], None, None
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.steps.append(step)
         if step == 2 and self.killed is None:
-            actors = list_actors(filters=[("class_name", "=", "FineTuneActor"), ("state", "=", "ALIVE")])
-            actor = next(a for a in actors if a.actor_id not in self.earlier)
-            self.killed = next(n for n in self.nodes if n.node_id == actor.node_id)
+            self.killed = next(n for n in self.nodes if n.node_id == self.tuner.nodes[-1])
             self.cluster.remove_node(self.killed, allow_graceful=False)
+            for _ in range(300):  # until the cluster knows: else the dying actor may finish the last steps
+                if not any(n["NodeID"] == self.killed.node_id and n["Alive"] for n in ray.nodes()):
+                    break
+                time.sleep(0.1)
 
 
 def test_finetune_node_lost_mid_run_resumes_on_another_node(cluster, tmp_path):
@@ -259,25 +267,17 @@ def test_finetune_node_lost_mid_run_resumes_on_another_node(cluster, tmp_path):
     advertises the fine-tuning resource resumes from the driver's checkpoint, to the same weights."""
     cl, _ = cluster
     trainers = [cl.add_node(num_cpus=1, resources={"rlnas/trainer": 1}) for _ in range(2)]
-    root = write_synthetic_imagefolder(tmp_path / "img", {"train": 8, "test": 4}, num_classes=4)
-    dataset = {"name": "synthetic", "root": str(root), "train_split": "train", "val_split": "test",
-               "num_classes": 4, "store_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
-               "cache_dir": str(tmp_path / "cache")}
-    torch.manual_seed(0)
-    supernet = create_supernet("resnet_tiny", num_classes=4).eval()
-    teacher = frozen_teacher(supernet.extract(supernet.space.max_arch()))
-    student = supernet.extract(supernet.space.min_arch())
-    options = FineTuneOptions(epochs=1.0, batch_size=8, checkpoint_every=2, lr=0.05, progress=False)  # 4 steps
+    dataset, teacher, student, options = _finetune_case(tmp_path, train_per_class=8)  # 4 steps
     pinned = {"resources": {"rlnas/trainer": 1}, "retries": 1}
     whole = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "a", options, "f0", seed=1,
                            **pinned).run()
     killer = _NodeKiller(cl, trainers)
-    tuner = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options, "f0", seed=1,
-                           writer=killer, **pinned)
+    tuner = killer.tuner = RemoteFineTune(copy.deepcopy(student), teacher, dataset, 32, tmp_path / "b", options,
+                                          "f0", seed=1, writer=killer, **pinned)
     resumed = tuner.run()
     steps = killer.steps
     assert killer.killed is not None and steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # none again
-    assert tuner.attempts == 2  # a second actor, on the other node, took over
+    assert len(tuner.nodes) == 2 and tuner.nodes[0] == killer.killed.node_id != tuner.nodes[1]  # another node took over
     for k, v in resumed.state_dict().items():
         assert torch.equal(v, whole.state_dict()[k]), k
     survivor = next(n for n in trainers if n is not killer.killed)

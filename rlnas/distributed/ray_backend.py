@@ -477,12 +477,11 @@ class RemoteFineTune:
         self.path = Path(out_dir) / "finetune.pt"
         self.threads, self.gpus, self.retries = int(threads), float(gpus), int(retries)
         self.resources = dict(resources or {})
-        self.attempts = 0  # actors started (a lost node: one more)
+        self.nodes: list[str] = []  # the node of each actor started (a lost node: one more)
 
     def run(self) -> nn.Module:
         """Fine-tune to the end on a node; returns the student (here) with the tuned weights."""
         for attempt in range(self.retries + 1):
-            self.attempts += 1
             actor = FineTuneActor.options(num_cpus=self.threads, num_gpus=self.gpus,
                                           resources=self.resources).remote(*self.args)
             try:
@@ -499,6 +498,7 @@ class RemoteFineTune:
 
     def _drive(self, actor: Any) -> dict[str, Any]:
         info = ray.get(actor.describe.remote())
+        self.nodes.append(info["node_id"])
         if self.path.is_file() and ray.get(actor.load_state.remote(load_file(self.path))):
             info = ray.get(actor.describe.remote())
             log.info("fine-tune %s resumed at step %d of %d on %s", self.name, info["step"], info["total"],
