@@ -17,7 +17,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from rlnas.oracles.store import MeasurementStore
 from rlnas.spaces import create_supernet
 from rlnas.supernet import load_supernet
 from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
-from rlnas.supernet.train import make_optimizer, train_step
+from rlnas.supernet.train import autocast_factory, make_optimizer, train_step
 from rlnas.tasks import build_data
 
 STAGES = ("extract", "recalibrate", "eval_fp32", "convert", "quantize", "compile", "eval_int8", "total")
@@ -51,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=6, help="steps per throughput measurement")
     p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--train-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="training throughput in each (bf16: autocast; fast only with avx512_bf16 or AMX)")
+    p.add_argument("--train-only", action="store_true", help="training throughput alone, no oracle")
     p.add_argument("--no-warmup", action="store_true", help="time the first candidate cold")
     p.add_argument("--quick", action="store_true", help="1000 eval images, 2 candidates, 2 train steps")
     args = p.parse_args(argv)
@@ -110,13 +112,10 @@ def print_row(i: int, row: dict) -> None:
 
 
 def bench_training(args: argparse.Namespace, supernet, data) -> dict[str, float]:
-    """Images/s of training steps on real augmented batches: maximal network alone, and the
-    sandwich (max + min + 2 random, in-place distillation)."""
+    """Images/s of training steps on real augmented batches, in each of ``--train-precisions``:
+    maximal network alone, and the sandwich (max + min + 2 random, in-place distillation)."""
     torch.set_num_threads(args.threads)
     net = supernet.train().to(memory_format=torch.channels_last)
-    recipe = Recipe("bench", (Phase("all", 1, ("depth", "width", "expand")),), batch_size=args.train_batch,
-                    precision="fp32")
-    optimizer = make_optimizer(net, recipe)
     out = {}
     t = time.perf_counter()
     n = 0
@@ -125,21 +124,26 @@ def bench_training(args: argparse.Namespace, supernet, data) -> dict[str, float]
         if n >= 20 * args.train_batch:
             break
     out["loader_img_s"] = n / (time.perf_counter() - t)
-    for name, num_random, elastic in (("max_only", 0, ()), ("sandwich_n2", 2, ("depth", "width", "expand"))):
-        space = phase_space(net.space, Phase(name, 1, elastic))
-        batches = data.train_batches(args.train_batch, epoch=1)
-        times = []
-        for step, (x, y) in enumerate(batches):
-            x = x.contiguous(memory_format=torch.channels_last)
-            start = time.perf_counter()
-            train_step(net, x, y, sandwich(space, num_random, np.random.default_rng(step)), recipe, optimizer,
-                       nullcontext)
-            times.append(time.perf_counter() - start)
-            if step >= args.train_steps:  # the first step warms up oneDNN and is dropped
-                break
-        out[f"{name}_img_s"] = args.train_batch / statistics.mean(times[1:])
-        print(f"  train {name}: {out[f'{name}_img_s']:.1f} img/s (batch {args.train_batch}, "
-              f"{len(times) - 1} steps, {statistics.mean(times[1:]):.2f} s/step)", flush=True)
+    for precision in args.train_precisions:
+        recipe = Recipe("bench", (Phase("all", 1, ("depth", "width", "expand")),), batch_size=args.train_batch,
+                        precision=precision)
+        _, autocast = autocast_factory(precision)
+        optimizer = make_optimizer(net, recipe)
+        for name, num_random, elastic in (("max_only", 0, ()), ("sandwich_n2", 2, ("depth", "width", "expand"))):
+            space = phase_space(net.space, Phase(name, 1, elastic))
+            times = []
+            for step, (x, y) in enumerate(data.train_batches(args.train_batch, epoch=1)):
+                x = x.contiguous(memory_format=torch.channels_last)
+                start = time.perf_counter()
+                train_step(net, x, y, sandwich(space, num_random, np.random.default_rng(step)), recipe, optimizer,
+                           autocast)
+                times.append(time.perf_counter() - start)
+                if step >= args.train_steps:  # the first step warms up oneDNN and is dropped
+                    break
+            key = f"{name}_{precision}_img_s"
+            out[key] = args.train_batch / statistics.mean(times[1:])
+            print(f"  train {name} {precision}: {out[key]:.1f} img/s (batch {args.train_batch}, "
+                  f"{len(times) - 1} steps, {statistics.mean(times[1:]):.2f} s/step)", flush=True)
     net.eval()
     return out
 
@@ -151,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     n_eval = len(data.val) if args.eval_images is None else min(args.eval_images, len(data.val))
     print(f"# accuracy oracle: {what}, {data.name} @ {data.resolution} px, {n_eval} eval images, "
           f"recal {args.recal_images}, calib {args.calib_images}, batch {args.batch_size}, threads {args.threads}")
+    if args.train_only:
+        print("# training throughput")
+        train = bench_training(args, supernet, data)
+        print("training: " + ", ".join(f"{k} {v:.1f}" for k, v in train.items()))
+        return 0
     rows = bench_oracle(args, supernet, data, checkpoint_id)
     cands = [r for r in rows if "total" in r and r["status"] == "ok"]
     hit = rows[-1]

@@ -23,6 +23,7 @@ from rlnas.oracles.device import (
     host_max_isa,
     list_profiles,
     load_profile,
+    parse_cpuinfo,
     profile_from_config,
     profile_statuses,
     runnable_profiles,
@@ -155,6 +156,15 @@ def test_host_profile_matches_this_machine():
             icelake.validate()
 
 
+def test_two_cpus_of_one_marketing_name_are_told_apart():
+    zen2 = "processor\t: 0\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\nstepping\t: 0\nflags\t\t: avx2\n"
+    zen4 = zen2.replace(": 23", ": 25").replace(": 49", ": 17").replace("avx2", "avx2 avx512f avx512_vnni")
+    (model2, flags2), (model4, flags4) = parse_cpuinfo(zen2), parse_cpuinfo(zen4)
+    assert model2 == "AMD EPYC (family 23, model 49, stepping 0)" and model4 != model2
+    assert "avx512_vnni" in flags4 and "avx512_vnni" not in flags2
+    assert parse_cpuinfo("model name : Some CPU\n")[0] == "Some CPU"  # no CPUID fields (not x86)
+
+
 def _listing_rows(text: str) -> dict[str, dict[str, str]]:
     """The profile table of ``rlnas-profiles`` output, by profile name."""
     from rlnas.oracles.profiles_app import HEADERS
@@ -277,8 +287,8 @@ def _onednn_report(log: Path) -> tuple[str | None, list[str]]:
         if not line.startswith("onednn_verbose"):
             continue
         fields = line.split(",")
-        if "info" in fields and fields[-1].startswith("isa:"):
-            info = fields[-1][len("isa:"):]
+        if "info" in fields and ",isa:" in line:  # the ISA's name may hold commas itself
+            info = line.partition(",isa:")[2]
         elif any(f.startswith("create") for f in fields) and "convolution" in fields:
             impl = fields[fields.index("convolution") + 1]  # e.g. jit_uni_int8:avx2, brg_conv_fwd:avx2_vnni
             conv_isas.append(impl.rpartition(":")[2].upper())

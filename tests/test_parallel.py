@@ -17,18 +17,28 @@ RES = 32
 
 
 class SlowLatency(SurrogateLatencyOracle):
-    """The surrogate with a measurement that takes time, counting how many run at once."""
+    """The surrogate with a measurement that takes time, counting how many run at once.
 
-    def __init__(self, surrogate: Surrogate, seconds: float = 0.02) -> None:
+    With ``gate``, measurements after the first (a0, which the Evaluator measures alone) hold, up
+    to ``gate_timeout_s``, until ``gate`` of them run at once; then the gate stays open. An agent
+    that keeps ``gate`` networks in flight reaches it however loaded the machine is, one that
+    waits for each result only times out."""
+
+    def __init__(self, surrogate: Surrogate, seconds: float = 0.02, gate: int = 0,
+                 gate_timeout_s: float = 10.0) -> None:
         super().__init__(surrogate)
         self.seconds, self.running, self.most, self.calls = seconds, 0, 0, 0
-        self._lock = threading.Lock()
+        self.gate, self.gate_timeout_s = gate, gate_timeout_s
+        self._lock = threading.Condition()
 
     def measure(self, *args, **kwargs):
         with self._lock:
             self.running += 1
             self.calls += 1
             self.most = max(self.most, self.running)
+            self._lock.notify_all()
+            if self.calls > 1 and self.most < self.gate:
+                self._lock.wait_for(lambda: self.most >= self.gate, timeout=self.gate_timeout_s)
         time.sleep(self.seconds)
         try:
             return super().measure(*args, **kwargs)
@@ -42,9 +52,9 @@ def surrogate(supernet, make_table):
     return Surrogate(make_table(supernet), supernet, RES)
 
 
-def evaluator(supernet, surrogate, parallelism: int, budget: int, history=None) -> Evaluator:
+def evaluator(supernet, surrogate, parallelism: int, budget: int, history=None, gate: int = 0) -> Evaluator:
     accuracy = SurrogateAccuracyOracle(surrogate)
-    return Evaluator(supernet, SlowLatency(surrogate), accuracy, (1, 3, RES, RES), budget=budget,
+    return Evaluator(supernet, SlowLatency(surrogate, gate=gate), accuracy, (1, 3, RES, RES), budget=budget,
                      reference=accuracy.evaluate_model(None, "a0"), parallelism=parallelism, history_path=history)
 
 
@@ -68,7 +78,7 @@ def test_evolution_is_sequential_draw_for_draw_and_asynchronous_in_parallel(supe
     for ev in sequential:
         RegularizedEvolution(population_size=6, sample_size=2).run(ev, budget=25, seed=1)
     assert [m.arch for m in sequential[0].history] == [m.arch for m in sequential[1].history]
-    parallel = evaluator(supernet, surrogate, 3, budget=25)
+    parallel = evaluator(supernet, surrogate, 3, budget=25, gate=3)
     result = RegularizedEvolution(population_size=6, sample_size=2).run(parallel, budget=25, seed=1)
     assert parallel.unique_evaluations == 25 and parallel.latency_oracle.most == 3
     assert parallel.latency_oracle.calls == 25 + 1 and result.best is not None  # a0 + the budget
@@ -93,7 +103,7 @@ def test_budget_and_networks_in_flight(supernet, surrogate):
 
 
 def test_ppo_collects_from_several_envs(supernet, surrogate, tmp_path):
-    ev = evaluator(supernet, surrogate, 2, budget=12)
+    ev = evaluator(supernet, surrogate, 2, budget=12, gate=2)
     agent = PPOAgent(n_envs=2, n_steps=4, batch_size=8, max_edits=3, checkpoint_freq=100)
     agent.run(ev, budget=12, seed=0, run_dir=tmp_path)
     assert ev.unique_evaluations == 12 and ev.in_flight == 0

@@ -147,22 +147,33 @@ class DeviceProfile:
         return asdict(self)
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str, frozenset[str]]:
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """The CPU's identity and flags from the text of /proc/cpuinfo (its first processor): the
+    ``model name`` with the CPUID family, model and stepping, since virtual machines often give
+    a Zen 2 and a Zen 4 the same bare "AMD EPYC"."""
     fields: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
     for line in text.splitlines():
         name, _, value = line.partition(":")
         fields.setdefault(name.strip(), value.strip())
     model = fields.get("model name") or platform.processor() or platform.machine()
+    cpuid = {"family": "cpu family", "model": "model", "stepping": "stepping"}
+    signature = [f"{label} {fields[field]}" for label, field in cpuid.items() if field in fields]
+    if signature:
+        model = f"{model} ({', '.join(signature)})"
     return model, frozenset(fields.get("flags", "").split())
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return parse_cpuinfo("")
+
+
 def host_cpu_model() -> str:
-    """The host CPU's ``model name`` from /proc/cpuinfo (part of every latency cache key)."""
+    """The host CPU as :func:`parse_cpuinfo` names it (part of every latency cache key, so two
+    CPUs that share a marketing name never share a measurement)."""
     return _cpuinfo()[0]
 
 

@@ -64,7 +64,7 @@ class LatencyResult(StoredResult):
     ``ref_latency_ms`` the reference's median in those same rounds; ``ratio_rel_error`` is the
     estimated relative standard error of the per-round ratio median. ``inference_precision`` is
     what the compiled model reports, ``kernels`` counts executed primitive types (e.g.
-    ``jit_avx2_I8``). ``stage_seconds`` has build, convert, quantize, save (0 when the IR was
+    ``jit_avx2_I8``), ``layer_kernels`` the same per layer type (``Convolution:jit_avx2_I8``). ``stage_seconds`` has build, convert, quantize, save (0 when the IR was
     reused), reference (preparing its IR), compile, lock_wait, measure and total.
     """
 
@@ -86,6 +86,7 @@ class LatencyResult(StoredResult):
     inference_precision: str | None = None
     isa: str | None = None
     kernels: dict[str, int] = field(default_factory=dict)
+    layer_kernels: dict[str, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
@@ -558,6 +559,7 @@ class LatencyOracle:
         result.iterations, result.rounds = len(cand), len(reply["cand_rounds"])
         result.inference_precision = reply["inference_precision"]
         result.kernels = reply["kernels"]
+        result.layer_kernels = reply.get("layer_kernels", {})
         result.stage_seconds.update(compile=reply["compile_s"], measure=reply["measure_s"],
                                     lock_wait=reply["lock_wait_s"])
         result.versions["openvino_runtime"] = self.worker.hello.get("openvino", "")

@@ -141,7 +141,7 @@ class _Worker:
         return {
             "cand_rounds": rounds["cand"], "ref_rounds": rounds["ref"],
             "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
-            "kernels": kernel_summary(cand),
+            "kernels": kernel_summary(cand), "layer_kernels": kernel_summary(cand, by_layer=True),
             "inference_precision": precision_name(cand.get_property("INFERENCE_PRECISION_HINT")),
             "threads": int(cand.get_property("INFERENCE_NUM_THREADS")),
             "streams": int(cand.get_property("NUM_STREAMS")),
@@ -239,13 +239,18 @@ def precision_name(value: Any) -> str:
     return name() if callable(name) else str(value)
 
 
-def kernel_summary(compiled: Any) -> dict[str, int]:
-    """Counter of oneDNN/plugin primitive types (e.g. ``jit_avx2_I8``) of the executed graph."""
+def kernel_summary(compiled: Any, by_layer: bool = False) -> dict[str, int]:
+    """Counter of oneDNN/plugin primitive types (e.g. ``jit_avx2_I8``) of the executed graph;
+    ``by_layer`` counts ``<layer type>:<primitive type>`` (e.g. ``Reduce:jit_avx512_I8``): the ISA
+    cap binds oneDNN's primitives, not every kernel of OpenVINO's own, so which layer ran it matters."""
     counts: Counter[str] = Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         if "primitiveType" in info:
-            counts[info["primitiveType"].astype(str)] += 1
+            kernel = info["primitiveType"].astype(str)
+            if by_layer:
+                kernel = f"{info['layerType'].astype(str) if 'layerType' in info else '?'}:{kernel}"
+            counts[kernel] += 1
     return dict(sorted(counts.items()))
 
 
