@@ -9,12 +9,13 @@ images and confirmed in one interleaved latency measurement with a0.
              held-out images (the report: nothing was selected on them)
     confirm  a0 and every finalist, INT8 IRs built the same way, timed in the same interleaved
              rounds with more rounds than the search (:meth:`LatencyOracle.confirm`), in
-             ``confirm_passes`` passes: on this VM two passes minutes apart differ by 5-7 % while
-             each pass's own CI is +-0.5 %, so a finalist's ratio is its median over passes
+             ``confirm_passes`` passes: on the AVX2 VM two passes minutes apart differed by 5-7 %,
+             on the Zen 4 VM back-to-back passes by up to 25 %, while each pass's own CI is
+             +-0.5 %, so a finalist's ratio is its median over passes
     choose   the fastest finalist in the confirmation whose fine-tuned INT8 *validation* accuracy
              meets the constraint with ``val_margin`` to spare (validation images are optimistic
-             for networks selected on them); else the fastest that meets it at all; none: the
-             fastest, marked infeasible. Its held-out accuracy is
+             for networks selected on them); else the most accurate that meets it at all; none:
+             the fastest, marked infeasible. Its held-out accuracy is
              what the report states (choosing by held-out accuracy would bias it again)
 
 Everything lands in ``<run>/finalists/``: a killed run resumes its fine-tuning from the last
@@ -91,7 +92,7 @@ class FinalistsConfig:
     val_margin: float = 0.005
     confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
                                                                    "max_time_s": 240.0})
-    confirm_passes: int = 2
+    confirm_passes: int = 3
     progress: bool = True
 
     def tuning(self) -> FineTuneOptions:
@@ -183,17 +184,23 @@ def combine_passes(passes: list[Confirmation]) -> dict[str, Any]:
             "ratio_ci": {n: [min(c.ratio_ci[n][0] for c in passes), max(c.ratio_ci[n][1] for c in passes)]
                          for n in names},
             "latency_ms": {n: statistics.median(c.latency_ms[n] for c in passes) for n in names},
-            "kernels": first.kernels, "inference_precision": first.inference_precision,
+            "kernels": first.kernels, "above_cap": first.above_cap,
+            "inference_precision": first.inference_precision,
             "runs": [c.to_dict() for c in passes]}
 
 
 def choose(finalists: list[Finalist], target: float, val_margin: float) -> tuple[Finalist, bool]:
     """The fastest confirmed finalist whose validation INT8 accuracy reaches ``target +
-    val_margin``; else the fastest that reaches ``target``; else the fastest. Also: whether the
-    margin held."""
+    val_margin``; else (none has that room to spare) the most accurate one that reaches
+    ``target``, since validation images flatter the networks selected on them; else the fastest.
+    Also: whether the margin held."""
     feasible = [f for f in finalists if f.after["val_int8"] >= target]
     safe = [f for f in feasible if f.after["val_int8"] >= target + val_margin]
-    return min(safe or feasible or finalists, key=lambda f: f.confirmed_ratio), bool(safe)
+    if safe:
+        return min(safe, key=lambda f: f.confirmed_ratio), True
+    if feasible:
+        return max(feasible, key=lambda f: (f.after["val_int8"], -f.confirmed_ratio)), False
+    return min(finalists, key=lambda f: f.confirmed_ratio), False
 
 
 def tune_all(setup: RunSetup, models: dict[str, nn.Module], teacher: nn.Module, out: Path, cfg: FinalistsConfig,

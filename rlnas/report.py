@@ -123,7 +123,17 @@ def _finalists_table(finals: dict[str, Any], metric: str) -> list[str]:
                          tablefmt="github"), "",
             f"Confirmation: a0 and the finalists in {conf.get('passes', 1)} pass(es), "
             f"{conf.get('rounds_by_pass', conf.get('rounds', '?'))} interleaved rounds, on profile "
-            f"{conf.get('profile', '?')} (IRs built the same way for all).", ""]
+            f"{conf.get('profile', '?')} (IRs built the same way for all).", "", *_above_cap_note(conf)]
+
+
+def _above_cap_note(conf: dict[str, Any]) -> list[str]:
+    """What ran above the profile's ISA on this host, if anything (an emulation's limit)."""
+    above = {name: kernels for name, kernels in (conf.get("above_cap") or {}).items() if kernels}
+    if not above:
+        return []
+    listed = "; ".join(f"{name}: {', '.join(kernels)}" for name, kernels in above.items())
+    return [f"Above the profile's ISA cap on this host (OpenVINO's own kernels follow the host's ISA, "
+            f"not ONEDNN_MAX_CPU_ISA; they run faster here than on the CPU the profile stands for): {listed}.", ""]
 
 
 def _markdown(summary: dict[str, Any]) -> str:

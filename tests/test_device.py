@@ -15,12 +15,16 @@ import yaml
 import rlnas
 from rlnas.oracles.device import (
     ISA_FLAGS,
+    KERNEL_ISA_RANK,
     DeviceProfile,
     DeviceProfileError,
+    cap_rank,
     check_isa,
     host_cpu_flags,
     host_cpu_model,
     host_max_isa,
+    kernel_rank,
+    kernels_above,
     list_profiles,
     load_profile,
     parse_cpuinfo,
@@ -165,6 +169,16 @@ def test_two_cpus_of_one_marketing_name_are_told_apart():
     assert parse_cpuinfo("model name : Some CPU\n")[0] == "Some CPU"  # no CPUID fields (not x86)
 
 
+def test_kernels_above_a_cap_are_named():
+    kernels = {"Convolution:jit_avx2_I8": 3, "Reduce:jit_avx512_I8": 1, "Reorder:jit_uni_I8": 2,
+               "FullyConnected:jit_gemm_I8": 1, "FakeQuantize:jit_avx512_f32": 1, "Convolution:brgconv_avx512_amx_I8": 1}
+    assert kernels_above(kernels, "AVX2") == ["Reduce:jit_avx512_I8", "FakeQuantize:jit_avx512_f32",
+                                              "Convolution:brgconv_avx512_amx_I8"]
+    assert kernels_above(kernels, "AVX512_CORE_VNNI") == ["Convolution:brgconv_avx512_amx_I8"]
+    assert kernels_above(kernels, "AVX512_CORE_AMX") == []
+    assert kernels_above(["jit_avx2_I8", "jit_sse42_I8"], "SSE41") == ["jit_avx2_I8"]
+
+
 def _listing_rows(text: str) -> dict[str, dict[str, str]]:
     """The profile table of ``rlnas-profiles`` output, by profile name."""
     from rlnas.oracles.profiles_app import HEADERS
@@ -242,23 +256,6 @@ def test_latency_config_composes_with_device_group():
 # jit_sse42_*, jit_avx_*, jit_avx2_* / brgconv_avx2_*, jit_avx512_* / brgconv_avx512_*,
 # brgconv_avx512_amx_* (OpenVINO's impl_type_to_string; it calls oneDNN's SSE4.1 kernels "sse42"
 # and folds VNNI into avx2/avx512, so VNNI is checked on oneDNN's own report below).
-OV_ISA_RANK = {"sse42": 0, "avx": 1, "avx2": 2, "avx512": 3, "amx": 4}
-
-
-def _cap_rank(isa: str) -> int:
-    if "AMX" in isa:
-        return OV_ISA_RANK["amx"]
-    if isa.startswith("AVX512"):
-        return OV_ISA_RANK["avx512"]
-    return {"SSE41": 0, "AVX": 1}.get(isa, OV_ISA_RANK["avx2"])
-
-
-def _kernel_rank(kernel: str) -> int | None:
-    """The highest ISA a primitive type names (None for ISA-neutral ones: jit_uni_*, ref_*, unknown_*)."""
-    ranks = [OV_ISA_RANK[t] for t in kernel.lower().split("_") if t in OV_ISA_RANK]
-    return max(ranks) if ranks else None
-
-
 # oneDNN's "isa:" line under ONEDNN_VERBOSE (get_isa_info; stable across oneDNN 2.x-3.x for these).
 # SSE41 and AVX2 were seen on this AVX2 host; the others come from oneDNN's source, unverified here.
 ONEDNN_ISA_INFO = {
@@ -352,17 +349,17 @@ def test_capped_worker_runs_the_capped_kernels(name, int8_conv_ir, tmp_path):
     assert reply["inference_precision"] == profile.inference_precision and reply["threads"] == profile.threads
 
     kernels = list(reply["kernels"])
-    int8 = [k for k in kernels if k.lower().endswith(("_i8", "_u8")) and _kernel_rank(k) is not None]
+    int8 = [k for k in kernels if k.lower().endswith(("_i8", "_u8")) and kernel_rank(k) is not None]
     assert int8, f"no INT8 kernel with an ISA in {kernels}"
-    cap = _cap_rank(isa)
-    above = [k for k in kernels if (_kernel_rank(k) or 0) > cap]
+    cap = cap_rank(isa)
+    above = kernels_above(kernels, isa)
     assert not above, f"{name} (cap {isa}) ran kernels above it: {above}"
-    if cap == OV_ISA_RANK["amx"]:
+    if cap == KERNEL_ISA_RANK["amx"]:
         # unverified (no AMX host here): a tiny conv may or may not get AMX tiles; AVX-512 at least
-        assert max(_kernel_rank(k) for k in int8) >= OV_ISA_RANK["avx512"], kernels
+        assert max(kernel_rank(k) for k in int8) >= KERNEL_ISA_RANK["avx512"], kernels
     else:
         # verified here for SSE41 (jit_sse42_I8) and AVX2 (jit_avx2_I8); from OpenVINO's naming otherwise
-        assert max(_kernel_rank(k) for k in int8) == cap, kernels
+        assert max(kernel_rank(k) for k in int8) == cap, kernels
 
     info, conv_isas = _onednn_report(log)
     assert conv_isas, f"no oneDNN convolution in the verbose log {log}"

@@ -15,6 +15,7 @@ from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
 from rlnas.finalists import Finalist, FinalistsConfig, FineTune, choose, combine_passes, select
 from rlnas.oracles.latency import Confirmation
+from rlnas.report import write_report
 from rlnas.search.evaluator import Evaluator, Measurement
 from rlnas.search.reward import HardReward, SoftReward
 from rlnas.spaces import create_supernet
@@ -171,10 +172,12 @@ def test_supernet_from_a0_starts_as_a0_and_distils_from_it(a0_file: Path, datase
 
 def test_the_choice_wants_a_margin_on_validation_images() -> None:
     arch = create_supernet("resnet_tiny", num_classes=10).space.max_arch()
-    fast, safe, slow = (Finalist(n, arch, {}, after={"val_int8": acc}, confirmed_ratio=r)
-                        for n, acc, r in (("fast", 0.803, 0.27), ("safe", 0.807, 0.29), ("slow", 0.79, 0.2)))
+    fast, safe, slow, closer = (Finalist(n, arch, {}, after={"val_int8": acc}, confirmed_ratio=r)
+                                for n, acc, r in (("fast", 0.803, 0.27), ("safe", 0.807, 0.29), ("slow", 0.79, 0.2),
+                                                  ("closer", 0.8045, 0.30)))
     assert choose([fast, safe, slow], 0.80, 0.005) == (safe, True)  # fast is feasible, but only just
-    assert choose([fast, slow], 0.80, 0.005) == (fast, False)  # no margin anywhere: the fastest feasible
+    assert choose([fast, slow], 0.80, 0.005) == (fast, False)  # no margin anywhere: the one feasible
+    assert choose([fast, closer, slow], 0.80, 0.005) == (closer, False)  # else the most room, not the fastest
     assert choose([fast, safe, slow], 0.80, 0.0) == (fast, True)
     assert choose([slow], 0.80, 0.005) == (slow, False)  # nothing feasible: the fastest, infeasible
 
@@ -191,3 +194,19 @@ def test_confirmation_passes_combine_to_their_median() -> None:
     assert combined["passes"] == 3 and len(combined["runs"]) == 3 and combined["latency_ms"]["f0"] == pytest.approx(0.58)
     with pytest.raises(ValueError, match="confirm_passes"):
         FinalistsConfig(confirm_passes=0)
+
+
+def test_the_report_says_what_ran_above_the_isa_cap(tmp_path: Path) -> None:
+    def confirmation(above: dict[str, list[str]]) -> Confirmation:
+        return Confirmation(reference="a0", latency_ms={"a0": 2.0, "f0": 1.0}, ratio={"a0": 1.0, "f0": 0.5},
+                            ratio_ci={"a0": [1.0, 1.0], "f0": [0.49, 0.51]}, rounds=10, profile="kabylake_avx2",
+                            above_cap=above)
+
+    for above, said in (({"a0": ["Reduce:jit_avx512_I8"], "f0": []}, True), ({"a0": [], "f0": []}, False)):
+        combined = combine_passes([confirmation(above), confirmation(above)])
+        assert combined["above_cap"] == above
+        md, _ = write_report(tmp_path / str(said), {"finalists": {"confirmation": combined, "target": 0.8, "finalists": [
+            {"name": "f0", "short": "d1", "search": {"latency_ratio": 0.5}, "confirmed_ratio": 0.5,
+             "before": {"val_int8": 0.8, "holdout_int8": 0.8}, "after": {"val_int8": 0.81, "holdout_int8": 0.8},
+             "feasible": True}]}})
+        assert ("a0: Reduce:jit_avx512_I8" in md.read_text()) == said

@@ -292,6 +292,10 @@ def test_avx2_profile_caps_onednn_kernels_at_avx2(tmp_path_factory):
     with make_oracle(tmp_path_factory, "kabylake_avx2") as o:
         r = o.measure(tiny(8, 2), SHAPE, "int8", model_key="tiny8x2")
         assert o.worker.hello["isa_env"] == "AVX2"
+        once = TimingConfig(warmup_iters=1, block_iters=2, block_skip=0, min_rounds=2, min_iters=2,
+                            min_time_s=0.0, max_time_s=5.0)
+        confirmed = o.confirm({"a": r.ir_path, "b": r.ir_path}, "a", once)
+    assert confirmed.above_cap["a"] == confirmed.above_cap["b"] == r.above_cap()
     assert r.ok, r.reason
     assert r.int8_kernels() and r.isa == "AVX2"
     # oneDNN's primitives honour the cap: every convolution and matmul runs AVX2 at most
@@ -300,8 +304,7 @@ def test_avx2_profile_caps_onednn_kernels_at_avx2(tmp_path_factory):
     assert not [k for k in compute if "avx512" in k or "amx" in k], r.layer_kernels
     # OpenVINO's own JIT kernels do not (seen on a Zen 4 host: Reduce:jit_avx512_I8 under the AVX2
     # cap, FakeQuantize:jit_avx512_f32 under SSE41): only those may exceed it
-    above = [k for k in r.layer_kernels if "avx512" in k.lower() or "amx" in k.lower()]
-    assert {k.partition(":")[0] for k in above} <= OPENVINO_OWN_JIT_LAYERS, r.layer_kernels
+    assert {k.partition(":")[0] for k in r.above_cap()} <= OPENVINO_OWN_JIT_LAYERS, r.layer_kernels
 
 
 def test_isa_cap_reaches_the_worker(tmp_path_factory):
@@ -387,6 +390,7 @@ def test_confirmation_times_n_models_in_the_same_rounds(oracle, int8_result):
                           min_time_s=0.2, max_time_s=10.0)
     c = oracle.confirm(irs, "a0", timing)
     assert c.reference == "a0" and c.rounds >= 8 and c.ratio["a0"] == 1.0 and not c.cached
+    assert set(c.above_cap) == set(irs) and not any(c.above_cap.values())  # nothing is above the host itself
     assert c.ratio["shallow"] < c.ratio["deep"]
     for name in irs:
         low, high = c.ratio_ci[name]
@@ -407,3 +411,6 @@ def test_layer_times_split_a_network_by_layer_class(oracle):
     assert set(times) == {"stem", "conv1x1", "conv3x3", "grouped", "fc", "other"}
     assert times["stem"] > 0 and times["conv3x3"] > 0 and times["fc"] > 0 and times["grouped"] == 0
     assert 0 < sum(times.values()) < 50 * r.latency_ms
+    kernels = oracle.kernel_times(r.ir_path, iters=20)
+    assert any(k.startswith("Convolution:") for k in kernels) and all(":" in k for k in kernels)
+    assert sum(kernels.values()) == pytest.approx(sum(times.values()), rel=0.5)  # two runs of one network

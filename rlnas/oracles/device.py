@@ -209,6 +209,31 @@ def check_isa(isa: str, flags: frozenset[str] | None = None) -> None:
             f"ISAs it can run: {supported}")
 
 
+#: The ISA families OpenVINO names its kernels by (``jit_avx2_I8``, ``brgconv_avx512_amx_I8``...).
+KERNEL_ISA_RANK = {"sse42": 0, "avx": 1, "avx2": 2, "avx512": 3, "amx": 4}
+
+
+def cap_rank(isa: str) -> int:
+    """The kernel-name rank of a oneDNN ISA (``AVX2_VNNI`` -> that of ``avx2``)."""
+    if "AMX" in isa:
+        return KERNEL_ISA_RANK["amx"]
+    if isa.startswith("AVX512"):
+        return KERNEL_ISA_RANK["avx512"]
+    return {"SSE41": 0, "AVX": 1}.get(isa, KERNEL_ISA_RANK["avx2"])
+
+
+def kernel_rank(kernel: str) -> int | None:
+    """The highest ISA a kernel's name says (None for ISA-neutral ones: jit_uni_*, ref_*, unknown_*)."""
+    ranks = [KERNEL_ISA_RANK[t] for t in kernel.lower().replace(":", "_").split("_") if t in KERNEL_ISA_RANK]
+    return max(ranks) if ranks else None
+
+
+def kernels_above(kernels: Mapping[str, object] | list[str], isa: str) -> list[str]:
+    """The kernels (``jit_avx512_I8`` or ``Reduce:jit_avx512_I8``) whose ISA is above ``isa``'s."""
+    cap = cap_rank(isa)
+    return [k for k in kernels if (kernel_rank(k.rpartition(":")[2]) or 0) > cap]
+
+
 def device_conf_dir() -> Path:
     return rlnas.CONF_DIR / "device"
 

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from rlnas import machinelock
-from rlnas.oracles.device import RELEVANT_FLAGS, DeviceProfile, host_cpu_flags, host_cpu_model, load_profile
+from rlnas.oracles.device import (
+    RELEVANT_FLAGS,
+    DeviceProfile,
+    host_cpu_flags,
+    host_cpu_model,
+    kernels_above,
+    load_profile,
+)
 from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
 from rlnas.oracles.worker import (
     DEFAULT_LOCK_PATH,
@@ -107,6 +114,11 @@ class LatencyResult(StoredResult):
         """Executed primitive types that run in int8 (``..._I8``/``..._i8``/``..._u8``)."""
         return [k for k in self.kernels if k.lower().endswith(("_i8", "_u8"))]
 
+    def above_cap(self) -> list[str]:
+        """``<layer type>:<kernel>`` that ran above the profile's ISA: OpenVINO's own JIT kernels
+        (pooling, quantizers) follow the host's ISA, not ``ONEDNN_MAX_CPU_ISA``."""
+        return kernels_above(self.layer_kernels, self.isa) if self.isa else []
+
 
 @dataclass
 class Confirmation(StoredResult):
@@ -115,7 +127,8 @@ class Confirmation(StoredResult):
     ``ratio[name]`` is the median over rounds of the per-round ratio of the model's 10th-percentile
     time to the reference's (the search's estimator), ``ratio_ci[name]`` its 95 % bootstrap
     confidence interval over rounds (paired: both times of a ratio come from the same round),
-    ``latency_ms`` each model's median.
+    ``latency_ms`` each model's median. ``above_cap[name]`` lists the ``<layer type>:<kernel>``
+    that ran above the profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
     """
 
     reference: str
@@ -125,6 +138,7 @@ class Confirmation(StoredResult):
     rounds: int
     profile: str
     kernels: dict[str, dict[str, int]] = field(default_factory=dict)
+    above_cap: dict[str, list[str]] = field(default_factory=dict)
     inference_precision: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
@@ -376,6 +390,8 @@ class LatencyOracle:
             ratio={n: float(np.median(round_ratios(rounds[n], rounds[reference]))) for n in order},
             ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
             kernels=reply["kernels"], inference_precision=reply["inference_precision"],
+            above_cap={n: kernels_above(k, self.profile.effective_isa())
+                       for n, k in reply.get("layer_kernels", {}).items()},
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": time.perf_counter() - start})
         self.store.put(CONFIRM_KIND, key, result.to_dict())
@@ -397,12 +413,25 @@ class LatencyOracle:
         OpenVINO's per-layer performance counters: ``stem`` (the first convolution), ``conv1x1``,
         ``conv3x3`` (and other k x k), ``grouped`` (grouped / depthwise), ``fc``, ``other`` (pooling,
         eltwise, reorders, quantize/dequantize...). Timed under the machine-wide lock."""
+        reply = self._perf_counters(xml_path, iters, precision)
+        return classify_layer_times(reply["nodes"], reply["layers"])
+
+    def kernel_times(self, xml_path: str | os.PathLike, iters: int = 200, precision: str = "int8") -> dict[str, float]:
+        """Mean per-inference time (ms) of an IR on this profile by ``<layer type>:<kernel>``
+        (e.g. ``Convolution:jit_avx2_I8``), from OpenVINO's per-layer performance counters: how
+        long ran at which ISA. Timed under the machine-wide lock."""
+        times: dict[str, float] = {}
+        for node in self._perf_counters(xml_path, iters, precision)["nodes"].values():
+            kernel = f"{node['node_type']}:{node['exec_type']}"
+            times[kernel] = times.get(kernel, 0.0) + node["us"] / 1000.0
+        return dict(sorted(times.items(), key=lambda item: -item[1]))
+
+    def _perf_counters(self, xml_path: str | os.PathLike, iters: int, precision: str) -> dict[str, Any]:
         xml = check_ir_files(xml_path)
         msg = {"op": "perf", "path": str(xml), "config": self.profile.compile_config(self._hint(precision)),
                "iters": iters}
         with machinelock.exclusive(self.lock_path):
-            reply = self.worker.request(msg, self.timeout_s)
-        return classify_layer_times(reply["nodes"], reply["layers"])
+            return self.worker.request(msg, self.timeout_s)
 
     def cache_key(self, model_key: str, input_shape: Sequence[int], precision: str) -> dict[str, Any]:
         """Everything that changes the number of one measurement."""

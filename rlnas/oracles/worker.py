@@ -165,6 +165,7 @@ class _Worker:
         lock_wait, rounds, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"))
         return {"rounds": rounds, "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
                 "kernels": {name: kernel_summary(c) for name, c in compiled.items()},
+                "layer_kernels": {name: kernel_summary(c, by_layer=True) for name, c in compiled.items()},
                 "inference_precision": {name: precision_name(c.get_property("INFERENCE_PRECISION_HINT"))
                                         for name, c in compiled.items()}}
 
