@@ -225,6 +225,16 @@ LATENCY_NOTE = ("latency: OpenVINO INT8, batch 1, on the profile (median). Absol
                 "and the exported IR measured in alternation")
 
 
+def _choice_reason(finals: dict[str, Any]) -> str:
+    """How ``finalists.choose`` picked the exported finalist, from what it recorded."""
+    if finals.get("chosen_with_margin"):
+        return "the fastest in the confirmation whose INT8 validation accuracy beats the target with val_margin to spare"
+    if finals.get("chosen_feasible"):
+        return ("the most accurate on validation images among those that meet the target (none had val_margin "
+                "to spare)")
+    return "the fastest in the confirmation (none meets the target on validation images)"
+
+
 def export_run(cfg: DictConfig, run_dir: str | Path, setup: RunSetup | None = None) -> dict[str, Any]:
     """Export the run's result (see module doc): with ``finalists.k > 0`` the finalist chosen by
     :func:`rlnas.finalists.run_finalists` (fine-tuned, confirmed), else the best feasible
@@ -275,8 +285,8 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
         model.eval()
         found = {**_numbers(chosen), **_finalist_numbers(row), "feasible": row["feasible"]}
         notes.append(f"finalist {row['name']} of {len(finals['finalists'])}: fine-tuned {fin_cfg.epochs:g} epoch(s) "
-                     "from a0 by distillation, chosen as the fastest in the confirmation whose INT8 validation "
-                     f"accuracy meets the target; {'feasible' if row['feasible'] else 'NO finalist is feasible'}")
+                     f"from a0 by distillation, chosen as {_choice_reason(finals)}; "
+                     f"{'feasible' if row['feasible'] else 'NO finalist is feasible'}")
     else:
         chosen = best or baseline
         found = _numbers(chosen)

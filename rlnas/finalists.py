@@ -10,7 +10,7 @@ images and confirmed in one interleaved latency measurement with a0.
     confirm  a0 and every finalist, INT8 IRs built the same way, timed in the same interleaved
              rounds with more rounds than the search (:meth:`LatencyOracle.confirm`), in
              ``confirm_passes`` passes: on the AVX2 VM two passes minutes apart differed by 5-7 %,
-             on the Zen 4 VM back-to-back passes by up to 25 %, while each pass's own CI is
+             on the Zen 4 VM back-to-back passes by up to 39 %, while each pass's own CI is
              +-0.5 %, so a finalist's ratio is its median over passes
     choose   the fastest finalist in the confirmation whose fine-tuned INT8 *validation* accuracy
              meets the constraint with ``val_margin`` to spare (validation images are optimistic
@@ -184,7 +184,8 @@ def combine_passes(passes: list[Confirmation]) -> dict[str, Any]:
             "ratio_ci": {n: [min(c.ratio_ci[n][0] for c in passes), max(c.ratio_ci[n][1] for c in passes)]
                          for n in names},
             "latency_ms": {n: statistics.median(c.latency_ms[n] for c in passes) for n in names},
-            "kernels": first.kernels, "above_cap": first.above_cap,
+            "kernels": first.kernels,
+            "above_cap": {n: sorted({k for c in passes for k in c.above_cap.get(n, [])}) for n in names},
             "inference_precision": first.inference_precision,
             "runs": [c.to_dict() for c in passes]}
 

@@ -176,7 +176,8 @@ def test_kernels_above_a_cap_are_named():
                                               "Convolution:brgconv_avx512_amx_I8"]
     assert kernels_above(kernels, "AVX512_CORE_VNNI") == ["Convolution:brgconv_avx512_amx_I8"]
     assert kernels_above(kernels, "AVX512_CORE_AMX") == []
-    assert kernels_above(["jit_avx2_I8", "jit_sse42_I8"], "SSE41") == ["jit_avx2_I8"]
+    assert kernels_above(["jit_avx2_I8", "jit_sse42_I8", "jit_uni_I8", "unknown_f32", "Subgraph:jit_avx2_f32"],
+                         "SSE41") == ["jit_avx2_I8", "Subgraph:jit_avx2_f32"]
 
 
 def _listing_rows(text: str) -> dict[str, dict[str, str]]:

@@ -178,6 +178,8 @@ def test_the_choice_wants_a_margin_on_validation_images() -> None:
     assert choose([fast, safe, slow], 0.80, 0.005) == (safe, True)  # fast is feasible, but only just
     assert choose([fast, slow], 0.80, 0.005) == (fast, False)  # no margin anywhere: the one feasible
     assert choose([fast, closer, slow], 0.80, 0.005) == (closer, False)  # else the most room, not the fastest
+    twin = Finalist("twin", arch, {}, after={"val_int8": 0.8045}, confirmed_ratio=0.25)
+    assert choose([closer, twin], 0.80, 0.005) == (twin, False)  # equally accurate: the faster
     assert choose([fast, safe, slow], 0.80, 0.0) == (fast, True)
     assert choose([slow], 0.80, 0.005) == (slow, False)  # nothing feasible: the fastest, infeasible
 

@@ -20,9 +20,9 @@ class SlowLatency(SurrogateLatencyOracle):
     """The surrogate with a measurement that takes time, counting how many run at once.
 
     With ``gate``, measurements after the first (a0, which the Evaluator measures alone) hold, up
-    to ``gate_timeout_s``, until ``gate`` of them run at once; then the gate stays open. An agent
-    that keeps ``gate`` networks in flight reaches it however loaded the machine is, one that
-    waits for each result only times out."""
+    to ``gate_timeout_s``, until ``gate`` of them run at once; then the gate stays open (also after
+    a time-out). An agent that keeps ``gate`` networks in flight reaches it however loaded the
+    machine is; one that waits for each result times out once and never does."""
 
     def __init__(self, surrogate: Surrogate, seconds: float = 0.02, gate: int = 0,
                  gate_timeout_s: float = 10.0) -> None:
@@ -37,8 +37,9 @@ class SlowLatency(SurrogateLatencyOracle):
             self.calls += 1
             self.most = max(self.most, self.running)
             self._lock.notify_all()
-            if self.calls > 1 and self.most < self.gate:
-                self._lock.wait_for(lambda: self.most >= self.gate, timeout=self.gate_timeout_s)
+            waits = self.calls > 1 and self.most < self.gate
+            if waits and not self._lock.wait_for(lambda: self.most >= self.gate, timeout=self.gate_timeout_s):
+                self.gate = 0  # timed out once: the agent does not keep `gate` in flight; stop waiting
         time.sleep(self.seconds)
         try:
             return super().measure(*args, **kwargs)
@@ -61,7 +62,8 @@ def evaluator(supernet, surrogate, parallelism: int, budget: int, history=None, 
 def test_random_search_measures_the_same_networks_in_parallel(supernet, surrogate, tmp_path):
     runs = {}
     for parallelism in (1, 4):
-        ev = evaluator(supernet, surrogate, parallelism, budget=20, history=tmp_path / f"p{parallelism}.jsonl")
+        ev = evaluator(supernet, surrogate, parallelism, budget=20, history=tmp_path / f"p{parallelism}.jsonl",
+                       gate=2 if parallelism > 1 else 0)
         RandomSearch().run(ev, budget=20, seed=3)
         assert ev.unique_evaluations == 20 and ev.in_flight == 0
         runs[parallelism] = ev

@@ -229,7 +229,8 @@ def kernel_rank(kernel: str) -> int | None:
 
 
 def kernels_above(kernels: Mapping[str, object] | list[str], isa: str) -> list[str]:
-    """The kernels (``jit_avx512_I8`` or ``Reduce:jit_avx512_I8``) whose ISA is above ``isa``'s."""
+    """The kernels (``jit_avx512_I8`` or ``Reduce:jit_avx512_I8``) whose ISA is above ``isa``'s: a
+    lower bound, since ISA-neutral names (``jit_uni_*``, ``ref_*``, ``unknown_*``) never count."""
     cap = cap_rank(isa)
     return [k for k in kernels if (kernel_rank(k.rpartition(":")[2]) or 0) > cap]
 

@@ -71,8 +71,11 @@ class LatencyResult(StoredResult):
     ``ref_latency_ms`` the reference's median in those same rounds; ``ratio_rel_error`` is the
     estimated relative standard error of the per-round ratio median. ``inference_precision`` is
     what the compiled model reports, ``kernels`` counts executed primitive types (e.g.
-    ``jit_avx2_I8``), ``layer_kernels`` the same per layer type (``Convolution:jit_avx2_I8``). ``stage_seconds`` has build, convert, quantize, save (0 when the IR was
-    reused), reference (preparing its IR), compile, lock_wait, measure and total.
+    ``jit_avx2_I8``), ``layer_kernels`` the same per layer type (``Convolution:jit_avx2_I8``) and
+    ``above_cap`` those above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's
+    ISA, not ``ONEDNN_MAX_CPU_ISA``; a lower bound: ISA-neutral names are never counted).
+    ``stage_seconds`` has build, convert, quantize, save (0 when the IR was reused), reference
+    (preparing its IR), compile, lock_wait, measure and total.
     """
 
     status: str
@@ -94,6 +97,7 @@ class LatencyResult(StoredResult):
     isa: str | None = None
     kernels: dict[str, int] = field(default_factory=dict)
     layer_kernels: dict[str, int] = field(default_factory=dict)
+    above_cap: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
@@ -114,11 +118,6 @@ class LatencyResult(StoredResult):
         """Executed primitive types that run in int8 (``..._I8``/``..._i8``/``..._u8``)."""
         return [k for k in self.kernels if k.lower().endswith(("_i8", "_u8"))]
 
-    def above_cap(self) -> list[str]:
-        """``<layer type>:<kernel>`` that ran above the profile's ISA: OpenVINO's own JIT kernels
-        (pooling, quantizers) follow the host's ISA, not ``ONEDNN_MAX_CPU_ISA``."""
-        return kernels_above(self.layer_kernels, self.isa) if self.isa else []
-
 
 @dataclass
 class Confirmation(StoredResult):
@@ -128,7 +127,7 @@ class Confirmation(StoredResult):
     time to the reference's (the search's estimator), ``ratio_ci[name]`` its 95 % bootstrap
     confidence interval over rounds (paired: both times of a ratio come from the same round),
     ``latency_ms`` each model's median. ``above_cap[name]`` lists the ``<layer type>:<kernel>``
-    that ran above the profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
+    that ran above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
     """
 
     reference: str
@@ -390,8 +389,7 @@ class LatencyOracle:
             ratio={n: float(np.median(round_ratios(rounds[n], rounds[reference]))) for n in order},
             ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
             kernels=reply["kernels"], inference_precision=reply["inference_precision"],
-            above_cap={n: kernels_above(k, self.profile.effective_isa())
-                       for n, k in reply.get("layer_kernels", {}).items()},
+            above_cap={n: self._above_cap(k) for n, k in reply.get("layer_kernels", {}).items()},
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": time.perf_counter() - start})
         self.store.put(CONFIRM_KIND, key, result.to_dict())
@@ -417,14 +415,21 @@ class LatencyOracle:
         return classify_layer_times(reply["nodes"], reply["layers"])
 
     def kernel_times(self, xml_path: str | os.PathLike, iters: int = 200, precision: str = "int8") -> dict[str, float]:
-        """Mean per-inference time (ms) of an IR on this profile by ``<layer type>:<kernel>``
+        """Mean per-inference time (ms) of an IR on this profile by ``<node type>:<kernel>``
         (e.g. ``Convolution:jit_avx2_I8``), from OpenVINO's per-layer performance counters: how
-        long ran at which ISA. Timed under the machine-wide lock."""
+        long ran at which ISA. The node types are the counters' (``ReduceMean``), which may be
+        finer than ``layer_kernels``' runtime layer types (``Reduce``). Timed under the
+        machine-wide lock."""
         times: dict[str, float] = {}
         for node in self._perf_counters(xml_path, iters, precision)["nodes"].values():
             kernel = f"{node['node_type']}:{node['exec_type']}"
             times[kernel] = times.get(kernel, 0.0) + node["us"] / 1000.0
         return dict(sorted(times.items(), key=lambda item: -item[1]))
+
+    def _above_cap(self, layer_kernels: dict[str, int]) -> list[str]:
+        """What ran above the profile's cap; nothing for an uncapped profile (the ISA of whichever
+        machine timed it, which on Ray is not this one)."""
+        return kernels_above(layer_kernels, self.profile.isa) if self.profile.isa else []
 
     def _perf_counters(self, xml_path: str | os.PathLike, iters: int, precision: str) -> dict[str, Any]:
         xml = check_ir_files(xml_path)
@@ -589,6 +594,7 @@ class LatencyOracle:
         result.inference_precision = reply["inference_precision"]
         result.kernels = reply["kernels"]
         result.layer_kernels = reply.get("layer_kernels", {})
+        result.above_cap = self._above_cap(result.layer_kernels)
         result.stage_seconds.update(compile=reply["compile_s"], measure=reply["measure_s"],
                                     lock_wait=reply["lock_wait_s"])
         result.versions["openvino_runtime"] = self.worker.hello.get("openvino", "")
