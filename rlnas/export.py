@@ -161,7 +161,7 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int
 
 def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Path,
                    verify_images: int | None, normalisation: tuple[list[float], list[float]] | None = None,
-                   ) -> tuple[int, dict[str, float] | None]:
+                   quantized: Any = None) -> tuple[int, dict[str, float] | None]:
     """Quantize ``model`` as the accuracy oracle does (its task's conversion, NNCF with
     ``calib_images`` real calibration images), save it with a static batch-1 input named
     ``input`` and outputs named by the task, then (unless ``verify_images == 0``) score the saved
@@ -169,10 +169,14 @@ def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Pat
     oracle's evaluation set). With ``normalisation`` (mean, std), a second IR beside it,
     ``<name>_uint8.xml``, takes uint8 NHWC images and normalises them inside the graph.
 
+    ``quantized``: an INT8 ``ov.Model`` of ``model`` made already (the finalist's, quantized with
+    accuracy control), written instead of quantizing anew.
+
     :returns: the IR size in bytes and the scores (keys of the task's ``metrics``) or None.
     """
     resolution = accuracy.data.resolution
-    quantized = accuracy.quantize(model, calib_images)
+    if quantized is None:
+        quantized = accuracy.quantize(model, calib_images)
     quantized.reshape([1, 3, resolution, resolution])
     name_tensors(quantized, "input", accuracy.pipeline.output_names)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +298,10 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
         if finals is not None:
             notes.append(finals.get("note", ""))
         model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes)
-    verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found)
+    quantized = None
+    if finals and finals["finalists"] and fin_cfg.quantization == "accuracy_control":
+        quantized = ov.Core().read_model(next(f for f in finals["finalists"] if f["name"] == finals["chosen"])["ir_path"])
+    verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found, quantized)
     if not finals or not finals["finalists"]:
         notes += _timing_notes(found, latency, out / "model.xml", chosen)
     if found["exported_ir_int8"]:
@@ -396,7 +403,7 @@ def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: Task, f
 
 
 def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, meta: dict[str, Any],
-                     accuracy: Any, task: Task, found: dict[str, Any]) -> int:
+                     accuracy: Any, task: Task, found: dict[str, Any], quantized: Any = None) -> int:
     """Write arch.json, model.pt, model.onnx and the INT8 IR; record sizes and the IR's re-measured
     INT8 scores in ``found``. Returns how many validation images scored the IR."""
     pipeline, resolution = accuracy.pipeline, accuracy.data.resolution
@@ -409,7 +416,7 @@ def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, m
     verify = accuracy.eval_count if cfg.export.verify_images is None else int(cfg.export.verify_images)
     entries = task.meta(accuracy.data)
     ir_bytes, scores = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify,
-                                      (entries["mean"], entries["std"]))
+                                      (entries["mean"], entries["std"]), quantized)
     found.update(ir_size_bytes=ir_bytes, torch_size_bytes=torch_size_bytes(model), exported_ir_int8=scores,
                  exported_ir_acc_int8=scores[pipeline.accuracy_key] if scores else None)
     if scores and int(cfg.export.finetune_epochs) > 0:

@@ -53,6 +53,7 @@ log = logging.getLogger("rlnas.finalists")
 FINALISTS_DIR = "finalists"
 A0_NAME = "a0"
 RANKINGS = ("objective", "latency")
+QUANTIZATIONS = ("ptq", "accuracy_control")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,13 @@ class FinalistsConfig:
     :param confirm_timing: :class:`TimingConfig` of the confirmation (longer than the search's).
     :param confirm_passes: confirmation passes (each a full interleaved measurement of a0 and the
         finalists); a finalist's confirmed ratio is its median over them.
+    :param quantization: how each fine-tuned finalist becomes INT8: ``ptq`` (NNCF post-training
+        quantization on ``calib_images`` real images, as the search measured) or
+        ``accuracy_control`` (``nncf.quantize_with_accuracy_control``: then quantizers are
+        reverted to FP32 until the INT8 top-1 on the *validation* images is at most ``max_drop``
+        below the FP32 model's; slower, classification only). Its INT8 model is the one scored,
+        confirmed and exported.
+    :param max_drop: the absolute accuracy drop ``accuracy_control`` allows.
     """
 
     k: int = 3
@@ -93,6 +101,8 @@ class FinalistsConfig:
     confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
                                                                    "max_time_s": 240.0})
     confirm_passes: int = 3
+    quantization: str = "ptq"
+    max_drop: float = 0.01
     progress: bool = True
 
     def tuning(self) -> FineTuneOptions:
@@ -106,6 +116,10 @@ class FinalistsConfig:
             raise ValueError(f"finalists.confirm_passes={self.confirm_passes}: at least 1 confirmation pass")
         if self.rank not in RANKINGS:
             raise ValueError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"finalists.quantization={self.quantization!r}: valid are {', '.join(QUANTIZATIONS)}")
+        if not 0 < self.max_drop <= 1:
+            raise ValueError(f"finalists.max_drop={self.max_drop}: an accuracy drop in (0, 1]")
 
 
 @dataclass
@@ -154,9 +168,29 @@ def accuracy_row(setup: RunSetup, model: nn.Module, key: str) -> dict[str, Any]:
 
 def save_int8_ir(setup: RunSetup, model: nn.Module, path: Path, calib_images: int) -> Path:
     """``model`` quantized by NNCF on real calibration images (as the accuracy oracle does), saved
-    as an IR with a static batch-1 input, named input ``input`` and output(s) as the task names them."""
-    resolution = setup.data.resolution
+    by :func:`write_int8_ir`."""
     quantized = setup.accuracy.quantize(model.to(memory_format=torch.contiguous_format), calib_images)
+    return write_int8_ir(setup, quantized, path)
+
+
+def accuracy_controlled(setup: RunSetup, model: nn.Module, key: str, path: Path,
+                        cfg: FinalistsConfig) -> tuple[dict[str, Any], Path]:
+    """``model`` quantized with NNCF's accuracy control (judged on the validation images), its
+    scores (FP32 as :func:`accuracy_row`, INT8 of this model on validation and held-out images;
+    ``ptq_*``: the plain quantization's) and its IR."""
+    ptq = accuracy_row(setup, model, key)
+    quantized = setup.accuracy.quantize_with_accuracy_control(
+        model.to(memory_format=torch.contiguous_format), cfg.max_drop, cfg.calib_images)
+    row = {**ptq, "ptq_val_int8": ptq["val_int8"], "ptq_holdout_int8": ptq["holdout_int8"],
+           "val_int8": setup.accuracy.int8_accuracy(setup.accuracy.compile(quantized)),
+           "holdout_int8": setup.holdout.int8_accuracy(setup.holdout.compile(quantized))}
+    return row, write_int8_ir(setup, quantized, path)
+
+
+def write_int8_ir(setup: RunSetup, quantized: Any, path: Path) -> Path:
+    """An INT8 ``ov.Model`` saved as an IR with a static batch-1 input, named input ``input``
+    and output(s) as the task names them."""
+    resolution = setup.data.resolution
     quantized.reshape([1, 3, resolution, resolution])
     name_tensors(quantized, "input", setup.accuracy.pipeline.output_names)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,9 +282,13 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
         model = models[f.name]
         f.weights_path = str(out / f.name / "model.pt")
         torch.save({"state_dict": model.state_dict(), "arch": f.arch.to_dict()}, f.weights_path)
-        f.after = accuracy_row(setup, model, f"finetuned:{weights_hash(model.state_dict())}")
+        key, ir = f"finetuned:{weights_hash(model.state_dict())}", out / f.name / "model.xml"
+        if cfg.quantization == "accuracy_control":
+            f.after, ir = accuracy_controlled(setup, model, key, ir, cfg)
+        else:
+            f.after, ir = accuracy_row(setup, model, key), save_int8_ir(setup, model, ir, cfg.calib_images)
         f.feasible = f.after["val_int8"] >= target
-        f.ir_path = str(save_int8_ir(setup, model, out / f.name / "model.xml", cfg.calib_images))
+        f.ir_path = str(ir)
         irs[f.name] = Path(f.ir_path)
     timing = TimingConfig(**{**asdict(setup.latency.timing), **dict(cfg.confirm_timing)})
     confirmation = combine_passes([setup.latency.confirm(irs, A0_NAME, timing, repeat=i)

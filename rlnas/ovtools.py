@@ -15,7 +15,7 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,22 @@ def quantize_int8(ov_model: Any, calibration: list[np.ndarray]) -> Any:
     return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration),
                          target_device=nncf.TargetDevice.CPU,
                          advanced_parameters=AdvancedQuantizationParameters(batchwise_statistics=batched))
+
+
+def quantize_int8_with_accuracy_control(ov_model: Any, calibration: list[np.ndarray],
+                                        validation: list[tuple[np.ndarray, np.ndarray]],
+                                        metric: Callable[[Any, Iterable[tuple[np.ndarray, np.ndarray]]], float],
+                                        max_drop: float) -> Any:
+    """INT8 ``ov.Model`` by NNCF's accuracy-controlled quantization: :func:`quantize_int8`'s
+    quantization, then the quantizers that cost most are reverted until ``metric`` on the
+    ``validation`` (inputs, labels) batches drops at most ``max_drop`` (absolute) below the FP32
+    model's. NNCF compiles the variants itself (its own CPU defaults, bf16 where the CPU has it)."""
+    batched = max(len(a) for a in calibration) > 1
+    return nncf.quantize_with_accuracy_control(
+        ov_model, nncf.Dataset(calibration), nncf.Dataset(validation, lambda item: item[0]),
+        validation_fn=metric, max_drop=float(max_drop), drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,
+        advanced_quantization_parameters=AdvancedQuantizationParameters(batchwise_statistics=batched))
 
 
 def compile_cpu(ov_model: Any, batch_size: int, resolution: int, inference_precision: str = "f32",

@@ -74,6 +74,8 @@ SEARCH_RULES: list[Rule] = [
     ("finalists.kd_alpha", _num(0, 1), "a number in [0, 1]"),
     ("finalists.checkpoint_every", _int(1), "an integer >= 1"),
     ("finalists.calib_images", _int(1), "an integer >= 1"),
+    ("finalists.quantization", _one_of("ptq", "accuracy_control"), "one of ptq, accuracy_control"),
+    ("finalists.max_drop", _num(0, 1, low_open=True), "a number in (0, 1]"),
     ("export.finetune_epochs", _int(0), "an integer >= 0"),
     ("export.calib_images", _int(1), "an integer >= 1"),
     ("export.verify_images", _int(0, optional=True), "null (the evaluation set), 0 (skip) or an integer >= 1"),

@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import pytest
 import torch
 
 from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
-from rlnas.oracles.accuracy import AccuracyOracle
+from rlnas.oracles.accuracy import AccuracyOracle, dynamic_batch_top1
 from rlnas.oracles.store import MeasurementStore
 from rlnas.ovtools import compile_cpu, convert_to_openvino, int8_primitive_count, quantize_int8
 from rlnas.supernet import load_supernet, recalibrate_bn
@@ -148,3 +149,25 @@ def test_results_roundtrip(tmp_path: Path) -> None:
 
     r = AccuracyResult("ok", "", 0.5, 0.49, {"eval_int8": 1.0}, details={"eval_images": 10})
     assert AccuracyResult.from_dict(r.to_dict()) == r
+
+
+def test_accuracy_control_reverts_quantizers_judged_on_validation_images(trained) -> None:
+    supernet, _, data, _ = trained
+    oracle = make_oracle(trained)
+    model = oracle.prepare(supernet.space.max_arch())
+    plain = oracle.quantize(model)
+
+    def quantizers(ov_model) -> int:
+        return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+
+    # NNCF's validation function is ours: on a model it compiles, the same top-1 as the oracle's
+    images, labels = data.eval_images(oracle.split, oracle.eval_count)
+    batches = [(x.numpy(), labels[i:i + len(x)].numpy())
+               for i, x in zip(range(0, len(images), 5), data.batches(images, 5), strict=True)]
+    compiled = compile_cpu(plain, oracle.batch_size, data.resolution)
+    assert dynamic_batch_top1(ov.Core().compile_model(plain, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
+                              batches) == pytest.approx(oracle.int8_accuracy(compiled))
+    lenient = oracle.quantize_with_accuracy_control(model, max_drop=0.99)
+    assert quantizers(lenient) == quantizers(plain)  # nothing to restore
+    strict = oracle.quantize_with_accuracy_control(model, max_drop=1e-6)
+    assert quantizers(strict) <= quantizers(plain) and 0 <= oracle.int8_accuracy(oracle.compile(strict)) <= 1

@@ -101,6 +101,27 @@ def test_search_resume_and_export(ws):
     _check_export(run / "export")
 
 
+def test_finalists_quantized_with_accuracy_control(ws):
+    """The finalists of the run above again, quantized by nncf.quantize_with_accuracy_control
+    (judged on validation images): the scores, the confirmed IR and the exported IR are that
+    model's; the fine-tuning is resumed from its checkpoints, not repeated."""
+    root, _ = ws
+    run = root / "run"
+    assert (run / "export" / "report.json").is_file(), "needs test_search_resume_and_export's run"
+    again = search(ws, "budget=3", f"run_dir={run}", "finalists.quantization=accuracy_control",
+                   "finalists.max_drop=0.05")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((run / "export" / "report.json").read_text())
+    finals = report["finalists"]
+    assert finals["config"]["quantization"] == "accuracy_control"
+    for row in finals["finalists"]:
+        assert {"ptq_val_int8", "ptq_holdout_int8", "val_int8", "holdout_int8"} <= set(row["after"])
+    chosen = next(f for f in finals["finalists"] if f["name"] == finals["chosen"])
+    assert report["found"]["exported_ir_acc_int8"] == pytest.approx(chosen["after"]["val_int8"])
+    bad = search(ws, f"run_dir={root / 'refused'}", "finalists.quantization=qat")
+    assert bad.returncode == 2 and "finalists.quantization" in bad.stderr + bad.stdout
+
+
 def _check_tensorboard(tb: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

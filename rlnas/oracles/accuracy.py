@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from rlnas.ovtools import (
     library_versions,
     openvino_top1,
     quantize_int8,
+    quantize_int8_with_accuracy_control,
     quiet,
 )
 from rlnas.supernet.bn import recalibrate_bn
@@ -291,6 +292,15 @@ class AccuracyOracle:
         with quiet(), machinelock.shared(self.lock_path):
             return quantize_int8(self.pipeline.convert(self, model), self.calibration(calib_images))
 
+    def quantize_with_accuracy_control(self, model: nn.Module, max_drop: float,
+                                       calib_images: int | None = None) -> Any:
+        """As :meth:`quantize`, then NNCF's accuracy control: quantizers are reverted until the
+        INT8 accuracy on this oracle's evaluation images (its ``split``: give it the validation
+        oracle, never the held-out one) is at most ``max_drop`` below the FP32 model's."""
+        with quiet(), machinelock.shared(self.lock_path):
+            return self.pipeline.quantize_with_accuracy_control(
+                self, self.pipeline.convert(self, model), self.calibration(calib_images), max_drop)
+
     def compile(self, ov_model: Any) -> Any:
         """Compile an ``ov.Model`` for CPU as evaluation runs it (static batch, explicit precision)."""
         return self.pipeline.compile(self, ov_model)
@@ -422,6 +432,13 @@ class TaskPipeline(abc.ABC):
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
         """Scores of a compiled OpenVINO model on ``count`` validation images."""
 
+    def quantize_with_accuracy_control(self, oracle: AccuracyOracle, ov_model: Any, calibration: list[np.ndarray],
+                                       max_drop: float) -> Any:
+        """The INT8 ``ov.Model`` of NNCF's accuracy-controlled quantization, judged on the
+        oracle's evaluation images."""
+        raise NotImplementedError(f"accuracy-controlled quantization is not implemented for {oracle.task!r} "
+                                  f"(finalists.quantization=ptq)")
+
 
 class ClassificationPipeline(TaskPipeline):
     """Top-1 (see the module docstring): seeded training subsets for BN recalibration and INT8
@@ -457,3 +474,22 @@ class ClassificationPipeline(TaskPipeline):
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
         images, labels = oracle.data.eval_images(oracle.split, count)
         return {"top1": openvino_top1(compiled, oracle.data.batches(images, oracle.batch_size), labels)}
+
+    def quantize_with_accuracy_control(self, oracle: AccuracyOracle, ov_model: Any, calibration: list[np.ndarray],
+                                       max_drop: float) -> Any:
+        images, labels = oracle.data.eval_images(oracle.split, oracle.eval_count)
+        validation = [(x.numpy(), labels[i:i + len(x)].numpy())
+                      for i, x in zip(range(0, len(images), oracle.batch_size),
+                                      oracle.data.batches(images, oracle.batch_size), strict=True)]
+        return quantize_int8_with_accuracy_control(ov_model, calibration, validation, dynamic_batch_top1, max_drop)
+
+
+def dynamic_batch_top1(compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Top-1 of a compiled model with a dynamic batch over (inputs, labels) batches: NNCF's
+    validation function for accuracy control (it compiles each variant itself)."""
+    correct = seen = 0
+    for x, y in items:
+        logits = np.asarray(compiled(x)[compiled.output(0)])
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return correct / max(seen, 1)
