@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -25,23 +26,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import rlnas
-from rlnas.data import DatasetError
-from rlnas.export import ExportError
+from rlnas.errors import UserError, user_error_in
 from rlnas.export import main as export_main
 from rlnas.oracles import latency_app, profiles_app
-from rlnas.oracles.device import DeviceProfileError
 from rlnas.pipeline import run_search
-from rlnas.runsetup import SetupError
-from rlnas.supernet.a0 import A0Error
-from rlnas.supernet.checkpoint import CheckpointError
-from rlnas.tasks import TaskError, get_task
-from rlnas.validate import ConfigError, check_search, check_train
+from rlnas.tasks import get_task
+from rlnas.validate import check_search, check_train
 
 log = logging.getLogger("rlnas")
 
-#: what a user can get wrong; anything else is a bug and keeps its traceback
-USER_ERRORS = (ConfigError, SetupError, DatasetError, DeviceProfileError, A0Error, CheckpointError, TaskError,
-               ExportError, FileNotFoundError, ValueError)
 _failed_jobs: list[str] = []
 
 
@@ -50,6 +43,38 @@ def _version_requested() -> bool:
         print(f"rlnas {rlnas.__version__}")
         return True
     return False
+
+
+def console(prog: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
+    """Wrap a console entry point: ``--version``; a reader that closes the pipe early
+    (``rlnas-search --help | head``) ends it quietly; a :class:`~rlnas.errors.UserError` raised
+    before the app runs is one line and exit 2."""
+
+    def wrap(fn: Callable[[], Any]) -> Callable[[], None]:
+        @functools.wraps(fn)
+        def entry() -> None:
+            if _version_requested():
+                return
+            try:
+                fn()
+            except BrokenPipeError:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+                sys.exit(1)
+            except UserError as err:
+                print(f"{prog}: {err}", file=sys.stderr)
+                sys.exit(2)
+
+        return entry
+
+    return wrap
+
+
+def refuse_file_as_run_dir(args: list[str]) -> None:
+    """Hydra would make ``run_dir`` (or ``output_dir``) with a traceback when a file is there."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("run_dir", "output_dir", "hydra.run.dir") and value and Path(value).is_file():
+            raise UserError(f"{key}={value} is a file; give a directory (a new one, or a run to resume)")
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictConfig], Any]]:
@@ -61,7 +86,10 @@ def one_line_errors(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callab
         def task(cfg: DictConfig) -> Any:
             try:
                 return fn(cfg)
-            except USER_ERRORS as err:
+            except Exception as raised:
+                err = user_error_in(raised)
+                if err is None:
+                    raise
                 multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
                 if not multirun:
                     _remove_empty_run_dir()
@@ -111,11 +139,12 @@ def _search(cfg: DictConfig) -> float:
     return float(best["latency_ratio"]) if best else 1.0  # for Hydra sweepers: lower is better
 
 
+@console("rlnas-search")
 def search() -> None:
     """``rlnas-search``: the search end to end (see ``rlnas-search --help``)."""
-    if not _version_requested():
-        _search()
-        _finish("rlnas-search")
+    refuse_file_as_run_dir(sys.argv[1:])
+    _search()
+    _finish("rlnas-search")
 
 
 # -- rlnas-train-supernet ----------------------------------------------------------------------------
@@ -128,20 +157,21 @@ def _train(cfg: DictConfig) -> None:
     print(trainer.run())
 
 
+@console("rlnas-train-supernet")
 def train_supernet() -> None:
     """``rlnas-train-supernet``: train (or resume) a supernet with the trainer of the dataset's task."""
-    if not _version_requested():
-        _train()
-        _finish("rlnas-train-supernet")
+    refuse_file_as_run_dir(sys.argv[1:])
+    _train()
+    _finish("rlnas-train-supernet")
 
 
 # -- the others ---------------------------------------------------------------------------------------
 
 
+@console("rlnas-export")
 def export() -> None:
     """``rlnas-export run=<dir> [overrides]``."""
-    if not _version_requested():
-        sys.exit(export_main())
+    sys.exit(export_main())
 
 
 @hydra.main(version_base="1.3", config_path=str(rlnas.CONF_DIR), config_name="latency")
@@ -150,14 +180,14 @@ def _latency(cfg: DictConfig) -> None:
     latency_app.app_body(cfg)
 
 
+@console("rlnas-latency")
 def latency() -> None:
     """``rlnas-latency``: torch FP32 vs OpenVINO FP32/FP16/INT8 of torchvision models per profile."""
-    if not _version_requested():
-        _latency()
-        _finish("rlnas-latency")
+    _latency()
+    _finish("rlnas-latency")
 
 
+@console("rlnas-profiles")
 def profiles() -> None:
     """``rlnas-profiles``: which device profiles this host can run, and why not the others."""
-    if not _version_requested():
-        sys.exit(profiles_app.main())
+    sys.exit(profiles_app.main())

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from rlnas.arch import Arch
+from rlnas.errors import ConfigError
 from rlnas.oracles.latency import Confirmation
 from rlnas.oracles.worker import TimingConfig
 from rlnas.ovtools import name_tensors
@@ -111,15 +112,19 @@ class FinalistsConfig:
 
     def __post_init__(self) -> None:
         if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.val_margin < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("finalists: k, epochs, margin and val_margin must be >= 0, lr > 0, batch_size >= 1")
+            raise ConfigError("finalists: k, epochs, margin and val_margin must be >= 0, lr > 0, batch_size >= 1")
         if self.confirm_passes < 1:
-            raise ValueError(f"finalists.confirm_passes={self.confirm_passes}: at least 1 confirmation pass")
+            raise ConfigError(f"finalists.confirm_passes={self.confirm_passes}: at least 1 confirmation pass")
         if self.rank not in RANKINGS:
-            raise ValueError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
+            raise ConfigError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
         if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"finalists.quantization={self.quantization!r}: valid are {', '.join(QUANTIZATIONS)}")
+            raise ConfigError(f"finalists.quantization={self.quantization!r}: valid are {', '.join(QUANTIZATIONS)}")
         if not 0 < self.max_drop <= 1:
-            raise ValueError(f"finalists.max_drop={self.max_drop}: an accuracy drop in (0, 1]")
+            raise ConfigError(f"finalists.max_drop={self.max_drop}: an accuracy drop in (0, 1]")
+        if not (self.kd_temperature > 0 and 0 <= self.kd_alpha <= 1 and 0 <= self.label_smoothing < 1
+                and self.weight_decay >= 0 and self.checkpoint_every >= 1 and self.calib_images >= 1):
+            raise ConfigError("finalists: kd_temperature must be > 0, kd_alpha in [0, 1], label_smoothing in "
+                              "[0, 1), weight_decay >= 0, checkpoint_every and calib_images >= 1")
 
 
 @dataclass

@@ -76,7 +76,6 @@ _REPORT_FIELDS = [
     ("INT8 {metric} of the exported IR", "exported_ir_acc_int8", ".4f"),
     ("INT8 latency (ms, profile)", "latency_ms", ".3f"),
     ("a0 INT8 latency timed alongside (ms)", "ref_latency_ms", ".3f"),
-    ("INT8 throughput (FPS, throughput mode; a0's IR / exported)", "throughput_fps", ".1f"),
     ("latency ratio to a0", "latency_ratio", ".3f"),
     ("params", "params", ",d"),
     ("MACs", "macs", ",d"),
@@ -126,6 +125,20 @@ def _finalists_table(finals: dict[str, Any], metric: str) -> list[str]:
             f"{conf.get('profile', '?')} (IRs built the same way for all).", "", *_above_cap_note(conf)]
 
 
+def _throughput_lines(throughput: dict[str, Any]) -> list[str]:
+    """INT8 frames per second in OpenVINO's throughput mode, or why they were not measured."""
+    fps = throughput.get("fps")
+    if not fps:
+        return ["## INT8 throughput (OpenVINO throughput mode)", "",
+                f"Not measured: {throughput.get('reason', 'unknown reason')}.", ""]
+    rows = [[name, f"{value:.1f}"] for name, value in fps.items()]
+    return ["## INT8 throughput (OpenVINO throughput mode)", "",
+            tabulate(rows, headers=["IR", "images/s"], tablefmt="github"), "",
+            f"PERFORMANCE_HINT THROUGHPUT on profile {throughput.get('profile', '?')} "
+            f"({throughput.get('threads', '?')} threads; the plugin picks streams and requests), the IRs "
+            "measured in alternation, median of the repeats.", ""]
+
+
 def _above_cap_note(conf: dict[str, Any]) -> list[str]:
     """What ran above the profile's ISA on this host, if anything (an emulation's limit)."""
     above = {name: kernels for name, kernels in (conf.get("above_cap") or {}).items() if kernels}
@@ -160,6 +173,8 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += _a0_table(summary["a0"], found, metric)
     lines += ["## The maximal subnet of the supernet and the exported network (search numbers)", "",
               tabulate(rows, headers=["", "maximal subnet", "exported"], tablefmt="github"), ""]
+    if summary.get("throughput"):
+        lines += _throughput_lines(summary["throughput"])
     if summary.get("finalists") and summary["finalists"].get("finalists"):
         lines += _finalists_table(summary["finalists"], metric)
     files = summary.get("files", {})

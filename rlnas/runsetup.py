@@ -27,6 +27,7 @@ from torch import nn
 
 import rlnas
 from rlnas.data import DatasetError
+from rlnas.errors import UserError
 from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
 from rlnas.oracles.device import DeviceProfileError, profile_from_config
 from rlnas.oracles.latency import LatencyOracle
@@ -45,7 +46,7 @@ HISTORY_NAME = "evaluations.jsonl"
 SUPERNET_META_NAME = "supernet.json"
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError, RuntimeError):
     """Something the run needs is missing or wrong; the message says what and how to fix it."""
 
 

@@ -21,6 +21,7 @@ from rlnas.detection.evaluate import priors_of
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.detection.pipeline import DetectionPipeline
 from rlnas.detection.train import DetectionSupernetTrainer, distill_loss
+from rlnas.errors import UserError
 from rlnas.oracles.accuracy import ClassificationPipeline, TaskPipeline
 from rlnas.supernet.train import SupernetTrainer, kd_loss
 
@@ -28,7 +29,7 @@ from rlnas.supernet.train import SupernetTrainer, kd_loss
 DistillLoss = Callable[[Any, Any, Any], Tensor]
 
 
-class TaskError(KeyError):
+class TaskError(UserError, KeyError):
     """An unknown task; the message lists the registered ones."""
 
     def __str__(self) -> str:

@@ -12,10 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value out of range or not among the valid choices; the message says which."""
-
+from rlnas.errors import ConfigError
+from rlnas.finalists import FinalistsConfig
+from rlnas.oracles.worker import TimingConfig
 
 Rule = tuple[str, Callable[[Any], bool], str]
 
@@ -77,6 +76,10 @@ SEARCH_RULES: list[Rule] = [
     ("finalists.quantization", _one_of("ptq", "accuracy_control"), "one of ptq, accuracy_control"),
     ("finalists.max_drop", _num(0, 1, low_open=True), "a number in (0, 1]"),
     ("export.finetune_epochs", _int(0), "an integer >= 0"),
+    ("export.finetune_lr", _num(0, low_open=True), "a number > 0"),
+    ("export.finetune_batch_size", _int(1), "an integer >= 1"),
+    ("export.kd_temperature", _num(0, low_open=True), "a number > 0"),
+    ("export.onnx_opset", _int(7), "an integer >= 7"),
     ("export.calib_images", _int(1), "an integer >= 1"),
     ("export.verify_images", _int(0, optional=True), "null (the evaluation set), 0 (skip) or an integer >= 1"),
     ("logging.pareto_every", _int(1), "an integer >= 1"),
@@ -94,6 +97,7 @@ TRAIN_RULES: list[Rule] = [
     ("recipe.batch_size", _int(1), "an integer >= 1"),
     ("recipe.lr", _num(0, low_open=True), "a number > 0"),
     ("recipe.kd_alpha", _num(0, 1), "a number in [0, 1]"),
+    ("recipe.kd_temperature", _num(0, low_open=True), "a number > 0"),
     ("recipe.num_random", _int(0), "an integer >= 0"),
     ("recipe.train_images", _int(1, optional=True), "null (all) or an integer >= 1"),
 ]
@@ -118,9 +122,35 @@ def check(cfg: DictConfig, rules: Iterable[Rule]) -> DictConfig:
     return cfg
 
 
+#: groups of the ``rlnas-search`` config that a dataclass reads: it checks their keys and ranges
+SEARCH_SCHEMAS: dict[str, Callable[[DictConfig], Any]] = {
+    "latency.timing": lambda cfg: TimingConfig(**_plain(cfg.latency.timing)),
+    "finalists": lambda cfg: FinalistsConfig(**_plain(cfg.finalists)),
+    "finalists.confirm_timing": lambda cfg: TimingConfig(**{**_plain(cfg.latency.timing),
+                                                            **_plain(cfg.finalists.confirm_timing)}),
+}
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+
+
+def check_schemas(cfg: DictConfig, schemas: dict[str, Callable[[DictConfig], Any]]) -> DictConfig:
+    """Build each group's dataclass from the config: an unknown key or a value out of range is a
+    :class:`ConfigError` naming the group."""
+    for key, build in schemas.items():
+        if not _get(cfg, key)[0]:
+            continue
+        try:
+            build(cfg)
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"{key}: {err}") from None
+    return cfg
+
+
 def check_search(cfg: DictConfig) -> DictConfig:
     """The ``rlnas-search`` config (also what export and the finalists read)."""
-    return check(cfg, SEARCH_RULES)
+    return check_schemas(check(cfg, SEARCH_RULES), SEARCH_SCHEMAS)
 
 
 def check_train(cfg: DictConfig) -> DictConfig:

@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import rlnas
+from rlnas.cli import one_line_errors
 from rlnas.validate import SEARCH_RULES, TRAIN_RULES, ConfigError, check_search, check_train
 
 BIN = Path(sys.executable).parent
@@ -28,7 +29,8 @@ def test_version(command: str) -> None:
 
 
 @pytest.mark.parametrize("command,says", [("rlnas-search", "Main options"), ("rlnas-train-supernet", "recipe="),
-                                          ("rlnas-latency", "profiles="), ("rlnas-profiles", "host")])
+                                          ("rlnas-latency", "profiles="), ("rlnas-profiles", "host"),
+                                          ("rlnas-export", "run=")])
 def test_help_says_what_it_does(command: str, says: str) -> None:
     proc = run(command, "--help")
     assert proc.returncode == 0 and command in proc.stdout and says in proc.stdout
@@ -83,3 +85,57 @@ def test_every_train_rule_refuses_a_bad_value(key: str) -> None:
     check_train(_train_cfg())
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_train(_train_cfg(f"{key}={_bad_value(key)}"))
+
+
+@pytest.mark.parametrize("override,names", [
+    ("finalists.confirm_passes=0", "confirm_passes"), ("finalists.kd_temperature=0", "kd_temperature"),
+    ("latency.timing.min_iters=0", "min_iters"), ("latency.timing.warmup_iters=-1", "warmup_iters"),
+    ("latency.timing.block_iters=0", "block_iters"), ("++finalists.confirm_timing.min_rounds=0", "min_rounds"),
+    ("+finalists.typo=1", "typo")])
+def test_keys_read_after_the_search_are_checked_before_it(override: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        check_search(_search_cfg(override))
+
+
+def test_confirm_passes_0_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run("rlnas-search", "experiment=tiny", "finalists.confirm_passes=0", f"run_dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2 and "confirm_passes" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    def buggy(cfg):
+        raise ValueError("an internal invariant broke")
+
+    def refused(cfg):
+        raise ConfigError("budget=-1 is not valid")
+
+    with pytest.raises(ValueError, match="invariant"):
+        one_line_errors("rlnas-search")(buggy)(None)
+    with pytest.raises(FileNotFoundError):
+        one_line_errors("rlnas-search")(lambda cfg: open("/nonexistent/rlnas/file"))(None)
+    with pytest.raises(SystemExit) as exited:
+        one_line_errors("rlnas-search")(refused)(None)
+    assert exited.value.code == 2 and capsys.readouterr().err == "rlnas-search: budget=-1 is not valid\n"
+
+
+def test_a_user_error_inside_hydra_instantiate_is_one_line(tmp_path: Path) -> None:
+    proc = run("rlnas-search", "experiment=tiny", "agent=evolution", "agent.init=bogus", f"run_dir={tmp_path / 'r'}",
+               cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "init must be" in proc.stderr
+
+
+def test_a_file_as_run_dir_is_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    proc = run("rlnas-search", "experiment=tiny", f"run_dir={a_file}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "is a file" in proc.stderr
+    assert a_file.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_into_a_closed_pipe_is_quiet(command: str) -> None:
+    proc = subprocess.run(f"'{BIN / command}' --help | head -1", shell=True, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.strip() and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -326,7 +326,7 @@ class _FixedLatency:
 
         ms = 2.0 if self.a0.to_json() in model_key else 1.0
         return SimpleNamespace(status="ok", latency_ms=ms, ref_latency_ms=2.0, ratio=ms / 2.0,
-                               throughput_fps=1000.0 / ms, ir_path=None, ir_size_bytes=None, cached=False)
+                               ir_path=None, ir_size_bytes=None, cached=False)
 
 
 def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:

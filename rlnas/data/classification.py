@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import rlnas
+from rlnas.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset that cannot be loaded (missing root or split, bad layout); the message says why."""
 
 
@@ -99,14 +100,14 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         for key in ("holdout_fraction", "val_fraction"):
             if not 0 < getattr(self, key) < 1:
-                raise ValueError(f"dataset.{key}={getattr(self, key)} must be in (0, 1)")
+                raise ConfigError(f"dataset.{key}={getattr(self, key)} must be in (0, 1)")
         if self.holdout_split is not None and self.holdout_split == self.train_split:
-            raise ValueError(f"dataset.holdout_split={self.holdout_split!r} is the training split: held-out "
+            raise ConfigError(f"dataset.holdout_split={self.holdout_split!r} is the training split: held-out "
                              "images must be images nothing trained or selected on")
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"dataset.augment={self.augment!r}; choose one of {AUGMENTATIONS}")
+            raise ConfigError(f"dataset.augment={self.augment!r}; choose one of {AUGMENTATIONS}")
         if not 0 < self.eval_crop <= 1:
-            raise ValueError(f"dataset.eval_crop={self.eval_crop} must be in (0, 1]")
+            raise ConfigError(f"dataset.eval_crop={self.eval_crop} must be in (0, 1]")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "rrc_scale", tuple(float(v) for v in self.rrc_scale))

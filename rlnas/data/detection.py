@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
 from rlnas import REPO_DIR
+from rlnas.data.classification import DatasetError
+from rlnas.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MEAN = (0.485, 0.456, 0.406)
@@ -49,7 +51,7 @@ def read_yolo(root: str | Path, split: str) -> list[ImageRecord]:
     root = Path(root)
     image_dir, label_dir = root / "images" / split, root / "labels" / split
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"YOLO image folder {image_dir} does not exist")
+        raise DatasetError(f"YOLO image folder {image_dir} does not exist")
     paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return [_yolo_record(p, label_dir / f"{p.stem}.txt", i) for i, p in enumerate(paths)]
 
@@ -242,7 +244,7 @@ def build_detection_data(cfg: Mapping[str, Any], image_size: int) -> DetectionDa
         val_records = None if same else read_coco(resolve_path(cfg["val_images"]),
                                                   resolve_path(cfg["val_annotations"]))[0]
     else:
-        raise ValueError(f"unknown detection dataset format {fmt!r}; use 'yolo' or 'coco'")
+        raise ConfigError(f"unknown detection dataset format {fmt!r}; use 'yolo' or 'coco'")
     if cfg.get("train_limit") and int(cfg["train_limit"]) < len(train_records):
         val_records = train_records if val_records is None else val_records  # validation stays whole
         train_records = train_records[: int(cfg["train_limit"])]

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from rlnas import machinelock
-from rlnas.arch import Arch
+from rlnas.arch import Arch, InvalidArchError
 from rlnas.oracles.device import host_cpu_flags
 from rlnas.oracles.store import MeasurementStore, StoredResult
 from rlnas.ovtools import (
@@ -86,7 +86,18 @@ class AccuracyResult(StoredResult):
     stage_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     details: dict[str, Any] = field(default_factory=dict)
-    transient: bool = False  # a failure of the infrastructure (a lost node), not of the network: not cached
+    transient: bool = False  # a failure not of the network itself (see failure_of): never cached
+
+
+def failure_of(arch: Arch, stage: str, err: Exception) -> AccuracyResult:
+    """The failed result of ``arch`` in ``stage``. Only an architecture the space refuses is the
+    network's own failure, kept in the store; anything else (a lost node, memory, a bug) is
+    reported, with its traceback, and measured again on the next run."""
+    own = isinstance(err, InvalidArchError)
+    if not own:
+        log.warning("accuracy of %s failed in %s (not cached: retried on the next run)", arch.short(), stage,
+                    exc_info=err)
+    return AccuracyResult("failed", f"{stage}: {type(err).__name__}: {err}", transient=not own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +209,7 @@ class AccuracyOracle:
         try:
             key = self.cache_key(arch)
         except Exception as err:  # an invalid arch or unusable data is this candidate's failure
-            return AccuracyResult("failed", f"key: {type(err).__name__}: {err}")
+            return failure_of(arch, "key", err)
         cached = self._lookup(key)
         if cached is not None:
             return cached
@@ -228,9 +239,9 @@ class AccuracyOracle:
                 stage.seconds["lock_wait"] = waited.seconds
                 result = self.pipeline.score(self, prepared, stage, self.eval_count)
         except Exception as err:  # reported to the caller, which cannot go on without it
-            result = AccuracyResult("failed", f"{stage.current}: {type(err).__name__}: {err}")
+            result = failure_of(self.supernet.space.max_arch(), stage.current, err)
         result.stage_seconds = {**stage.seconds, "total": time.perf_counter() - start}
-        if self.store is not None:
+        if self.store is not None and result.ok:
             self.store.put(KIND, key, result.to_dict())
         return result
 
@@ -340,8 +351,7 @@ class AccuracyOracle:
                 stage.seconds["lock_wait"] = waited.seconds
                 result = pipeline(self, arch, stage)
         except Exception as err:  # a failing candidate is reported, never fatal to the search
-            log.warning("accuracy of %s failed in %s: %s", arch.short(), stage.current, err)
-            result = AccuracyResult("failed", f"{stage.current}: {type(err).__name__}: {err}")
+            result = failure_of(arch, stage.current, err)
         result.stage_seconds = {**stage.seconds, "total": time.perf_counter() - start}
         return result
 

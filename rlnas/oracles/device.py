@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import rlnas
+from rlnas.errors import UserError
 
 #: oneDNN ISA names (values of ``ONEDNN_MAX_CPU_ISA``), lowest first, with every /proc/cpuinfo
 #: flag each one needs: the whole chain of oneDNN's ``mayiuse`` checks, so a missing lower flag is
@@ -59,7 +60,7 @@ _PRECISION_FLAGS = {
 }
 
 
-class DeviceProfileError(ValueError):
+class DeviceProfileError(UserError, ValueError):
     """A device profile that is unknown, malformed or that this host cannot run."""
 
 

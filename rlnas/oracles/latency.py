@@ -48,7 +48,7 @@ from rlnas.oracles.worker import (
 from rlnas.ovtools import convert, library_versions, quiet, save_ir
 
 #: Bump when the timing protocol changes what a number means; old cache entries are then ignored.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the confirmation's order alternates for two models too
 #: Store kind of latency records.
 KIND = "latency"
 #: Store kind of N-way confirmation measurements.
@@ -83,7 +83,6 @@ class LatencyResult(StoredResult):
     latency_ms: float | None = None
     p10_ms: float | None = None
     p90_ms: float | None = None
-    throughput_fps: float | None = None
     ref_latency_ms: float | None = None
     ref_p10_ms: float | None = None
     ratio: float | None = None
@@ -128,6 +127,7 @@ class Confirmation(StoredResult):
     confidence interval over rounds (paired: both times of a ratio come from the same round),
     ``latency_ms`` each model's median. ``above_cap[name]`` lists the ``<layer type>:<kernel>``
     that ran above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
+    ``orders`` is the order the models ran in, round by round (:func:`~rlnas.oracles.worker.round_order`).
     """
 
     reference: str
@@ -140,11 +140,9 @@ class Confirmation(StoredResult):
     above_cap: dict[str, list[str]] = field(default_factory=dict)
     inference_precision: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    orders: list[list[str]] = field(default_factory=list)
     cached: bool = False
     status: str = "ok"
-
-    def speedup(self, name: str) -> float:
-        return 1.0 / self.ratio[name]
 
 
 LAYER_CLASSES = ("stem", "conv1x1", "conv3x3", "grouped", "fc", "other")
@@ -390,6 +388,7 @@ class LatencyOracle:
             ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
             kernels=reply["kernels"], inference_precision=reply["inference_precision"],
             above_cap={n: self._above_cap(k) for n, k in reply.get("layer_kernels", {}).items()},
+            orders=reply["orders"],
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": time.perf_counter() - start})
         self.store.put(CONFIRM_KIND, key, result.to_dict())
@@ -589,7 +588,6 @@ class LatencyOracle:
         result.status = "ok"
         result.latency_ms = statistics.median(cand)
         result.p10_ms, result.p90_ms = percentile(cand, 10), percentile(cand, 90)
-        result.throughput_fps = 1000.0 / result.latency_ms
         result.iterations, result.rounds = len(cand), len(reply["cand_rounds"])
         result.inference_precision = reply["inference_precision"]
         result.kernels = reply["kernels"]

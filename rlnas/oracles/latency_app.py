@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rlnas import machinelock
+from rlnas.errors import ConfigError
 from rlnas.oracles.device import DeviceProfile, load_profile, profile_from_config
 from rlnas.oracles.latency import PRECISIONS, LatencyOracle, LatencyResult, QuantizationConfig, percentile
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig
@@ -44,7 +45,7 @@ def check_models(names: Sequence[str]) -> list[str]:
     valid = classification_models()
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise ValueError(f"unknown torchvision models {unknown}; valid: {valid}")
+        raise ConfigError(f"unknown torchvision models {unknown}; valid: {valid}")
     return list(names)
 
 
@@ -62,7 +63,7 @@ def input_shape(resolution: int | Sequence[int]) -> tuple[int, int, int, int]:
     except TypeError:
         hw = ()
     if len(hw) != 2 or not all(isinstance(d, int) and d > 0 for d in hw):
-        raise ValueError(f"resolution must be a positive int or [H, W], got {resolution!r}")
+        raise ConfigError(f"resolution must be a positive int or [H, W], got {resolution!r}")
     return (1, 3, hw[0], hw[1])
 
 
@@ -168,7 +169,7 @@ def run(cfg: DictConfig) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     precisions = list(cfg.precisions)
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        raise ValueError(f"unknown precisions {bad}; valid: {list(PRECISIONS)}")
+        raise ConfigError(f"unknown precisions {bad}; valid: {list(PRECISIONS)}")
     profiles = resolve_profiles(cfg)
     builders = {m: functools.lru_cache(maxsize=1)(functools.partial(build_model, m, int(cfg.num_classes)))
                 for m in models}

@@ -42,6 +42,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rlnas.arch import Arch
+from rlnas.errors import UserError
 from rlnas.oracles.accuracy import AccuracyResult
 from rlnas.oracles.latency import LatencyResult
 
@@ -54,7 +55,7 @@ MODELS = ("additive", "ridge", "trees")
 MATCHING_CONTEXT = ("model", "checkpoint_id", "dataset", "accuracy", "device", "a0")
 
 
-class SurrogateError(ValueError):
+class SurrogateError(UserError, ValueError):
     """The table is missing, malformed or from another setup; the message says which."""
 
 

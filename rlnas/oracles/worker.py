@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rlnas import machinelock
+from rlnas.errors import ConfigError
 
 #: Machine-wide lock taken around every timing run, so measurements never overlap.
 DEFAULT_LOCK_PATH = machinelock.DEFAULT_PATH
@@ -57,6 +58,23 @@ class TimingConfig:
     min_time_s: float = 1.0
     max_time_s: float = 60.0
     target_rel_error: float | None = None
+
+    def __post_init__(self) -> None:
+        at_least = {"warmup_iters": 0, "block_iters": 1, "block_skip": 0, "min_rounds": 1, "max_rounds": 1,
+                    "min_iters": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r}: an integer >= {low}")
+        if self.block_skip >= self.block_iters:
+            raise ConfigError(f"block_skip={self.block_skip} must be below block_iters={self.block_iters}")
+        if self.max_rounds < self.min_rounds:
+            raise ConfigError(f"max_rounds={self.max_rounds} must be >= min_rounds={self.min_rounds}")
+        if not 0 <= self.min_time_s <= self.max_time_s or self.max_time_s <= 0:
+            raise ConfigError(f"min_time_s={self.min_time_s}, max_time_s={self.max_time_s}: need "
+                              "0 <= min_time_s <= max_time_s and max_time_s > 0")
+        if self.target_rel_error is not None and not self.target_rel_error > 0:
+            raise ConfigError(f"target_rel_error={self.target_rel_error}: null or a number > 0")
 
 
 def round_ratios(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> list[float]:
@@ -149,9 +167,9 @@ class _Worker:
 
 
     def confirm(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Time N models in interleaved rounds: every round runs one block of each model, in an
-        order rotated (and reversed every other round) so that no model always follows the same
-        one. Stops as :class:`TimingConfig` says, counting rounds and the first model's iterations."""
+        """Time N models in interleaved rounds: every round runs one block of each model, in
+        :func:`round_order`. Stops as :class:`TimingConfig` says, counting rounds and the first
+        model's iterations; the reply carries each round's order."""
         compiled, compile_s = {}, 0.0
         for name, spec in msg["models"].items():
             model = self.core.read_model(spec["path"])
@@ -162,8 +180,9 @@ class _Worker:
             compile_s += time.perf_counter() - start
         timing = TimingConfig(**msg.get("timing", {}))
         requests = {name: self.request(c) for name, c in compiled.items()}
-        lock_wait, rounds, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"))
-        return {"rounds": rounds, "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
+        lock_wait, rounds, orders, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"),
+                                                                   lead=next(iter(requests)))
+        return {"rounds": rounds, "orders": orders, "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
                 "kernels": {name: kernel_summary(c) for name, c in compiled.items()},
                 "layer_kernels": {name: kernel_summary(c, by_layer=True) for name, c in compiled.items()},
                 "inference_precision": {name: precision_name(c.get_property("INFERENCE_PRECISION_HINT"))
@@ -272,50 +291,50 @@ def _machine_lock(lock_path: str | None) -> Iterator[machinelock.Waited]:
         yield waited
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """The order of the models in round ``r``: rotated by one every two rounds and reversed in
+    every other round, so that no model always runs first or after the same one. Over ``2 N``
+    rounds each model takes every position equally often (N=2: ab, ba, ba, ab; N=3 runs all six
+    permutations)."""
+    k = (r // 2) % len(names)
+    order = names[k:] + names[:k]
+    return order[::-1] if r % 2 else order
+
+
 def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
                   lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
-    """Warm up and time interleaved rounds under the machine-wide lock.
+    """Warm up and time interleaved rounds of (reference, candidate) under the machine-wide lock.
 
-    Returns (seconds waited for the lock, per-round times in ms, seconds spent timing).
+    Returns (lock wait, {"cand": [...], "ref": [...]} block times per round, seconds measured);
+    the reference's times are empty without a reference.
     """
-    with _machine_lock(lock_path) as waited:
-        start = time.perf_counter()
-        for req in (ref, cand):
-            if req is not None:
-                _block(req, timing.warmup_iters, 0)
-        rounds: dict[str, list[list[float]]] = {"cand": [], "ref": []}
-        while not _done(rounds, time.perf_counter() - start, timing):
-            order = [("ref", ref), ("cand", cand)]
-            if len(rounds["cand"]) % 2:
-                order.reverse()
-            for name, req in order:
-                if req is not None:
-                    rounds[name].append(_block(req, timing.block_iters, timing.block_skip))
-        return waited.seconds, rounds, time.perf_counter() - start
+    requests = {"ref": ref, "cand": cand} if ref is not None else {"cand": cand}
+    waited, rounds, _, measured = _interleaved_rounds(requests, timing, lock_path, "cand", "ref" if ref else None)
+    rounds.setdefault("ref", [])
+    return waited, rounds, measured
 
 
-def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig,
-                        lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
-    """:func:`_timed_rounds` for N models: per-round block times of each, under the lock."""
+def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig, lock_path: str | None,
+                        lead: str, ref: str | None = None
+                        ) -> tuple[float, dict[str, list[list[float]]], list[list[str]], float]:
+    """Warm up, then time rounds of one block per model in :func:`round_order` under the lock,
+    until :func:`_done` for ``lead``'s rounds (against ``ref``'s, if given). Returns (lock
+    wait, block times per model and round, the order of each round, seconds measured)."""
     names = list(requests)
     with _machine_lock(lock_path) as waited:
         start = time.perf_counter()
         for name in names:
             _block(requests[name], timing.warmup_iters, 0)
         rounds: dict[str, list[list[float]]] = {name: [] for name in names}
-        first = names[0]
-        while not _done({"cand": rounds[first], "ref": []}, time.perf_counter() - start, timing):
-            r = len(rounds[first])
-            order = names[r % len(names):] + names[:r % len(names)]
-            if r % 2:
-                order.reverse()
-            for name in order:
+        orders: list[list[str]] = []
+        while not _done(rounds[lead], rounds[ref] if ref else [], time.perf_counter() - start, timing):
+            orders.append(round_order(names, len(orders)))
+            for name in orders[-1]:
                 rounds[name].append(_block(requests[name], timing.block_iters, timing.block_skip))
-        return waited.seconds, rounds, time.perf_counter() - start
+        return waited.seconds, rounds, orders, time.perf_counter() - start
 
 
-def _done(rounds: dict[str, list[list[float]]], elapsed: float, timing: TimingConfig) -> bool:
-    cand, ref = rounds["cand"], rounds["ref"]
+def _done(cand: list[list[float]], ref: list[list[float]], elapsed: float, timing: TimingConfig) -> bool:
     if elapsed >= timing.max_time_s or len(cand) >= timing.max_rounds:
         return True
     iters = sum(len(r) for r in cand)

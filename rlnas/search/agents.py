@@ -31,6 +31,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecMonitor
 
+from rlnas.errors import ConfigError
 from rlnas.search.callbacks import AtomicCheckpoint, StopOnBudget
 from rlnas.search.env import ArchEditEnv, ConcurrentVecEnv, random_edit
 from rlnas.search.evaluator import Evaluator, Measurement
@@ -114,9 +115,9 @@ class RegularizedEvolution(Agent):
     def __init__(self, population_size: int = 10, sample_size: int = 3, init: str = "random",
                  max_cycles_factor: int = 50) -> None:
         if init not in ("random", "a0"):
-            raise ValueError(f"init must be 'random' or 'a0', got {init!r}")
+            raise ConfigError(f"init must be 'random' or 'a0', got {init!r}")
         if not 1 <= sample_size <= population_size:
-            raise ValueError(f"need 1 <= sample_size ({sample_size}) <= population_size ({population_size})")
+            raise ConfigError(f"need 1 <= sample_size ({sample_size}) <= population_size ({population_size})")
         self.population_size = int(population_size)
         self.sample_size = int(sample_size)
         self.init = init

@@ -47,6 +47,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlnas.arch import Arch, SearchSpace
+from rlnas.errors import ConfigError
 from rlnas.search.evaluator import BudgetExhausted, Evaluator, Measurement
 from rlnas.search.reward import Reward, SoftReward
 
@@ -149,9 +150,9 @@ class ArchEditEnv(gym.Env):
     ) -> None:
         super().__init__()
         if start not in START_STATES:
-            raise ValueError(f"start must be one of {', '.join(START_STATES)}, got {start!r}")
+            raise ConfigError(f"start must be one of {', '.join(START_STATES)}, got {start!r}")
         if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+            raise ConfigError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.evaluator = evaluator
         self.space = evaluator.space
         self.reward_fn = reward or SoftReward()

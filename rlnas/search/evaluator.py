@@ -85,7 +85,6 @@ class Measurement(StoredResult):
     macs: int | None = None
     cached: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    throughput_fps: float | None = None
     ir_path: str | None = None
     ir_size_bytes: int | None = None
 
@@ -420,7 +419,6 @@ class Evaluator:
             m.latency_ratio = m.latency_ms / self._baseline.latency_ms
         if m.latency_ratio is None and target is None and self.reference is None:
             m.latency_ratio = 1.0  # a0 against itself without a reference
-        m.throughput_fps = _num(getattr(lat, "throughput_fps", None))
         m.ir_path = str(lat.ir_path) if getattr(lat, "ir_path", None) else None
         m.ir_size_bytes = getattr(lat, "ir_size_bytes", None)
         m.cached = bool(getattr(acc, "cached", False) and getattr(lat, "cached", False))

@@ -31,6 +31,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.logger import configure
 
 from rlnas.arch import Arch
+from rlnas.errors import ConfigError
 from rlnas.oracles.surrogate import Featurizer, features_for, make_model
 from rlnas.search.agents import Agent
 from rlnas.search.env import ArchEditEnv, random_edit
@@ -187,9 +188,9 @@ class ModelBasedPPO(Agent):
         device: str = "cpu",
     ) -> None:
         if init_evaluations < 2 or proposals < 1 or model_steps < 1:
-            raise ValueError("ppo_model: init_evaluations >= 2, proposals >= 1 and model_steps >= 1 are needed")
+            raise ConfigError("ppo_model: init_evaluations >= 2, proposals >= 1 and model_steps >= 1 are needed")
         if start not in ("a0", "random", "best"):
-            raise ValueError(f"start must be 'a0', 'random' or 'best', got {start!r}")
+            raise ConfigError(f"start must be 'a0', 'random' or 'best', got {start!r}")
         self.init_evaluations = int(init_evaluations)
         self.proposals = int(proposals)
         self.model_steps = int(model_steps)

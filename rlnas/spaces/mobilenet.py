@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.arch import Arch, SearchSpace
+from rlnas.errors import ConfigError
 from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import (
     ElasticBatchNorm2d,
@@ -157,9 +158,9 @@ class ElasticMobileNetV1Backbone(Supernet):
                  family: str | None = None) -> None:
         super().__init__()
         if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+            raise ConfigError(f"unknown stem {stem!r}; choose one of {STEMS}")
         if not config.feature_stages or config.feature_stages[-1] != len(config.stages) - 1:
-            raise ValueError(f"feature_stages {config.feature_stages} must end with the last stage")
+            raise ConfigError(f"feature_stages {config.feature_stages} must end with the last stage")
         self.config, self.stem = config, stem
         self.space, self.task = config.space(family), "features"
         self.conv = ElasticConv2d(3, config.stem_channels, 3, 2 if stem == "imagenet" else 1, 1, bias=False)
