@@ -55,6 +55,7 @@ from rlnas.report import pareto_figure, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
 from rlnas.search.evaluator import Measurement, read_history
 from rlnas.spaces import create_supernet
+from rlnas.supernet.checkpoint import plain_tree, safe_load
 from rlnas.tasks import DistillLoss, Task, TaskError, get_task
 from rlnas.validate import ConfigError, check_search
 
@@ -196,15 +197,31 @@ def save_model(model: nn.Module, arch: Arch, meta: dict[str, Any], accuracy: Any
     """``model.pt``: the state dict with what :func:`load_exported` needs to rebuild the network,
     and the task's preprocessing and class entries."""
     data = accuracy.data
-    torch.save({"state_dict": model.state_dict(), "arch": arch.to_dict(), "family": meta["family"],
-                "kwargs": meta["kwargs"], "task": accuracy.task, "resolution": data.resolution,
-                **task.meta(data)}, path)
+    torch.save(plain_tree({"state_dict": model.state_dict(), "arch": arch.to_dict(), "family": meta["family"],
+                           "kwargs": meta["kwargs"], "task": accuracy.task, "resolution": data.resolution,
+                           **task.meta(data)}), path)
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """A ``model.pt`` (exported, or a fine-tuned finalist's), loaded without running code.
+
+    :raises ExportError: missing, unreadable, or needing code to load (naming ``rlnas-convert-checkpoint``).
+    """
+    if not Path(path).is_file():
+        raise ExportError(f"model file {path} does not exist")
+    ckpt = safe_load(path, ExportError, "the model file")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ExportError(f"{path} is not a model file written by rlnas (no state_dict)")
+    return ckpt
 
 
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild the model saved as ``model.pt`` by :func:`export_run` (eval mode); a detector
-    returns ``(loc, conf)`` and carries its ``priors``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    returns ``(loc, conf)`` and carries its ``priors``. Nothing in the file is run.
+
+    :raises ExportError: see :func:`read_model_file`.
+    """
+    ckpt = read_model_file(path)
     model = create_supernet(ckpt["family"], **ckpt["kwargs"]).extract(Arch.from_dict(ckpt["arch"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
@@ -285,7 +302,7 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
         chosen_arch = Arch.from_dict(row["arch"])
         chosen = next(m for m in candidates if m.arch == chosen_arch)
         model = supernet.extract(chosen_arch)
-        model.load_state_dict(torch.load(row["weights_path"], map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(read_model_file(row["weights_path"])["state_dict"])
         model.eval()
         found = {**_numbers(chosen), **_finalist_numbers(row), "feasible": row["feasible"]}
         notes.append(f"finalist {row['name']} of {len(finals['finalists'])}: fine-tuned {fin_cfg.epochs:g} epoch(s) "

@@ -440,6 +440,8 @@ class FineTuneActor:
     def __init__(self, networks: bytes, dataset: dict[str, Any], resolution: int, options: dict[str, Any],
                  name: str, seed: int, threads: int) -> None:
         torch.set_num_threads(int(threads))
+        # whole modules, pickled by this run's driver (RemoteFineTune) and handed over by Ray, which
+        # unpickles every actor argument anyway: in-process data of this run, never a file read
         student, teacher = torch.load(io.BytesIO(networks), map_location="cpu", weights_only=False)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         data = build_data(OmegaConf.create(dataset), int(resolution))

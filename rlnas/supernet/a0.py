@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from rlnas.data.classification import resolve_path
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
+from rlnas.supernet.checkpoint import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict in ``path`` (a plain state dict, or a dict holding one under ``state_dict``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for unreadable files
-        raise A0Error(f"cannot read the a0 checkpoint {path}: {type(err).__name__}: {err}") from err
+    """The state dict in ``path`` (a plain state dict, or a dict holding one under ``state_dict``),
+    loaded without running code.
+
+    :raises A0Error: unreadable, needing code to load (naming ``rlnas-convert-checkpoint``), or not
+        a state dict.
+    """
+    state = safe_load(path, A0Error, "the a0 checkpoint")
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
