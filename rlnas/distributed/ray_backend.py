@@ -16,6 +16,10 @@ accuracy evaluated on any node with CPUs, results written by the driver alone.
 - **Faults.** A node that dies mid-measurement loses nothing already measured: the request is
   retried (``retries`` times) on another node of the same device, or ends as a failed
   measurement with the reason, which is not cached (a later run retries it).
+- **Safety.** The embedded Ray (no ``address``) always uses Ray's token authentication, with a
+  random token of its own unless the user gave one (:func:`token_auth_env`), and no dashboard:
+  a client without the token cannot connect, let alone run code. A cluster of the user's needs
+  the same (``RAY_AUTH_MODE=token`` on every node and the driver): ``docs/ray.md``.
 
 Only :class:`RayBackend` is meant to be built by users, from ``conf/backend/ray.yaml``.
 """
@@ -26,6 +30,7 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -37,14 +42,13 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-import ray
 import torch
 from omegaconf import OmegaConf
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from torch import nn
 from tqdm import tqdm
 
 from rlnas.arch import Arch
+from rlnas.distributed import RAY_INSTALL, RayNotInstalled, require_ray
 from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
 from rlnas.oracles.device import (
     RELEVANT_FLAGS,
@@ -60,6 +64,14 @@ from rlnas.supernet.checkpoint import atomic_save, load_file
 from rlnas.supernet.finetune import FineTune, FineTuneOptions
 from rlnas.tasks import build_data, get_task
 
+try:  # the optional extra: without it, one line saying how to install it
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+except ImportError as err:
+    require_ray()  # not installed at all
+    raise RayNotInstalled(f"backend=ray needs Ray, which cannot be imported ({err}): {RAY_INSTALL}") from err
+require_ray(ray.__version__)
+
 log = logging.getLogger(__name__)
 
 #: Prefix of the custom resource a node advertises for a device profile.
@@ -68,6 +80,9 @@ RESOURCE_PREFIX = "rlnas/"
 KEPT_IRS = 4
 #: Where a node keeps the IRs and checkpoints it received (by content hash).
 NODE_DIR = Path(tempfile.gettempdir()) / "rlnas-ray"
+#: Ray's switch for token authentication and its two ways of taking the token: the value, or a
+#: file holding it (https://docs.ray.io/en/latest/ray-security/token-auth.html).
+AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
 
 def device_resource(profile: str) -> str:
@@ -90,6 +105,43 @@ class NodeLost(WorkerCrashed):
 
 class DeviceUnavailable(NodeLost):
     """The device actor could not start on a node advertising the device (e.g. it lacks the ISA)."""
+
+
+# -- token authentication of the embedded Ray --------------------------------------------------------
+
+
+def token_auth_env() -> dict[str, str | None]:
+    """Turn Ray's token authentication on for a cluster this process is about to start:
+    ``RAY_AUTH_MODE=token`` and, unless the user gave a token (``RAY_AUTH_TOKEN``, or a file in
+    ``RAY_AUTH_TOKEN_PATH``), a fresh random one in ``RAY_AUTH_TOKEN``, 256 bits, this cluster's
+    only. Ray's servers are this process's children and read it from its environment; a client
+    without it cannot connect. The token is never logged. Returns what the environment held
+    before, for :func:`restore_env`."""
+    saved = {name: os.environ.get(name) for name in (AUTH_MODE_ENV, TOKEN_ENV)}
+    os.environ[AUTH_MODE_ENV] = "token"
+    if not (os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_PATH_ENV)):
+        os.environ[TOKEN_ENV] = secrets.token_hex(32)
+    _reload_ray_auth()
+    return saved
+
+
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put back what :func:`token_auth_env` changed (after the embedded Ray stopped)."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read the authentication mode and token again (it caches both when
+    first asked): what Ray itself does when it turns token authentication on."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # Ray-internal; present since 2.52
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 # -- the backend ------------------------------------------------------------------------------------
@@ -132,24 +184,36 @@ class RayBackend:
         self.finetune_gpus = float(finetune_gpus)
         self.finetune_resources = {str(k): float(v) for k, v in (finetune_resources or {}).items()}
         self._owned = False
+        self._saved_env: dict[str, str | None] | None = None
 
     def start(self, devices: list[str]) -> None:
-        """Connect to the cluster (or start the embedded one advertising ``devices``)."""
+        """Connect to the cluster (or start the embedded one advertising ``devices``, with token
+        authentication: see :func:`token_auth_env`)."""
         if ray.is_initialized():
             return
         quiet = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
         if self.address:
             ray.init(address=self.address, **quiet)
         else:
-            ray.init(address="local", num_cpus=self.num_cpus, resources={device_resource(d): 1 for d in devices},
-                     **quiet)
+            self._saved_env = token_auth_env()
+            try:
+                ray.init(address="local", num_cpus=self.num_cpus, resources={device_resource(d): 1 for d in devices},
+                         dashboard_host="127.0.0.1", **quiet)
+            except BaseException:
+                restore_env(self._saved_env)
+                self._saved_env = None
+                raise
         self._owned = True
-        log.info("Ray: %s, resources %s", self.address or "embedded", ray.cluster_resources())
+        log.info("Ray: %s, resources %s", self.address or "embedded (token authentication)",
+                 ray.cluster_resources())
 
     def stop(self) -> None:
         """Disconnect (and stop the embedded Ray) if this backend started it."""
         if self._owned and ray.is_initialized():
             ray.shutdown()
+        if self._saved_env is not None:  # the embedded Ray's token goes with it
+            restore_env(self._saved_env)
+            self._saved_env = None
         self._owned = False
 
     def latency_oracle(self, build: Callable[..., LatencyOracle], **kwargs: Any) -> RemoteLatencyOracle:
