@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from rlnas.arch import Arch
+from rlnas.errors import UserError
 from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, run_finalists, save_int8_ir, teacher_of
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
@@ -62,9 +63,11 @@ from rlnas.validate import ConfigError, check_search
 log = logging.getLogger("rlnas.export")
 
 USAGE = "usage: rlnas-export run=<search run directory> [config overrides, e.g. export.finetune_epochs=2]"
+HELP = ("rlnas-export writes the chosen network of a finished rlnas-search run (arch.json, model.pt, ONNX, the "
+        "INT8 OpenVINO IR) and its report under <run>/export, with the run's saved config and the overrides given.")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The run cannot be exported; the message says what is missing and how to get it."""
 
 
@@ -233,7 +236,6 @@ def load_exported(path: str | Path) -> nn.Module:
 def _numbers(m: Measurement) -> dict[str, Any]:
     return {"arch": m.arch.short(), "arch_json": m.arch.to_json(), "acc_fp32": m.acc_fp32,
             "acc_int8": m.acc_int8, "latency_ms": m.latency_ms, "ref_latency_ms": m.ref_latency_ms,
-            "throughput_fps": m.throughput_fps,
             "latency_ratio": m.latency_ratio, "params": m.params, "macs": m.macs,
             "ir_size_bytes": m.ir_size_bytes, "feasible": m.feasible}
 
@@ -326,7 +328,8 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
                      f"{_scores_text(found['exported_ir_int8'], pipeline)} (search measured {pipeline.metric} "
                      f"{_fmt(chosen.acc_int8)})")
     base = {**_numbers(baseline), "torch_size_bytes": torch_size_bytes(supernet.extract(baseline.arch))}
-    notes += _profile_artefacts(out, setup, run_dir, found, base)
+    profile_notes, throughput = _profile_artefacts(out, setup, run_dir)
+    notes += profile_notes
     notes += [LATENCY_NOTE, task.usage(model, accuracy.data.resolution)]
     summary = {
         "setup": {"model": meta["family"], "task": accuracy.task, "dataset": cfg.dataset.name,
@@ -336,7 +339,7 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
         "metric": pipeline.metric, "metrics": dict(pipeline.metrics),
         "a0": _a0_numbers(setup, finals), "baseline": base, "found": found, "target": target,
         "feasible_found": bool(found.get("feasible")), "finalists": finals,
-        "speedup": _speedup(found, chosen),
+        "speedup": _speedup(found, chosen), "throughput": throughput,
         "files": {name: str(out / name) for name in ("arch.json", "model.pt", "model.onnx", "model.xml",
                                                      "model.bin", "model_uint8.xml", "model_uint8.bin",
                                                      "benchmark_app_config.json", "report.md", "report.json")},
@@ -347,13 +350,14 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     return summary
 
 
-def _profile_artefacts(out: Path, setup: RunSetup, run_dir: Path, found: dict[str, Any],
-                       base: dict[str, Any]) -> list[str]:
-    """``benchmark_app_config.json`` (the profile's CPU properties) and the throughput of a0's and
-    the exported IR in throughput mode; the report's notes on both."""
+def _profile_artefacts(out: Path, setup: RunSetup, run_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """``benchmark_app_config.json`` (the profile's CPU properties) and the frames per second of
+    the reference's (a0, else the maximal subnet) and the exported IR in OpenVINO's throughput
+    mode, measured in alternation: the report's notes and its ``throughput`` entry (``fps`` per
+    IR, or ``None`` and the reason it was not measured)."""
     latency = setup.latency
     if latency is None:
-        return []
+        return [], {"fps": None, "reason": "no latency oracle"}
     profile = latency.profile
     (out / "benchmark_app_config.json").write_text(json.dumps(
         {"CPU": profile.compile_config(profile.inference_precision)}, indent=2) + "\n")
@@ -362,16 +366,16 @@ def _profile_artefacts(out: Path, setup: RunSetup, run_dir: Path, found: dict[st
              f"-load_config benchmark_app_config.json -nireq 1` ({profile.isa or 'native'} ISA, {profile.threads} "
              f"threads, INFERENCE_PRECISION_HINT {profile.inference_precision}); model_uint8.xml takes uint8 NHWC "
              "images and normalises them inside the graph"]
+    reference = "a0" if setup.a0 is not None else "maximal subnet"
     a0_ir = run_dir / FINALISTS_DIR / A0_NAME / "model.xml"
     if not a0_ir.is_file():
         a0_ir = save_int8_ir(setup, teacher_of(setup)[0], out / "reference" / "a0.xml", int(setup.cfg.export.calib_images))
     try:
-        fps = latency.throughput({"a0": a0_ir, "exported": out / "model.xml"})
+        fps = latency.throughput({reference: a0_ir, "exported": out / "model.xml"})
     except Exception as err:  # the artefacts exist either way; the throughput is a report figure
         log.warning("throughput not measured: %s", err)
-        return notes
-    found["throughput_fps"], base["throughput_fps"] = fps["exported"], fps["a0"]
-    return notes
+        return notes, {"fps": None, "reason": f"{type(err).__name__}: {err}"}
+    return notes, {"fps": fps, "profile": profile.name, "threads": profile.threads}
 
 
 def _finalist_numbers(row: dict[str, Any]) -> dict[str, Any]:
@@ -510,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     runs = [a for a in args if a.startswith("run=")]
-    if len(runs) != 1 or args in (["-h"], ["--help"]):
+    if args in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{HELP}")
+        return 0
+    if len(runs) != 1:
         print(USAGE, file=sys.stderr)
         return 2
     run_dir = Path(runs[0].split("=", 1)[1])

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.data.classification import resolve_path
+from rlnas.errors import UserError
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
 from rlnas.supernet.checkpoint import safe_load
@@ -28,7 +29,7 @@ from rlnas.supernet.checkpoint import safe_load
 log = logging.getLogger(__name__)
 
 
-class A0Error(ValueError):
+class A0Error(UserError, ValueError):
     """An a0 checkpoint that is missing or does not fit the family; the message says what."""
 
 

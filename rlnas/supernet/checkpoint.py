@@ -36,6 +36,7 @@ import torch
 from numpy._core.multiarray import _reconstruct
 from omegaconf import OmegaConf
 
+from rlnas.errors import UserError
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
 
@@ -53,7 +54,7 @@ _ALLOWED_NAMES = {"numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._recon
 _LEAVES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or inconsistent; the message says which."""
 
 
