@@ -114,7 +114,7 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(capsys: pytest.C
     with pytest.raises(ValueError, match="invariant"):
         one_line_errors("rlnas-search")(buggy)(None)
     with pytest.raises(FileNotFoundError):
-        one_line_errors("rlnas-search")(lambda cfg: open("/nonexistent/rlnas/file"))(None)
+        one_line_errors("rlnas-search")(lambda cfg: Path("/nonexistent/rlnas/file").read_text())(None)
     with pytest.raises(SystemExit) as exited:
         one_line_errors("rlnas-search")(refused)(None)
     assert exited.value.code == 2 and capsys.readouterr().err == "rlnas-search: budget=-1 is not valid\n"
