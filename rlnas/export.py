@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import sys
 import time
 import warnings
@@ -39,25 +38,24 @@ import openvino as ov
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 from rlnas.arch import Arch
 from rlnas.errors import UserError
-from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, run_finalists, save_int8_ir, teacher_of
+from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, load_finalists, save_int8_ir, teacher_of
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
 from rlnas.oracles.latency import ir_size
 from rlnas.ovtools import name_tensors, with_image_preprocessing
 from rlnas.report import pareto_figure, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
-from rlnas.search.evaluator import Measurement, read_history
+from rlnas.search.evaluator import Measurement, accuracy_target, read_history
 from rlnas.spaces import create_supernet
 from rlnas.supernet.checkpoint import plain_tree, safe_load
-from rlnas.tasks import DistillLoss, Task, TaskError, get_task
+from rlnas.supernet.finetune import FineTune, FineTuneOptions
+from rlnas.tasks import Task, TaskError, get_task
 from rlnas.validate import ConfigError, check_search
 
 log = logging.getLogger("rlnas.export")
@@ -92,6 +90,17 @@ def load_run(run_dir: Path) -> tuple[Measurement, list[Measurement]]:
     return baselines[0], candidates
 
 
+def run_target(cfg: DictConfig, setup: RunSetup, baseline: Measurement) -> float:
+    """The run's INT8 accuracy target on validation images (:func:`accuracy_target`)."""
+    a0 = setup.a0_accuracy("val")
+    return accuracy_target(float(cfg.tau), a0.acc_fp32 if a0 is not None else None, baseline.acc_fp32)
+
+
+def wants_finalists(cfg: DictConfig, setup: RunSetup, candidates: list[Measurement]) -> bool:
+    """Whether the run's result is a finalist: ``finalists.k > 0``, candidates, a classifier."""
+    return int(cfg.finalists.k) > 0 and bool(candidates) and setup.accuracy.task == "classification"
+
+
 def best_feasible(candidates: list[Measurement]) -> Measurement | None:
     feasible = [m for m in candidates if m.feasible]
     return min(feasible, key=lambda m: m.latency_ratio) if feasible else None
@@ -111,28 +120,6 @@ def run_supernet_path(run_dir: Path) -> str:
 
 
 # -- building the artefacts ------------------------------------------------------------------------
-
-
-def finetune_distill(student: nn.Module, teacher: nn.Module, data: Any, loss_fn: DistillLoss, epochs: int,
-                     lr: float, batch_size: int, seed: int = 0) -> nn.Module:
-    """Fine-tune ``student`` on the training split with distillation from ``teacher`` (a0):
-    SGD with a cosine schedule, loss ``loss_fn(student(x), teacher(x), targets)``."""
-    teacher.eval()
-    student.train()
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
-    total = max(1, epochs * data.steps_per_epoch(batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    for epoch in range(epochs):
-        for x, targets in data.train_batches(batch_size, epoch, seed=seed + 1000):
-            with torch.no_grad():
-                taught = teacher(x)
-            loss = loss_fn(student(x), taught, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        log.info("fine-tune epoch %d/%d: kd loss %.4f", epoch + 1, epochs, loss.item())
-    return student.eval()
 
 
 def task_of(accuracy: Any) -> tuple[TaskPipeline, Task]:
@@ -259,9 +246,10 @@ def _choice_reason(finals: dict[str, Any]) -> str:
 
 
 def export_run(cfg: DictConfig, run_dir: str | Path, setup: RunSetup | None = None) -> dict[str, Any]:
-    """Export the run's result (see module doc): with ``finalists.k > 0`` the finalist chosen by
-    :func:`rlnas.finalists.run_finalists` (fine-tuned, confirmed), else the best feasible
-    candidate as the search measured it.
+    """Export the run's result (see module doc): with ``finalists.k > 0`` the finalist that
+    :func:`rlnas.finalists.run_finalists` chose (fine-tuned, confirmed; the search's finalists
+    stage ran it), else the best feasible candidate as the search measured it. Writes artefacts
+    only: nothing is fine-tuned or confirmed here.
 
     :param setup: the search's :class:`~rlnas.runsetup.RunSetup` (reuses its supernet, a0, data and
         oracles); None builds it from the run's config and supernet (``rlnas-export``).
@@ -285,18 +273,14 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     pipeline, task = task_of(accuracy)
     out = run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    a0_acc = setup.a0_accuracy("val")
-    target = float(cfg.tau) * float(a0_acc.acc_fp32 if a0_acc is not None else baseline.acc_fp32)
+    target = run_target(cfg, setup, baseline)
     fin_cfg = FinalistsConfig(**plain(cfg.finalists))
     finals = None
-    if fin_cfg.k > 0 and candidates and accuracy.task == "classification":
-        writer = SummaryWriter(str(run_dir / "tb" / "finetune")) if cfg.logging.tensorboard else None
-        try:
-            finals = run_finalists(setup, candidates, instantiate(cfg.reward), target, run_dir, fin_cfg,
-                                   int(cfg.seed), writer)
-        finally:
-            if writer is not None:
-                writer.close()
+    if wants_finalists(cfg, setup, candidates):
+        finals = load_finalists(run_dir)
+        if finals is None:
+            raise ExportError(f"the finalists of {run_dir} have not run: `rlnas-search run_dir={run_dir}` runs them "
+                              "(what is measured already is reused), or export without them: finalists.k=0")
     best = best_feasible(candidates)
     notes: list[str] = []
     if finals and finals["finalists"]:
@@ -316,7 +300,7 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
         notes += [] if best else [NO_FEASIBLE_NOTE]
         if finals is not None:
             notes.append(finals.get("note", ""))
-        model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes)
+        model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes, out)
     quantized = None
     if finals and finals["finalists"] and fin_cfg.quantization == "accuracy_control":
         quantized = ov.Core().read_model(next(f for f in finals["finalists"] if f["name"] == finals["chosen"])["ir_path"])
@@ -407,17 +391,20 @@ def _speedup(found: dict[str, Any], chosen: Measurement) -> float | None:
 
 
 def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: Task, found: dict[str, Any],
-             notes: list[str]) -> nn.Module:
+             notes: list[str], out: Path) -> nn.Module:
     """``arch`` prepared as the oracle measured it (BN recalibrated), fine-tuned with the task's
-    distillation from a0 when ``export.finetune_epochs > 0`` (its FP32 accuracy then re-measured)."""
+    distillation from a0 when ``export.finetune_epochs > 0`` (resumable from ``out/finetune``; its
+    FP32 accuracy then re-measured)."""
     model = accuracy.prepare(arch).to(memory_format=torch.contiguous_format)
     epochs = int(cfg.export.finetune_epochs)
     if epochs <= 0:
         return model
     teacher = accuracy.prepare(a0).to(memory_format=torch.contiguous_format)
-    loss_fn = task.distill(model, float(cfg.export.kd_temperature))
-    model = finetune_distill(model, teacher, accuracy.data, loss_fn, epochs, float(cfg.export.finetune_lr),
-                             int(cfg.export.finetune_batch_size), int(cfg.seed))
+    options = FineTuneOptions(epochs=epochs, lr=float(cfg.export.finetune_lr), weight_decay=5e-5,
+                              batch_size=int(cfg.export.finetune_batch_size), kd_alpha=1.0,
+                              kd_temperature=float(cfg.export.kd_temperature), progress=bool(cfg.logging.progress))
+    model = FineTune(model, teacher, accuracy.data, out / "finetune", options, "export", int(cfg.seed),
+                     loss_fn=task.distill(model, options.kd_temperature)).run()
     found["acc_fp32"] = accuracy.fp32_accuracy(model)
     notes.append(f"fine-tuned {epochs} epoch(s) with distillation from a0; FP32/INT8 {accuracy.metric} re-measured")
     return model

@@ -52,6 +52,7 @@ from rlnas.supernet.finetune import FineTune, FineTuneOptions
 log = logging.getLogger("rlnas.finalists")
 
 FINALISTS_DIR = "finalists"
+FINALISTS_JSON = "finalists.json"
 A0_NAME = "a0"
 RANKINGS = ("objective", "latency")
 QUANTIZATIONS = ("ptq", "accuracy_control")
@@ -271,7 +272,10 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
     t0 = time.perf_counter()
     chosen = select(candidates, reward, target, cfg.k, cfg.margin, cfg.rank)
     if not chosen:
-        return {"finalists": [], "note": f"no candidate within {cfg.margin} of the target {target:.4f}"}
+        result = {"finalists": [], "note": f"no candidate within {cfg.margin} of the target {target:.4f}",
+                  "target": target, "config": asdict(cfg)}
+        (out / FINALISTS_JSON).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return result
     teacher, teacher_key = teacher_of(setup)
     a0_row = accuracy_row(setup, teacher, teacher_key)
     irs = {A0_NAME: save_int8_ir(setup, teacher, out / A0_NAME / "model.xml", cfg.calib_images)}
@@ -308,5 +312,11 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
               "target": target, "chosen": best.name, "chosen_feasible": best.feasible,
               "chosen_with_margin": with_margin,
               "confirmation": confirmation, "config": asdict(cfg), "seconds": time.perf_counter() - t0}
-    (out / "finalists.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / FINALISTS_JSON).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def load_finalists(run_dir: Path) -> dict[str, Any] | None:
+    """What :func:`run_finalists` wrote for the run in ``run_dir``, or None before it ran."""
+    path = Path(run_dir) / FINALISTS_DIR / FINALISTS_JSON
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -2,7 +2,9 @@
 
 compose (Hydra) -> run setup (:mod:`rlnas.runsetup`: a0, supernet found or trained from a0,
 oracles on validation images, latency with a0 as reference) -> evaluator (budget, cache, JSONL
-log, TensorBoard) -> agent -> finalists (fine-tuned, confirmed) and export -> result table.
+log, TensorBoard) -> agent -> finalists (:mod:`rlnas.finalists`: fine-tuned from a0, scored,
+confirmed alongside a0) -> export (:mod:`rlnas.export`: artefacts of the chosen network and the
+report) -> result table.
 
 Rerunning with the same ``run_dir=<dir>`` resumes: measurements come back from the run's
 ``evaluations.jsonl`` (and the shared cache), the PPO agent from its last checkpoint, random
@@ -20,10 +22,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 
-from rlnas.export import ExportError, export_run
+from rlnas.export import ExportError, export_run, load_run, run_target, wants_finalists
+from rlnas.finalists import FinalistsConfig, run_finalists
 from rlnas.report import result_table
-from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, SetupError, build_setup, plain
+from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
 from rlnas.search.callbacks import ProgressBar, TensorBoardLogger
 from rlnas.search.evaluator import HistoryMismatch
 
@@ -58,6 +62,21 @@ class StageClock:
     def describe(self) -> str:
         total = sum(self.laps.values())
         return f"{total / 60:.1f} min = " + " + ".join(f"{stage} {s / 60:.1f}" for stage, s in self.laps.items())
+
+
+def finalists_stage(cfg: DictConfig, run_dir: Path, setup: RunSetup) -> dict[str, Any] | None:
+    """Fine-tune, score and confirm the run's finalists (resuming what is on disk and in the
+    store); None when the run's result is not a finalist (:func:`~rlnas.export.wants_finalists`)."""
+    baseline, candidates = load_run(run_dir)
+    if not wants_finalists(cfg, setup, candidates):
+        return None
+    writer = SummaryWriter(str(run_dir / "tb" / "finetune")) if cfg.logging.tensorboard else None
+    try:
+        return run_finalists(setup, candidates, instantiate(cfg.reward), run_target(cfg, setup, baseline), run_dir,
+                             FinalistsConfig(**plain(cfg.finalists)), int(cfg.seed), writer)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -110,7 +129,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         evaluator.close(cancel=True)  # before the backend stops: no measurement cut short is recorded
         setup.close()
         raise
-    # 4. results, export of the best feasible architecture, the table
+    # 4. results; finalists fine-tuned and confirmed; export of the chosen network; the table
     best = result.best
     summary = {"run_dir": str(run_dir), "best": best.to_dict() if best else None,
                "baseline": baseline.to_dict(), "target": evaluator.target_accuracy,
@@ -128,12 +147,14 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.warning("export skipped: the oracles are a surrogate (oracle=surrogate); export a measured run")
     if cfg.export.enabled and not predicted:
         try:
+            finalists_stage(cfg, run_dir, setup)
+            clock.lap("finalists")
             summary["export"] = export_run(cfg, run_dir, setup=setup)
+            clock.lap("export")
         except ExportError as err:
             log.warning("export skipped: %s", err)
         finally:
             setup.close()
-        clock.lap("finalists and export")
     else:
         setup.close()
     summary["stage_seconds"] = clock.laps

@@ -23,6 +23,7 @@ from rlnas.detection.boxes import (
 )
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.detection.metrics import DetectionMAP
+from rlnas.supernet.finetune import FineTune, FineTuneOptions
 from rlnas.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -415,9 +416,7 @@ def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
 
 def test_detection_finetune_distils_from_a0(tiny_ssd, tmp_path: Path) -> None:
     """export.finetune_epochs on a detector: the trainer's distillation (class scores and matched
-    offsets) drives the SGD steps."""
-    from rlnas.export import finetune_distill
-
+    offsets) drives the steps of the one fine-tuning loop (FineTune, resumable)."""
     _tiny_yolo(tmp_path)
     data = build_detection_data({"format": "yolo", "root": str(tmp_path), "train_split": "train",
                                  "val_split": "train", "num_classes": 3}, 32)
@@ -431,7 +430,9 @@ def test_detection_finetune_distils_from_a0(tiny_ssd, tmp_path: Path) -> None:
     for heads in (student.loc_heads, student.conf_heads):  # offsets of matched priors, class scores
         assert any(h.weight.grad.abs().sum() > 0 for h in heads)
     before = copy.deepcopy(student.state_dict())
-    finetune_distill(student, teacher, data, loss_fn, epochs=1, lr=1e-4, batch_size=3)
+    options = FineTuneOptions(epochs=1, lr=1e-4, batch_size=3, progress=False)
+    FineTune(student, teacher, data, tmp_path / "ft", options, "det", loss_fn=loss_fn).run()
+    assert (tmp_path / "ft" / "finetune.pt").is_file()
     after = student.state_dict()
     assert not student.training and not torch.equal(after["conf_heads.0.weight"], before["conf_heads.0.weight"])
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())

@@ -58,6 +58,11 @@ class HistoryMismatch(ValueError):
     """A run log written by another setup than this evaluator's; the message says how to go on."""
 
 
+def accuracy_target(tau: float, a0_fp32: float | None, baseline_fp32: float) -> float:
+    """``tau * Acc_FP32(a0)``: the user's a0 as deployed when given, else the maximal subnet's."""
+    return float(tau) * float(a0_fp32 if a0_fp32 is not None else baseline_fp32)
+
+
 class BudgetExhausted(RuntimeError):
     """Raised by :meth:`Evaluator.evaluate` for a new architecture once the budget is used up."""
 
@@ -215,16 +220,11 @@ class Evaluator:
         return self._baseline
 
     @property
-    def reference_acc_fp32(self) -> float:
-        """Acc_FP32(a0): the user's a0 as deployed when given, else the maximal subnet's."""
-        if self.reference is not None:
-            return float(self.reference.acc_fp32)
-        return float(self.baseline.acc_fp32)
-
-    @property
     def target_accuracy(self) -> float:
-        """``tau * Acc_FP32(a0)``: the INT8 accuracy a candidate must reach."""
-        return self.tau * self.reference_acc_fp32
+        """The INT8 accuracy a candidate must reach (:func:`accuracy_target`)."""
+        if self.reference is not None:
+            return accuracy_target(self.tau, self.reference.acc_fp32, float("nan"))
+        return accuracy_target(self.tau, None, self.baseline.acc_fp32)
 
     @property
     def unique_evaluations(self) -> int:

@@ -68,11 +68,14 @@ class FineTune:
         None: no files (the caller keeps :meth:`state`).
     :param on_step: called with the step number after every optimizer step (tests kill there).
     :param device: where the networks and batches live (``cuda`` on a GPU node).
+    :param loss_fn: ``(student output, teacher output, targets) -> loss``; default
+        :func:`classification_kd` of ``options`` (a detector passes its task's distillation loss).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, data: Any, out_dir: Path | None,
                  options: FineTuneOptions, name: str, seed: int = 0, writer: Any = None,
-                 on_step: Callable[[int], None] | None = None, device: str = "cpu") -> None:
+                 on_step: Callable[[int], None] | None = None, device: str = "cpu",
+                 loss_fn: Callable[[Any, Any, Any], Tensor] | None = None) -> None:
         self.device = torch.device(device)
         self.student, self.teacher = student.to(self.device), teacher.to(self.device)
         self.data, self.options = data, options
@@ -84,7 +87,7 @@ class FineTune:
         warm = max(1, round(0.05 * self.total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(
             (s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, self.total - warm))))))
-        self.loss_fn = classification_kd(options)
+        self.loss_fn = loss_fn or classification_kd(options)
         self.step = 0
 
     @property
@@ -142,13 +145,13 @@ class FineTune:
         self.step = int(state["step"])
         return True
 
-    def _train_step(self, x: Tensor, y: Tensor) -> float:
+    def _train_step(self, x: Tensor, y: Any) -> float:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        y = y.to(self.device)
+        y = _on(y, self.device)
         with machinelock.shared(machinelock.DEFAULT_PATH):  # a timing run on this machine waits for the step
             with torch.no_grad():
-                taught = self.teacher(x).float()
-            loss = self.loss_fn(self.student(x).float(), taught, y)
+                taught = _as_float(self.teacher(x))
+            loss = self.loss_fn(_as_float(self.student(x)), taught, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
@@ -170,6 +173,22 @@ class FineTune:
             return
         if self.load_state(load_file(self.path)):
             log.info("fine-tune %s resumed at step %d of %d", self.name, self.step, self.total)
+
+
+def _on(value: Any, device: torch.device) -> Any:
+    """Targets on ``device``: a tensor (labels), or a detector's list of per-image dicts."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _on(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on(v, device) for v in value)
+    return value
+
+
+def _as_float(output: Any) -> Any:
+    """A network's output in fp32: logits, or a detector's ``(loc, conf)``."""
+    return tuple(o.float() for o in output) if isinstance(output, tuple | list) else output.float()
 
 
 def _to_cpu(value: Any) -> Any:
