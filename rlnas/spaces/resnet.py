@@ -1,15 +1,24 @@
-"""Elastic ResNet / ResNeXt supernets (Once-for-All style) whose maximal network is torchvision's.
+"""Elastic ResNet / ResNeXt / Wide ResNet supernets (Once-for-All style) whose maximal network is
+torchvision's.
+
+Every torchvision ResNet constructor is a family of the same name (:data:`TORCHVISION_RESNETS`):
+``resnet18``/``34`` (basic blocks), ``resnet50``/``101``/``152``, ``resnext50_32x4d``,
+``resnext101_32x8d``, ``resnext101_64x4d``, ``wide_resnet50_2``, ``wide_resnet101_2`` (bottlenecks).
 
 Elastic dimensions, per stage (``layerN``):
 
 - depth: the leading blocks run, trailing ones are skipped;
 - width multiplier: scales the stage's output channels (the residual stream); the first block's
-  projection conv adapts to the previous stage's active width;
-- expand ratio, per block: bottleneck width = ``expand * active output width``, rounded to a
-  multiple of 8 (of the group count for ResNeXt, whose 32 groups stay while each group narrows).
+  projection conv adapts to the previous stage's active width. Where the first stage has no
+  projection (basic blocks: the stem's 64 channels are ``layer1``'s residual stream), the stem's
+  output width is the first stage's width;
+- expand ratio, per block: the block's inner width = ``expand * active output width``, rounded to
+  a multiple of 8 (of the group count for ResNeXt, whose groups stay while each group narrows).
+  The inner width is a bottleneck's 1x1/3x3/1x1 middle, a basic block's first 3x3 conv's output.
 
 Module names equal torchvision's (``conv1``, ``layer3.5.conv2``, ``layer1.0.downsample.0``, ...), so
-the maximal network has torchvision's state dict, keys and shapes, and loads its checkpoints.
+the maximal network has torchvision's state dict, keys and shapes, and loads its checkpoints;
+:func:`detect_torchvision_resnet` tells from a state dict which family it is.
 
 The ``cifar`` stem runs the same 7x7 conv with stride 1 and no max pool (overall stride 8 instead of
 32), so its parameters equal the ``imagenet`` stem's.
@@ -17,6 +26,7 @@ The ``cifar`` stem runs the same 7x7 conv with stride 1 and no max pool (overall
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import lcm
@@ -26,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from rlnas.arch import Arch, SearchSpace
+from rlnas.errors import UserError
 from rlnas.spaces.base import Device, Supernet, conv_spec
 from rlnas.spaces.elastic import (
     ElasticBatchNorm2d,
@@ -43,16 +54,22 @@ from rlnas.spaces.elastic import (
 from rlnas.spaces.registry import register_family
 
 STEMS = ("imagenet", "cifar")
+BLOCKS = ("basic", "bottleneck")
+
+
+class NotAResNetError(UserError, ValueError):
+    """A state dict that is not one of the supported torchvision ResNets; the message lists them."""
 
 
 @dataclass(frozen=True)
 class ResNetConfig:
     """The numbers that define one ResNet family.
 
-    :param stage_channels: maximal output channels of each stage (torchvision: ``planes * 4``).
-    :param expand_choices: bottleneck width / output width; the last is the maximal network's.
+    :param stage_channels: maximal output channels of each stage (torchvision: ``planes * expansion``).
+    :param expand_choices: inner width / output width; the last is the maximal network's.
     :param groups: groups of the 3x3 conv (32 for ResNeXt-32x8d); constant across the space.
     :param divisor: channel counts are rounded to multiples of this.
+    :param block: ``"bottleneck"`` (1x1, 3x3, 1x1) or ``"basic"`` (3x3, 3x3; ``groups`` 1).
     """
 
     family: str
@@ -65,6 +82,25 @@ class ResNetConfig:
     expand_choices: tuple[float, ...]
     groups: int = 1
     divisor: int = 8
+    block: str = "bottleneck"
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCKS:
+            raise ValueError(f"{self.family}: unknown block {self.block!r}; choose one of {BLOCKS}")
+        if self.block == "basic" and self.groups != 1:
+            raise ValueError(f"{self.family}: basic blocks have groups=1 (torchvision's rule), got {self.groups}")
+        if self.tied_stem and self.block != "basic":
+            raise ValueError(f"{self.family}: a first stage without projection needs basic blocks")
+
+    @property
+    def tied_stem(self) -> bool:
+        """The first stage's first block has no projection (same channels, stride 1, torchvision's
+        rule): the stem writes the first stage's residual stream, so its width follows that stage's."""
+        return self.stem_channels == self.stage_channels[0] and self.strides[0] == 1
+
+    def projection(self, stage: int) -> bool:
+        """Whether the first block of ``stage`` has a projection shortcut (``downsample``)."""
+        return stage > 0 or not self.tied_stem
 
     @property
     def mid_divisor(self) -> int:
@@ -83,17 +119,70 @@ class ResNetConfig:
     def mid_channels(self, stage: int, out: int, expand: float) -> int:
         return make_divisible(expand * out, self.mid_divisor, self.max_mid(stage))
 
+    def stem_out(self, arch: Arch) -> int:
+        """The stem's output channels in ``arch``."""
+        return self.out_channels(0, arch.widths[0]) if self.tied_stem else self.stem_channels
 
-RESNET50 = ResNetConfig("resnet50", 64, (256, 512, 1024, 2048), (1, 2, 2, 2), (3, 4, 6, 3), (1, 2, 4, 1),
-                        (0.5, 0.65, 0.8, 1.0), (0.1, 0.15, 0.2, 0.25))
-RESNEXT101_32X8D = ResNetConfig("resnext101_32x8d", 64, (256, 512, 1024, 2048), (1, 2, 2, 2),
-                                (3, 4, 23, 3), (1, 2, 8, 1), (0.5, 0.65, 0.8, 1.0),
-                                (0.25, 0.5, 0.75, 1.0), groups=32)
+
+@dataclass(frozen=True)
+class TorchvisionResNet:
+    """The arguments of one torchvision ResNet constructor (``torchvision.models.<name>``) and the
+    search space around it.
+
+    :param block: ``"basic"`` (``BasicBlock``) or ``"bottleneck"`` (``Bottleneck``).
+    :param depths: blocks per stage (torchvision's ``layers``), the maximal depths.
+    :param min_depths: the shallowest depths searched.
+    :param groups: the 3x3 conv's groups (ResNeXt's cardinality).
+    :param width_per_group: torchvision's ``width_per_group`` (64; 128 for Wide ResNets).
+    :param expand_fractions: the expand choices as fractions of the maximal one.
+    """
+
+    name: str
+    block: str
+    depths: tuple[int, ...]
+    min_depths: tuple[int, ...]
+    groups: int = 1
+    width_per_group: int = 64
+    expand_fractions: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0)
+
+    @property
+    def expansion(self) -> int:
+        return 1 if self.block == "basic" else 4
+
+    def config(self) -> ResNetConfig:
+        """The family's :class:`ResNetConfig`: torchvision's 64-channel stem and stage planes 64,
+        128, 256, 512; the inner width of a bottleneck is ``planes * width_per_group / 64 * groups``."""
+        max_expand = 1.0 if self.block == "basic" else self.width_per_group * self.groups / (64 * self.expansion)
+        return ResNetConfig(self.name, 64, tuple(64 * 2 ** i * self.expansion for i in range(4)), (1, 2, 2, 2),
+                            self.depths, self.min_depths, (0.5, 0.65, 0.8, 1.0),
+                            tuple(round(max_expand * f, 6) for f in self.expand_fractions),
+                            groups=self.groups, block=self.block)
+
+
+_QUARTERS = (0.25, 0.5, 0.75, 1.0)
+#: every torchvision ResNet constructor, by name (the family registered under that name)
+TORCHVISION_RESNETS: dict[str, TorchvisionResNet] = {spec.name: spec for spec in (
+    TorchvisionResNet("resnet18", "basic", (2, 2, 2, 2), (1, 1, 1, 1), expand_fractions=_QUARTERS),
+    TorchvisionResNet("resnet34", "basic", (3, 4, 6, 3), (1, 2, 4, 1), expand_fractions=_QUARTERS),
+    TorchvisionResNet("resnet50", "bottleneck", (3, 4, 6, 3), (1, 2, 4, 1)),
+    TorchvisionResNet("resnet101", "bottleneck", (3, 4, 23, 3), (1, 2, 8, 1)),
+    TorchvisionResNet("resnet152", "bottleneck", (3, 8, 36, 3), (1, 2, 12, 1)),
+    TorchvisionResNet("resnext50_32x4d", "bottleneck", (3, 4, 6, 3), (1, 2, 4, 1), 32, 4, _QUARTERS),
+    TorchvisionResNet("resnext101_32x8d", "bottleneck", (3, 4, 23, 3), (1, 2, 8, 1), 32, 8, _QUARTERS),
+    TorchvisionResNet("resnext101_64x4d", "bottleneck", (3, 4, 23, 3), (1, 2, 8, 1), 64, 4, _QUARTERS),
+    TorchvisionResNet("wide_resnet50_2", "bottleneck", (3, 4, 6, 3), (1, 2, 4, 1), width_per_group=128),
+    TorchvisionResNet("wide_resnet101_2", "bottleneck", (3, 4, 23, 3), (1, 2, 8, 1), width_per_group=128),
+)}
+
+RESNET50 = TORCHVISION_RESNETS["resnet50"].config()
+RESNEXT101_32X8D = TORCHVISION_RESNETS["resnext101_32x8d"].config()
 RESNET_TINY = ResNetConfig("resnet_tiny", 8, (16, 32, 48), (1, 2, 2), (2, 2, 2), (1, 1, 1),
                            (0.5, 0.75, 1.0), (0.25, 0.5), divisor=4)
-# not registered: exercises the grouped-conv code paths in tests at a tiny size
+# not registered: exercise the grouped-conv and basic-block code paths in tests at a tiny size
 RESNEXT_TINY = ResNetConfig("resnext_tiny", 8, (16, 32), (1, 2), (2, 2), (1, 1), (0.5, 1.0),
                             (0.5, 1.0), groups=4, divisor=4)
+BASIC_TINY = ResNetConfig("basic_tiny", 8, (8, 16, 24), (1, 2, 2), (2, 2, 2), (1, 1, 1), (0.5, 0.75, 1.0),
+                          (0.5, 1.0), divisor=4, block="basic")
 
 
 class Bottleneck(nn.Module):
@@ -115,6 +204,42 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+class BasicBlock(nn.Module):
+    """torchvision's basic block (two 3x3 convs, stride on the first) built from given layers."""
+
+    def __init__(self, convs: list[nn.Conv2d], bns: list[nn.BatchNorm2d],
+                 downsample: nn.Sequential | None) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = convs[0], bns[0]  # torchvision's order (so its state dict's)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = convs[1], bns[1]
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def _elastic_downsample(in_ch: int, out: int, stride: int, projection: bool) -> nn.Sequential | None:
+    if not projection:
+        return None
+    return nn.Sequential(ElasticConv2d(in_ch, out, 1, stride, bias=False), ElasticBatchNorm2d(out))
+
+
+def _select_downsample(downsample: nn.Sequential | None, in_ch: int, out: int) -> None:
+    if downsample is not None:
+        downsample[0].select(out, in_ch)
+        downsample[1].select(out)
+
+
+def _extract_downsample(downsample: nn.Sequential | None, device: Device) -> nn.Sequential | None:
+    if downsample is None:
+        return None
+    return nn.Sequential(downsample[0].extract(device), downsample[1].extract(device))
+
+
 class ElasticBottleneck(Bottleneck):
     """A bottleneck whose input, bottleneck and output widths are set by :meth:`select`."""
 
@@ -123,11 +248,13 @@ class ElasticBottleneck(Bottleneck):
                  ElasticConv2d(mid, mid, 3, stride, 1, groups=groups, bias=False),
                  ElasticConv2d(mid, out, 1, bias=False)]
         bns = [ElasticBatchNorm2d(mid), ElasticBatchNorm2d(mid), ElasticBatchNorm2d(out)]
-        downsample = None
-        if projection:
-            downsample = nn.Sequential(ElasticConv2d(in_ch, out, 1, stride, bias=False), ElasticBatchNorm2d(out))
-        super().__init__(convs, bns, downsample)
+        super().__init__(convs, bns, _elastic_downsample(in_ch, out, stride, projection))
         self.groups = groups
+
+    @property
+    def out_layers(self) -> tuple[ElasticConv2d, ElasticBatchNorm2d]:
+        """The conv and BN writing the block's output (the residual stream)."""
+        return self.conv3, self.bn3
 
     def mid_sel(self, mid: int) -> Sel:
         if self.groups == 1:
@@ -142,17 +269,13 @@ class ElasticBottleneck(Bottleneck):
         self.bn2.select(sel)
         self.conv3.select(out, sel)
         self.bn3.select(out)
-        if self.downsample is not None:
-            self.downsample[0].select(out, in_ch)
-            self.downsample[1].select(out)
+        _select_downsample(self.downsample, in_ch, out)
 
     def extract(self, device: Device = None) -> Bottleneck:
         """The selected sub-block as a plain :class:`Bottleneck`."""
-        downsample = None
-        if self.downsample is not None:
-            downsample = nn.Sequential(self.downsample[0].extract(device), self.downsample[1].extract(device))
         return Bottleneck([c.extract(device) for c in (self.conv1, self.conv2, self.conv3)],
-                          [b.extract(device) for b in (self.bn1, self.bn2, self.bn3)], downsample)
+                          [b.extract(device) for b in (self.bn1, self.bn2, self.bn3)],
+                          _extract_downsample(self.downsample, device))
 
     @torch.no_grad()
     def sort_mid_channels(self) -> None:
@@ -165,6 +288,42 @@ class ElasticBottleneck(Bottleneck):
             permute_(self.conv2.weight, perm, 1)
         else:
             permute_grouped_inputs_(self.conv2, perm)
+        permute_bn_(self.bn1, perm)
+        permute_(self.conv1.weight, perm, 0)
+
+
+class ElasticBasicBlock(BasicBlock):
+    """A basic block whose input, inner (first conv's output) and output widths are set by
+    :meth:`select`."""
+
+    def __init__(self, in_ch: int, mid: int, out: int, stride: int, projection: bool) -> None:
+        convs = [ElasticConv2d(in_ch, mid, 3, stride, 1, bias=False), ElasticConv2d(mid, out, 3, 1, 1, bias=False)]
+        super().__init__(convs, [ElasticBatchNorm2d(mid), ElasticBatchNorm2d(out)],
+                         _elastic_downsample(in_ch, out, stride, projection))
+
+    @property
+    def out_layers(self) -> tuple[ElasticConv2d, ElasticBatchNorm2d]:
+        """The conv and BN writing the block's output (the residual stream)."""
+        return self.conv2, self.bn2
+
+    def select(self, in_ch: int, mid: int, out: int) -> None:
+        self.conv1.select(mid, in_ch)
+        self.bn1.select(mid)
+        self.conv2.select(out, mid)
+        self.bn2.select(out)
+        _select_downsample(self.downsample, in_ch, out)
+
+    def extract(self, device: Device = None) -> BasicBlock:
+        """The selected sub-block as a plain :class:`BasicBlock`."""
+        return BasicBlock([c.extract(device) for c in (self.conv1, self.conv2)],
+                          [b.extract(device) for b in (self.bn1, self.bn2)],
+                          _extract_downsample(self.downsample, device))
+
+    @torch.no_grad()
+    def sort_mid_channels(self) -> None:
+        """Order the first conv's output channels by the L1 norm of the second conv's weights reading them."""
+        perm = importance_order(self.conv2.weight.abs().sum(dim=(0, 2, 3)))
+        permute_(self.conv2.weight, perm, 1)
         permute_bn_(self.bn1, perm)
         permute_(self.conv1.weight, perm, 0)
 
@@ -193,7 +352,8 @@ class ResNet(nn.Module):
 class ElasticResNet(Supernet):
     """Weight-sharing ResNet/ResNeXt supernet; the maximal architecture is torchvision's model.
 
-    :param config: the family's numbers (:data:`RESNET50`, :data:`RESNEXT101_32X8D`, ...).
+    :param config: the family's numbers (:data:`RESNET50`, :data:`RESNEXT101_32X8D`,
+        ``TORCHVISION_RESNETS[name].config()``, ...).
     :param num_classes: classifier outputs.
     :param stem: ``"imagenet"`` (7x7/2 conv + max pool) or ``"cifar"`` (same conv, stride 1, no pool).
     """
@@ -212,14 +372,19 @@ class ElasticResNet(Supernet):
         self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
         in_ch = config.stem_channels
         for s, (out, stride, depth) in enumerate(zip(config.stage_channels, config.strides, config.max_depths, strict=True)):
-            blocks = [ElasticBottleneck(in_ch if b == 0 else out, config.max_mid(s), out,
-                                        stride if b == 0 else 1, config.groups, projection=b == 0)
+            blocks = [self._block(in_ch if b == 0 else out, config.max_mid(s), out, stride if b == 0 else 1,
+                                  projection=b == 0 and config.projection(s))
                       for b in range(depth)]
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
             in_ch = out
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = ElasticLinear(in_ch, num_classes)
         self.set_active(self.space.max_arch())
+
+    def _block(self, in_ch: int, mid: int, out: int, stride: int, projection: bool) -> nn.Module:
+        if self.config.block == "basic":
+            return ElasticBasicBlock(in_ch, mid, out, stride, projection)
+        return ElasticBottleneck(in_ch, mid, out, stride, self.config.groups, projection)
 
     @property
     def layers(self) -> list[nn.Sequential]:
@@ -229,28 +394,32 @@ class ElasticResNet(Supernet):
         """The network ``arch`` builds (see :meth:`Supernet.channel_plan`): equal plans mean equal
         networks, even where rounding maps different ratios to one width.
 
-        ``stages`` lists ``[in, mid, out]`` per active block (so the depth is each list's length);
-        ``blocks`` the same blocks conv by conv as built (``conv1``-``conv3`` and the first block's
-        projection ``downsample``, each ``{in, out, kernel, stride, groups}``); ``stem`` the first
-        conv and whether a max pool follows; ``fc`` the classifier's ``[in, out]``.
+        ``stages`` lists ``[in, mid, out]`` per active block (so the depth is each list's length;
+        ``mid`` is a bottleneck's inner width, a basic block's first conv's output); ``blocks`` the
+        same blocks conv by conv as built (``conv1``-``conv3`` for a bottleneck, ``conv1``-``conv2``
+        for a basic block, and the projection ``downsample`` or None, each ``{in, out, kernel,
+        stride, groups}``); ``stem`` the first conv and whether a max pool follows; ``fc`` the
+        classifier's ``[in, out]``.
         """
         self.space.validate(arch)
         config = self.config
-        stages, blocks, in_ch = [], [], config.stem_channels
+        stem_out = config.stem_out(arch)
+        stages, blocks, in_ch = [], [], stem_out
         for s, expands in enumerate(arch.expands):
             out = config.out_channels(s, arch.widths[s])
             stage = [[in_ch if b == 0 else out, config.mid_channels(s, out, e), out] for b, e in enumerate(expands)]
             stages.append(stage)
-            blocks.append([_block_convs(block, config.strides[s] if b == 0 else 1, config.groups, b == 0)
+            blocks.append([_block_convs(config.block, block, config.strides[s] if b == 0 else 1, config.groups,
+                                        b == 0 and config.projection(s))
                            for b, block in enumerate(stage)])
             in_ch = out
-        stem = {"conv": conv_spec(3, config.stem_channels, 7, self.conv1.stride[0]),
+        stem = {"conv": conv_spec(3, stem_out, 7, self.conv1.stride[0]),
                 "maxpool": isinstance(self.maxpool, nn.MaxPool2d)}
         return {"stem": stem, "stages": stages, "blocks": blocks, "fc": [in_ch, self.num_classes]}
 
     def _count_layer_macs(self, arch: Arch, resolution: int) -> list[LayerMacs]:
         """:meth:`layer_macs` from the channel plan, in execution order (stem, then per block
-        the projection and conv1-conv3; ~1000x cheaper than the meta forward, equal to it:
+        the projection and the convs; ~1000x cheaper than the meta forward, equal to it:
         ``tests/test_arch.py``)."""
         plan = self.channel_plan(arch)
         size = _conv_out(resolution, plan["stem"]["conv"])
@@ -261,7 +430,7 @@ class ElasticResNet(Supernet):
             for block in stage:
                 if block["downsample"] is not None:  # the projection runs first in this family's blocks
                     layers.append(_conv_macs(block["downsample"], _conv_out(size, block["downsample"])))
-                for name in ("conv1", "conv2", "conv3"):
+                for name in _CONVS[self.config.block]:
                     size = _conv_out(size, block[name])
                     layers.append(_conv_macs(block[name], size))
         fc_in, fc_out = plan["fc"]
@@ -271,6 +440,9 @@ class ElasticResNet(Supernet):
     def set_active(self, arch: Arch) -> None:
         """Validate ``arch`` and make :meth:`forward` run it."""
         plan = self.channel_plan(arch)
+        stem_out = plan["stem"]["conv"]["out"]
+        self.conv1.select(stem_out)
+        self.bn1.select(stem_out)
         for layer, blocks in zip(self.layers, plan["stages"], strict=True):
             for block, (in_ch, mid, out) in zip(layer, blocks, strict=False):
                 block.select(in_ch, mid, out)
@@ -294,18 +466,21 @@ class ElasticResNet(Supernet):
     @torch.no_grad()
     def sort_channels(self) -> None:
         """Order every stage's output channels by the summed |BN gamma| of the layers writing the
-        residual stream, then every bottleneck's channels by the L1 norm of the conv reading them.
-        The maximal network computes the same function afterwards."""
+        residual stream (the blocks' last BN, the projection's BN, the stem's BN where it writes the
+        first stage's stream), then every block's inner channels by the L1 norm of the conv reading
+        them. The maximal network computes the same function afterwards."""
         layers = self.layers
         for s, layer in enumerate(layers):
-            bns = [block.bn3 for block in layer] + [layer[0].downsample[1]]
-            perm = importance_order(sum(bn.weight.abs() for bn in bns))
-            for block in layer:
-                permute_(block.conv3.weight, perm, 0)
-                permute_bn_(block.bn3, perm)
-            permute_(layer[0].downsample[0].weight, perm, 0)
-            permute_bn_(layer[0].downsample[1], perm)
-            readers = [block.conv1 for block in layer[1:]]
+            writers = [block.out_layers for block in layer]
+            if layer[0].downsample is not None:
+                writers.append((layer[0].downsample[0], layer[0].downsample[1]))
+            if s == 0 and self.config.tied_stem:
+                writers.append((self.conv1, self.bn1))
+            perm = importance_order(sum(bn.weight.abs() for _, bn in writers))
+            for conv, bn in writers:
+                permute_(conv.weight, perm, 0)
+                permute_bn_(bn, perm)
+            readers = [block.conv1 for block in layer if block is not layer[0] or block.downsample is None]
             if s + 1 < len(layers):
                 readers += [layers[s + 1][0].conv1, layers[s + 1][0].downsample[0]]
             for conv in readers:
@@ -335,10 +510,18 @@ class ElasticResNet(Supernet):
         return skipped
 
 
-def _block_convs(channels: list[int], stride: int, groups: int, projection: bool) -> dict:
+#: the convs of a block, in execution order after the projection
+_CONVS = {"basic": ("conv1", "conv2"), "bottleneck": ("conv1", "conv2", "conv3")}
+
+
+def _block_convs(block: str, channels: list[int], stride: int, groups: int, projection: bool) -> dict:
     in_ch, mid, out = channels
-    return {"conv1": conv_spec(in_ch, mid, 1), "conv2": conv_spec(mid, mid, 3, stride, groups),
-            "conv3": conv_spec(mid, out, 1), "downsample": conv_spec(in_ch, out, 1, stride) if projection else None}
+    if block == "basic":
+        convs = {"conv1": conv_spec(in_ch, mid, 3, stride), "conv2": conv_spec(mid, out, 3)}
+    else:
+        convs = {"conv1": conv_spec(in_ch, mid, 1), "conv2": conv_spec(mid, mid, 3, stride, groups),
+                 "conv3": conv_spec(mid, out, 1)}
+    return {**convs, "downsample": conv_spec(in_ch, out, 1, stride) if projection else None}
 
 
 def _conv_out(size: int, spec: dict) -> int:
@@ -356,6 +539,67 @@ def _copy_pool(pool: nn.Module) -> nn.Module:
     return nn.MaxPool2d(3, 2, 1) if isinstance(pool, nn.MaxPool2d) else nn.Identity()
 
 
+# ----------------------------------------------------------------------------- torchvision state dicts
+
+_BLOCK_KEY = re.compile(r"layer(\d+)\.(\d+)\.")
+
+
+def detect_torchvision_resnet(state: Mapping[str, Tensor]) -> tuple[str, int]:
+    """Which torchvision ResNet constructor made the state dict ``state``, and its class count.
+
+    Reads the block type (``layer1.0.conv3`` present: bottleneck), the depths (the highest block
+    index of each ``layerN``), the groups and width per group (``layer1.0.conv2``'s weight: inner
+    width over input channels per group) and ``num_classes`` (``fc.weight``), picks the family of
+    :data:`TORCHVISION_RESNETS` with those numbers and checks that every key and shape equals its
+    maximal network's.
+
+    :returns: ``(family name, num_classes)``, e.g. ``("resnet18", 10)``.
+    :raises NotAResNetError: one line saying what ``state`` looks like and listing the supported
+        families.
+    """
+    supported = f"supported: torchvision's {', '.join(TORCHVISION_RESNETS)}"
+    needed = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight", "fc.weight")
+    absent = [k for k in needed if k not in state]
+    if absent:
+        raise NotAResNetError(f"not a torchvision ResNet state dict (no {', '.join(absent)}); {supported}")
+    indices: dict[int, int] = {}
+    for key in state:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            indices[stage] = max(indices.get(stage, 0), block + 1)
+    depths = tuple(indices.get(s, 0) for s in range(1, max(indices) + 1))
+    block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    conv2 = state["layer1.0.conv2.weight"]
+    if conv2.dim() != 4 or conv2.shape[1] == 0 or conv2.shape[0] % conv2.shape[1] or state["fc.weight"].dim() != 2:
+        raise NotAResNetError(f"not a torchvision ResNet state dict (layer1.0.conv2.weight {tuple(conv2.shape)}, "
+                              f"fc.weight {tuple(state['fc.weight'].shape)}); {supported}")
+    groups = conv2.shape[0] // conv2.shape[1]
+    width_per_group = conv2.shape[0] // groups  # layer1's planes are 64: inner width = groups * width_per_group
+    num_classes = int(state["fc.weight"].shape[0])
+    found = f"{block} blocks, depths {depths}, groups {groups}, width_per_group {width_per_group}"
+    for spec in TORCHVISION_RESNETS.values():
+        if (spec.block, spec.depths, spec.groups, spec.width_per_group) == (block, depths, groups, width_per_group):
+            differ = _shape_differences(spec.config(), num_classes, state)
+            if differ:
+                raise NotAResNetError(f"a ResNet state dict with {found} like {spec.name} but not its tensors "
+                                      f"({'; '.join(differ[:3])}); {supported}")
+            return spec.name, num_classes
+    raise NotAResNetError(f"not a supported torchvision ResNet state dict ({found}); {supported}")
+
+
+def _shape_differences(config: ResNetConfig, num_classes: int, state: Mapping[str, Tensor]) -> list[str]:
+    """How ``state``'s keys and shapes differ from the maximal network of ``config`` (built on the
+    ``meta`` device: no weights allocated)."""
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in ElasticResNet(config, num_classes).state_dict().items()}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {own[k]}" for k in own if k in state and tuple(state[k].shape) != own[k]]
+    return ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {unexpected[:3]}"] if unexpected else []) \
+        + shapes
+
+
 def _builder(config: ResNetConfig):
     def build(num_classes: int = 10, stem: str = "imagenet") -> ElasticResNet:
         return ElasticResNet(config, num_classes, stem)
@@ -364,5 +608,5 @@ def _builder(config: ResNetConfig):
     return build
 
 
-for _config in (RESNET50, RESNEXT101_32X8D, RESNET_TINY):
+for _config in (*(spec.config() for spec in TORCHVISION_RESNETS.values()), RESNET_TINY):
     register_family(_config.family)(_builder(_config))

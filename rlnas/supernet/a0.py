@@ -4,7 +4,9 @@ a0 comes from one place, ``a0.checkpoint``: a torchvision-format state dict of t
 deploys today, trained for the task (its classifier has the task's number of classes). It is
 loaded strictly into the family's maximal network: a checkpoint of another family or another class
 count is an error naming the mismatching tensors, never silently skipped (torchvision's ImageNet
-weights are an *initialisation*, ``init.torchvision``, not an a0).
+weights are an *initialisation*, ``init.torchvision``, not an a0). Any torchvision ResNet is an a0
+(:func:`detect_a0_family` tells which from its state dict); one of another family than the
+configured model is an error naming the family it is (``use model=resnet18``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rlnas.data.classification import resolve_path
 from rlnas.errors import UserError
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
+from rlnas.spaces.resnet import TORCHVISION_RESNETS, NotAResNetError, detect_torchvision_resnet
 from rlnas.supernet.checkpoint import safe_load
 
 log = logging.getLogger(__name__)
@@ -85,9 +88,44 @@ def load_a0_weights(supernet: nn.Module, state: Mapping[str, Tensor], source: st
         family = getattr(getattr(supernet, "space", None), "family", type(supernet).__name__)
         parts = [f"missing {missing[:4]}" if missing else "", f"unexpected {unexpected[:4]}" if unexpected else "",
                  f"shape {shapes[:3]}" if shapes else ""]
-        raise A0Error(f"{source} does not fit {family} with these settings ({'; '.join(p for p in parts if p)}): "
+        detail = "; ".join(p for p in parts if p)
+        _raise_other_family(family, getattr(supernet, "num_classes", None), state, source, detail)
+        raise A0Error(f"{source} does not fit {family} with these settings ({detail}): "
                       "a0 must be this family trained for this task (e.g. its classifier has num_classes outputs)")
     supernet.load_state_dict(dict(state), strict=True)
+
+
+def detect_a0_family(state: Mapping[str, Tensor]) -> tuple[str, int]:
+    """The torchvision ResNet family of a0's state dict and its class count, e.g. ``("resnet18", 10)``
+    (:func:`rlnas.spaces.resnet.detect_torchvision_resnet`: block type, depths, groups and width
+    from the tensors).
+
+    :raises A0Error: one line: what ``state`` looks like and the supported families.
+    """
+    try:
+        return detect_torchvision_resnet(state)
+    except NotAResNetError as err:
+        raise A0Error(f"a0 is {err}") from None
+
+
+def _raise_other_family(family: str, num_classes: int | None, state: Mapping[str, Tensor], source: str,
+                        detail: str) -> None:
+    """Raise the one-line :class:`A0Error` for an a0 that does not fit ``family``: the torchvision
+    ResNet it is (``use model=<it>``), or, where ``family`` is a torchvision ResNet, that a0 is none
+    of the supported ones. Returns where neither applies (the caller's generic message)."""
+    try:
+        found, found_classes = detect_torchvision_resnet(state)
+    except NotAResNetError as err:
+        if family in TORCHVISION_RESNETS:
+            raise A0Error(f"{source} does not fit model={family}: it is {err}") from None
+        return
+    if found != family:
+        hint = "" if num_classes in (None, found_classes) else \
+            f" (and an a0 trained for this task's {num_classes} classes)"
+        raise A0Error(f"{source} looks like {found} (num_classes={found_classes}), not {family}: "
+                      f"use model={found}{hint}")
+    raise A0Error(f"{source} is {found} with num_classes={found_classes}, but this task has {num_classes} classes "
+                  f"({detail}): a0 must be {family} trained for this task")
 
 
 def build_a0(family: str, model_kwargs: Mapping[str, Any], checkpoint: str | os.PathLike) -> nn.Module:
