@@ -48,7 +48,7 @@ from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, load_finali
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
 from rlnas.oracles.latency import ir_size
-from rlnas.ovtools import name_tensors, with_image_preprocessing
+from rlnas.ovtools import name_tensors, reshaped, with_image_preprocessing
 from rlnas.report import pareto_figure, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
 from rlnas.search.evaluator import Measurement, accuracy_target, read_history
@@ -168,7 +168,7 @@ def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Pat
     resolution = accuracy.data.resolution
     if quantized is None:
         quantized = accuracy.quantize(model, calib_images)
-    quantized.reshape([1, 3, resolution, resolution])
+    reshaped(quantized, [1, 3, resolution, resolution])
     name_tensors(quantized, "input", accuracy.pipeline.output_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(path), compress_to_fp16=False)

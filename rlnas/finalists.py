@@ -42,7 +42,7 @@ from rlnas.arch import Arch
 from rlnas.errors import ConfigError
 from rlnas.oracles.latency import Confirmation
 from rlnas.oracles.worker import TimingConfig
-from rlnas.ovtools import name_tensors
+from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup
 from rlnas.search.evaluator import Measurement
 from rlnas.supernet.a0 import frozen_teacher
@@ -197,7 +197,7 @@ def write_int8_ir(setup: RunSetup, quantized: Any, path: Path) -> Path:
     """An INT8 ``ov.Model`` saved as an IR with a static batch-1 input, named input ``input``
     and output(s) as the task names them."""
     resolution = setup.data.resolution
-    quantized.reshape([1, 3, resolution, resolution])
+    reshaped(quantized, [1, 3, resolution, resolution])
     name_tensors(quantized, "input", setup.accuracy.pipeline.output_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(path), compress_to_fp16=False)

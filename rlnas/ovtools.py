@@ -23,6 +23,7 @@ from typing import Any
 import nncf
 import numpy as np
 import openvino as ov
+import openvino.passes as ov_passes
 import torch
 from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
@@ -77,11 +78,23 @@ def convert(model: Any, shape: tuple[int, ...]) -> Any:
         torch.set_num_threads(threads)
 
 
+def reshaped(ov_model: Any, shape: list[int]) -> Any:
+    """``ov_model`` reshaped to ``shape`` (in place). To a static shape, the shape arithmetic that
+    OpenVINO's reshape of a dynamic-batch model leaves in front of a Reshape (a Gather/Concat of
+    constants) is folded back into a constant, as the converter writes it: a finalist's, a0's or
+    the exported IR at batch 1 is then the graph the search timed for the same network."""
+    ov_model.reshape(shape)
+    if all(int(d) > 0 for d in shape):
+        manager = ov_passes.Manager()
+        manager.register_pass(ov_passes.ConstantFolding())
+        manager.run_passes(ov_model)
+    return ov_model
+
+
 def convert_to_openvino(model: nn.Module, resolution: int) -> Any:
     """``ov.Model`` of ``model`` with a dynamic batch, traced exactly as the latency oracle traces."""
     ov_model = convert(model.eval().to(memory_format=torch.contiguous_format), (1, 3, resolution, resolution))
-    ov_model.reshape([-1, 3, resolution, resolution])
-    return ov_model
+    return reshaped(ov_model, [-1, 3, resolution, resolution])
 
 
 def quantize_int8(ov_model: Any, calibration: list[np.ndarray]) -> Any:
