@@ -1,14 +1,16 @@
 """The confirmation's round order: read back from a real OpenVINO confirmation, every model runs
-first (and last) equally often, for two models as for three."""
+first (and last) equally often, for two models as for three; its bootstrap interval of the ratio."""
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 from torch import nn
 
-from rlnas.oracles.latency import LatencyOracle
+from rlnas.oracles.latency import LatencyOracle, bootstrap_ratio_ci
 from rlnas.oracles.worker import TimingConfig, round_order
 
 SHAPE = (1, 3, 16, 16)
@@ -37,6 +39,22 @@ def test_round_order_balances_positions_for_any_n():
         assert all(sorted(o) == names for o in orders)
         for position in range(n):
             assert Counter(o[position] for o in orders) == dict.fromkeys(names, 2)
+
+
+def test_bootstrap_interval_is_seeded_and_holds_the_median():
+    rng = np.random.default_rng(3)
+    ref = [list(4.0 + rng.exponential(0.2, 10)) for _ in range(25)]
+    cand = [list(2.0 + rng.exponential(0.2, 10)) for _ in range(25)]
+    median = float(np.median([np.percentile(c, 10) / np.percentile(r, 10) for c, r in zip(cand, ref)]))
+    low, high = bootstrap_ratio_ci(cand, ref)
+    assert low < median < high and high - low < 0.1
+    assert bootstrap_ratio_ci(cand, ref) == [low, high]  # seeded: the same rounds give the same interval
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # degenerate cases answer without scipy's warnings
+        assert bootstrap_ratio_ci(ref, ref) == [1.0, 1.0]  # the reference against itself
+        assert bootstrap_ratio_ci([[1.0, 2.0]], [[2.0, 4.0]]) == [0.5, 0.5]  # one round
+    with pytest.raises(ValueError, match="no rounds"):
+        bootstrap_ratio_ci([], [])
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rlnas
-from rlnas.data import DatasetError, DatasetSpec
+from rlnas.data import DatasetError, DatasetSpec, resolve_path
 from rlnas.data.classification import square, write_synthetic_imagefolder
 from rlnas.tasks import build_data
 
@@ -45,6 +45,33 @@ def test_missing_root_and_split_are_explained(folder: Path, tmp_path: Path) -> N
         build_data(spec(folder, tmp_path, val_split="test"), 16)
     with pytest.raises(DatasetError, match="no root"):
         DatasetSpec.from_config({"name": "imagefolder", "root": "???"})
+
+
+def test_imagefolder_layout_errors_name_the_folder(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "train" / ".hidden").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=rf"{root / 'train'} has no class folders"):
+        build_data(spec(root, tmp_path), 16)
+    (root / "train" / "cat").mkdir()
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match=rf"no images \(\.jpg, .*\) under {root / 'train'}"):
+        build_data(spec(root, tmp_path), 16)
+    write_synthetic_imagefolder(root, {"train": 2}, num_classes=1, size=8)  # train/class0
+    (root / "val" / "dog").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"val has classes not in the train split: \['dog'\]"):
+        build_data(spec(root, tmp_path), 16)
+
+
+def test_relative_paths_resolve_against_the_working_directory_then_the_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("rlnas/conf") == rlnas.CONF_DIR  # a shipped path, from any directory
+    (tmp_path / "rlnas" / "conf").mkdir(parents=True)
+    assert resolve_path("rlnas/conf") == tmp_path / "rlnas" / "conf"  # the user's own comes first
+    assert resolve_path("nowhere/x") == tmp_path / "nowhere" / "x"  # missing: where the user looked
+    assert resolve_path(tmp_path / "a" / ".." / "b") == tmp_path / "b"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_path("~/rlnas") == tmp_path / "rlnas"
 
 
 def test_train_batches_are_deterministic_and_resumable(folder: Path, tmp_path: Path) -> None:

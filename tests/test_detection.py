@@ -240,7 +240,7 @@ def test_ssd_mobilenet_v1_layout() -> None:
 
 
 def test_int8_detector_runs_in_openvino(tiny_ssd, tmp_path: Path) -> None:
-    from rlnas.detection.evaluate import compile_detector, detection_accuracy, evaluate_detection, export_int8
+    from rlnas.detection.evaluate import compile_detector, evaluate_detection, export_int8
 
     _tiny_yolo(tmp_path)
     data = build_detection_data({"format": "yolo", "root": str(tmp_path), "train_split": "train",
@@ -260,10 +260,6 @@ def test_int8_detector_runs_in_openvino(tiny_ssd, tmp_path: Path) -> None:
     assert dets["boxes"].shape[0] == dets["scores"].shape[0] == dets["labels"].shape[0] > 0
     fp32 = evaluate_detection(tiny_ssd, arch, data)
     assert set(fp32) == {"map", "map50", "map75"} and all(-1.0 <= v <= 1.0 for v in fp32.values())
-    result = detection_accuracy(copy.deepcopy(tiny_ssd), arch, data, recal_images=3, calib_images=3)
-    assert {"map50", "map", "map50_int8", "map_int8"} <= set(result)
-    assert all(0.0 <= result[k] <= 1.0 for k in ("map50", "map", "map50_int8", "map_int8"))
-    assert set(result["stage_seconds"]) == {"extract", "recalibrate", "eval_fp32", "int8"}
 
 
 class Killed(Exception):
@@ -271,7 +267,6 @@ class Killed(Exception):
 
 
 def test_detection_training_resumes_and_writes_a_loadable_supernet(tmp_path: Path) -> None:
-    from rlnas.detection.train import train_detection_supernet
     from rlnas.supernet import load_supernet
     from rlnas.supernet.train import compose_config
 
@@ -287,8 +282,8 @@ def test_detection_training_resumes_and_writes_a_loadable_supernet(tmp_path: Pat
             raise Killed
 
     with pytest.raises(Killed):
-        train_detection_supernet(cfg, on_step=kill_at_first_step)
-    path = train_detection_supernet(cfg)  # resumes from last.pt
+        get_task(cfg.dataset.task).trainer(cfg, on_step=kill_at_first_step).run()
+    path = get_task(cfg.dataset.task).trainer(cfg).run()  # resumes from last.pt
     net, meta = load_supernet(path)
     assert net.task == "detection" and meta["family"] == "ssd_tiny" and meta["completed"]
     assert meta["steps"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]

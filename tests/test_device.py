@@ -19,7 +19,6 @@ from rlnas.oracles.device import (
     DeviceProfile,
     DeviceProfileError,
     cap_rank,
-    check_isa,
     host_cpu_flags,
     host_cpu_model,
     host_max_isa,
@@ -27,6 +26,7 @@ from rlnas.oracles.device import (
     kernels_above,
     list_profiles,
     load_profile,
+    missing_flags,
     parse_cpuinfo,
     profile_from_config,
     profile_statuses,
@@ -119,13 +119,14 @@ def test_unknown_profile_names_valid_ones():
 
 
 def test_isa_checks_against_flags():
-    check_isa("AVX2", AVX2_HOST)
-    with pytest.raises(DeviceProfileError, match="avx512_vnni"):
-        check_isa("AVX512_CORE_VNNI", AVX2_HOST | {"avx512f", "avx512bw", "avx512dq", "avx512vl"})
-    with pytest.raises(DeviceProfileError, match="avx2"):
-        check_isa("AVX2", frozenset({"sse4_1", "avx"}))
-    with pytest.raises(DeviceProfileError, match="AVX512_CORE_VNNI"):
-        check_isa("AVX3", AVX2_HOST)
+    assert missing_flags("AVX2", AVX2_HOST) == []
+    assert missing_flags("AVX512_CORE_VNNI", AVX2_HOST | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}) == [
+        "avx512_vnni"]
+    assert missing_flags("AVX2", frozenset({"sse4_1", "avx"})) == ["avx2", "fma"]
+    with pytest.raises(DeviceProfileError, match="lacks.*avx512_vnni.*profiles this host can run"):
+        DeviceProfile("x", "AVX512_CORE_VNNI").validate(AVX2_HOST)
+    with pytest.raises(DeviceProfileError, match="unknown isa 'AVX3'.*AVX512_CORE_VNNI"):
+        DeviceProfile("x", "AVX3").validate(AVX2_HOST)
     assert host_max_isa(AVX2_HOST) == "AVX2"
     assert host_max_isa(ICELAKE_HOST) == "AVX512_CORE_VNNI"
     assert host_max_isa(SPR_HOST) == "AVX512_CORE_AMX"
@@ -149,9 +150,7 @@ def test_profile_validation_on_fake_hosts():
 def test_host_profile_matches_this_machine():
     assert host_cpu_model()
     assert host_cpu_flags()
-    for isa in ISA_FLAGS:
-        if host_max_isa() == isa:
-            check_isa(isa)
+    assert host_max_isa() in ISA_FLAGS and not missing_flags(host_max_isa())
     icelake = load_profile("icelake_vnni", check_host=False)
     if "avx512_vnni" in host_cpu_flags():
         load_profile("icelake_vnni")

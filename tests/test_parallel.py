@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
+from rlnas.arch import Arch
 from rlnas.oracles.surrogate import Surrogate, SurrogateAccuracyOracle, SurrogateLatencyOracle
 from rlnas.search.agents import PPOAgent, RandomSearch, RegularizedEvolution
-from rlnas.search.evaluator import BudgetExhausted, Evaluator
+from rlnas.search.evaluator import BudgetExhausted, Evaluator, EvaluatorStats
 
 RES = 32
 
@@ -102,6 +103,28 @@ def test_budget_and_networks_in_flight(supernet, surrogate):
     results = ev.evaluate_many(archs)
     assert results[2] is None and results[0] is first.result() and ev.unique_evaluations == 2
     assert ev.evaluate(archs[0]) is results[0] and ev.stats.repeats >= 1
+
+
+def test_stats_are_counts_of_the_recorded_measurements(supernet, surrogate, tmp_path):
+    space, top = supernet.space, supernet.space.max_arch()
+    twins = [Arch(space.family, top.depths, (0.5,) + top.widths[1:], ((e,) * top.depths[0],) + top.expands[1:])
+             for e in (0.25, 0.5)]
+    assert supernet.network_key(twins[0]) == supernet.network_key(twins[1]) and twins[0] != twins[1]
+    rng, taken = np.random.default_rng(1), {supernet.network_key(top), supernet.network_key(twins[0])}
+    other = next(a for a in iter(lambda: space.sample(rng), None) if supernet.network_key(a) not in taken)
+    history = tmp_path / "evaluations.jsonl"
+    ev = evaluator(supernet, surrogate, 2, budget=5, history=history)
+    first, twin, _ = ev.evaluate_many([twins[0], twins[1], other])  # the twin waits for its network
+    assert twin.cached and twin.latency_ratio == first.latency_ratio
+    assert ev.evaluate(twins[0]) is first and ev.evaluate(twins[1]) is twin  # two repeats
+    stats = ev.stats
+    assert (stats.unique, stats.duplicates, stats.repeats) == (2, 1, 2)
+    assert stats == EvaluatorStats.of(ev.history, duplicates=1, repeats=2)
+    assert stats.violations == sum(m.ok and not m.feasible for m in ev.history) and stats.failures == 0
+    assert stats.oracle_cache_hits == sum(m.cached for m in ev.history)
+    resumed = evaluator(supernet, surrogate, 2, budget=5, history=history)  # the log's measurements count
+    assert resumed.stats == EvaluatorStats.of(ev.history, duplicates=0, repeats=0)
+    ev.close()
 
 
 def test_ppo_collects_from_several_envs(supernet, surrogate, tmp_path):

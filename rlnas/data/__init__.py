@@ -1,6 +1,7 @@
 """Datasets: classification (ImageFolder / CIFAR-10, in memory, see :mod:`rlnas.data.classification`)
 and detection (:mod:`rlnas.data.detection`). ``rlnas.tasks.build_data(dataset_cfg, resolution)``
-picks the loader from ``dataset_cfg.task``.
+picks the loader from ``dataset_cfg.task``. Every configured path goes through :func:`resolve_path`
+(working directory first, then the source checkout).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from rlnas.data.classification import (
     DatasetSpec,
     ImageSet,
     build_classification_data,
+    resolve_path,
 )
 
-__all__ = ["ClassificationData", "DatasetError", "DatasetSpec", "ImageSet", "build_classification_data"]
+__all__ = ["ClassificationData", "DatasetError", "DatasetSpec", "ImageSet", "build_classification_data",
+           "resolve_path"]

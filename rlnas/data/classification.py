@@ -10,7 +10,8 @@ Every random choice is a function of ``(seed, epoch, step)``: a resumed run sees
 batches an uninterrupted run would have seen, and skipping the steps already done costs nothing.
 
 Layout: ImageFolder, ``<root>/<split>/<class>/<image>`` (``make data`` builds ``data/cifar10`` and
-``data/imagenette-128`` this way); CIFAR-10 can also come from torchvision's download.
+``data/imagenette-128`` this way), read by torchvision's ``find_classes``/``make_dataset`` (hidden
+folders ignored); CIFAR-10 can also come from torchvision's download.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.datasets.folder import find_classes, make_dataset
 
 import rlnas
 from rlnas.errors import ConfigError, UserError
@@ -163,7 +165,14 @@ def _to_plain(cfg: Any) -> Any:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """An absolute path: as given, else under the working directory, else under the repository."""
+    """Where a configured data or model path points, absolute (the one rule of every data path).
+
+    ``~`` is expanded; an absolute path is taken as it is. A relative path is looked up under the
+    working directory first (what a user typing it means), then under the source checkout
+    (:data:`rlnas.REPO_DIR`: the shipped defaults such as ``data/cifar10`` work from any directory).
+    When it exists in neither, the working-directory path is returned, so an error names the
+    place the user would look.
+    """
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p.resolve()
@@ -218,29 +227,35 @@ def _missing_root_message(spec: DatasetSpec, root: Path) -> str:
 
 
 def _class_folders(split_dir: Path, name: str) -> list[str]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The split's class names (torchvision's ``find_classes``: sorted folder names), hidden
+    folders left out; DatasetError naming the folder when there is none."""
+    classes = _visible_folders(split_dir)
     if not classes:
         raise DatasetError(f"dataset {name!r}: {split_dir} has no class folders (expected <split>/<class>/<image>)")
     return classes
 
 
+def _visible_folders(split_dir: Path) -> list[str]:
+    try:
+        found = find_classes(split_dir)[0]
+    except FileNotFoundError:  # no folder at all
+        return []
+    return [c for c in found if not c.startswith(".")]
+
+
 def _list_images(split_dir: Path, classes: list[str], name: str) -> tuple[list[Path], list[int]]:
-    present = {p.name for p in split_dir.iterdir() if p.is_dir()}
-    unknown = present - set(classes) - {n for n in present if n.startswith(".")}
+    """The images (:data:`IMAGE_EXTENSIONS`) of ``classes`` under ``split_dir`` with their labels
+    (indices in ``classes``), by torchvision's ``make_dataset``; a class without a folder has no
+    images. DatasetError naming the folder for a class the train split lacks, or no image at all."""
+    unknown = set(_visible_folders(split_dir)) - set(classes)
     if unknown:
         raise DatasetError(f"dataset {name!r}: {split_dir} has classes not in the train split: {sorted(unknown)[:5]}")
-    files: list[Path] = []
-    labels: list[int] = []
-    for index, cls in enumerate(classes):
-        folder = split_dir / cls
-        if not folder.is_dir():
-            continue
-        found = sorted(e.path for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS))
-        files += [Path(f) for f in found]
-        labels += [index] * len(found)
-    if not files:
+    samples = make_dataset(split_dir, {c: i for i, c in enumerate(classes)}, extensions=IMAGE_EXTENSIONS,
+                           allow_empty=True)
+    if not samples:
         raise DatasetError(f"dataset {name!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}")
-    return files, labels
+    samples.sort(key=lambda sample: sample[1])  # label order, whatever order the class names sort in
+    return [Path(path) for path, _ in samples], [label for _, label in samples]
 
 
 def _limit(files: list[Path], labels: list[int], limit: int | None, seed: int) -> tuple[list[Path], list[int]]:

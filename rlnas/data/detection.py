@@ -20,8 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from rlnas import REPO_DIR
-from rlnas.data.classification import DatasetError
+from rlnas.data.classification import DatasetError, resolve_path
 from rlnas.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -255,11 +254,3 @@ def build_detection_data(cfg: Mapping[str, Any], image_size: int) -> DetectionDa
     source = {k: str(v) for k, v in cfg.items() if k not in ("class_names", "name", "task")}
     return DetectionData(str(cfg.get("name", fmt)), train, calib, val, num_classes, image_size, names,
                          source=source)
-
-
-def resolve_path(path: str | Path) -> Path:
-    """``path`` as given if it exists, else relative to the source checkout (``rlnas.REPO_DIR``)."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    return REPO_DIR / p

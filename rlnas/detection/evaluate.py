@@ -11,7 +11,6 @@ NMS -> COCO mAP (:class:`~rlnas.detection.metrics.DetectionMAP`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -176,33 +175,3 @@ def evaluate_compiled(compiled: Any, data: DetectionData, priors: torch.Tensor, 
     """
     loader = data.loader(split, 1, max_images=max_images)
     return score_batches(_openvino_outputs(compiled, loader), priors, post)
-
-
-def detection_accuracy(supernet: Supernet, arch: Arch, data: DetectionData, *, recal_images: int = 128,
-                       calib_images: int = 128, eval_images: int | None = None,
-                       inference_precision: str = "f32", threads: int | None = None) -> dict[str, Any]:
-    """What the accuracy oracle needs for one detector subnet, in its stage order: extract (the
-    supernet is not modified), BN recalibration, FP32 mAP in PyTorch, INT8 mAP in OpenVINO.
-
-    :returns: ``{"map50", "map", "map50_int8", "map_int8", "stage_seconds": {...}}`` (the
-        accuracy constraint uses ``map50``/``map50_int8``).
-    """
-    stages: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        stages[name], clock = now - clock, now
-
-    model = supernet.extract(arch)
-    lap("extract")
-    recalibrate(model, data, recal_images)
-    lap("recalibrate")
-    fp32 = evaluate_detection(model, None, data, max_images=eval_images)
-    lap("eval_fp32")
-    int8 = evaluate_detection_int8(model, None, data, max_images=eval_images, calib_images=calib_images,
-                                   inference_precision=inference_precision, threads=threads)
-    lap("int8")
-    return {"map50": fp32["map50"], "map": fp32["map"], "map50_int8": int8["map50"], "map_int8": int8["map"],
-            "stage_seconds": stages}

@@ -19,18 +19,18 @@ mAP@[.5:.95] as ``val_map_{max,min}``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from rlnas.arch import Arch
-from rlnas.data.detection import DetectionData, Target, build_detection_data, resolve_path
+from rlnas.data.classification import resolve_path
+from rlnas.data.detection import DetectionData, Target, build_detection_data
 from rlnas.detection.evaluate import evaluate_detection, recalibrate
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.spaces.base import Supernet
@@ -128,11 +128,3 @@ class DetectionSupernetTrainer(SupernetTrainer):
         """mAP@.5 as ``val_acc`` (what the search constrains) and mAP@[.5:.95] as ``val_map``."""
         result = evaluate_subnet_map(self.supernet, arch, self.data, val_images, recal_images)
         return {"val_acc": result["map50"], "val_map": result["map"]}
-
-
-def train_detection_supernet(cfg: DictConfig | Mapping[str, Any],
-                             on_step: Callable[[SupernetTrainer], None] | None = None) -> Path:
-    """:func:`rlnas.supernet.train.train_supernet` for detection: returns the path of ``supernet.pt``."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    return DetectionSupernetTrainer(cfg, on_step).run()

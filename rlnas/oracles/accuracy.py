@@ -32,7 +32,6 @@ import abc
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from torch import nn
 
 from rlnas import machinelock
 from rlnas.arch import Arch, InvalidArchError
-from rlnas.oracles.device import host_cpu_flags
+from rlnas.oracles.device import RELEVANT_FLAGS, host_cpu_flags
 from rlnas.oracles.store import MeasurementStore, StoredResult
 from rlnas.ovtools import (
     compile_cpu,
@@ -58,6 +57,7 @@ from rlnas.ovtools import (
 )
 from rlnas.supernet.bn import recalibrate_bn
 from rlnas.supernet.scoring import torch_top1
+from rlnas.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,6 @@ KIND = "accuracy"
 PROTOCOL = 2  # 2: BN recalibration on training-augmented images, validation/held-out splits
 RECAL_SEED = 1
 CALIB_SEED = 2
-#: CPU flags that change INT8/FP32 kernels (hence possibly the numbers)
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
 @dataclass
@@ -105,9 +103,10 @@ def failure_of(arch: Arch, stage: str, err: Exception) -> AccuracyResult:
 
 
 def host_isa() -> list[str]:
-    """The ISA flags of this host that select different kernels."""
+    """The CPU flags of this host that select different kernels (those of
+    :data:`~rlnas.oracles.device.RELEVANT_FLAGS` it has, in that order)."""
     flags = host_cpu_flags()
-    return [f for f in ISA_FLAGS if f in flags]
+    return [f for f in RELEVANT_FLAGS if f in flags]
 
 
 @contextlib.contextmanager
@@ -119,23 +118,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-class _Stage:
-    """Times named stages into a dict and names the stage that failed."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.current = ""
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self.current = name
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +213,7 @@ class AccuracyOracle:
         cached = self._lookup(key)
         if cached is not None:
             return cached
-        stage = _Stage()
-        start = time.perf_counter()
+        stage = StageTimer()
         try:
             prepared = model.eval().to(memory_format=torch.channels_last) if self.channels_last else model.eval()
             with machinelock.shared(self.lock_path) as waited, torch_threads(self.threads):
@@ -240,7 +221,7 @@ class AccuracyOracle:
                 result = self.pipeline.score(self, prepared, stage, self.eval_count)
         except Exception as err:  # reported to the caller, which cannot go on without it
             result = failure_of(self.supernet.space.max_arch(), stage.current, err)
-        result.stage_seconds = {**stage.seconds, "total": time.perf_counter() - start}
+        result.stage_seconds = {**stage.seconds, "total": stage.total()}
         if self.store is not None and result.ok:
             self.store.put(KIND, key, result.to_dict())
         return result
@@ -316,10 +297,6 @@ class AccuracyOracle:
         """Compile an ``ov.Model`` for CPU as evaluation runs it (static batch, explicit precision)."""
         return self.pipeline.compile(self, ov_model)
 
-    def build_int8(self, model: nn.Module) -> Any:
-        """Convert, quantize with real calibration images and compile a prepared model."""
-        return self.compile(self.quantize(model))
-
     def int8_scores(self, compiled: Any, count: int | None = None) -> dict[str, float]:
         """OpenVINO scores of a compiled model on ``count`` validation images (None: the evaluation set)."""
         return self.pipeline.int8_scores(self, compiled, self.eval_count if count is None else count)
@@ -344,15 +321,14 @@ class AccuracyOracle:
 
     def _measure(self, arch: Arch) -> AccuracyResult:
         pipeline = self.pipeline
-        stage = _Stage()
-        start = time.perf_counter()
+        stage = StageTimer()
         try:
             with machinelock.shared(self.lock_path) as waited, torch_threads(self.threads):
                 stage.seconds["lock_wait"] = waited.seconds
                 result = pipeline(self, arch, stage)
         except Exception as err:  # a failing candidate is reported, never fatal to the search
             result = failure_of(arch, stage.current, err)
-        result.stage_seconds = {**stage.seconds, "total": time.perf_counter() - start}
+        result.stage_seconds = {**stage.seconds, "total": stage.total()}
         return result
 
     def _fp32_count(self, arch: Arch) -> int:
@@ -389,7 +365,7 @@ class TaskPipeline(abc.ABC):
         """The accuracy's label, e.g. ``top-1`` or ``mAP@.5``."""
         return self.metrics[self.accuracy_key]
 
-    def __call__(self, oracle: AccuracyOracle, arch: Arch, stage: _Stage) -> AccuracyResult:
+    def __call__(self, oracle: AccuracyOracle, arch: Arch, stage: StageTimer) -> AccuracyResult:
         """Extract, recalibrate, then :meth:`score`."""
         with stage("extract"):
             model = oracle.supernet.extract(arch)
@@ -397,7 +373,7 @@ class TaskPipeline(abc.ABC):
             model = oracle.recalibrate(model)
         return self.score(oracle, model, stage, oracle._fp32_count(arch))
 
-    def score(self, oracle: AccuracyOracle, model: nn.Module, stage: _Stage, fp32_count: int) -> AccuracyResult:
+    def score(self, oracle: AccuracyOracle, model: nn.Module, stage: StageTimer, fp32_count: int) -> AccuracyResult:
         """FP32 in PyTorch (on ``fp32_count`` images; 0 skips it), convert, quantize with real
         calibration images, compile, INT8 in OpenVINO, of a prepared model."""
         key = self.accuracy_key

@@ -198,18 +198,6 @@ def host_max_isa(flags: frozenset[str] | None = None) -> str:
     return best
 
 
-def check_isa(isa: str, flags: frozenset[str] | None = None) -> None:
-    """Raise DeviceProfileError if ``isa`` is unknown or the host lacks a flag it needs."""
-    if isa not in ISA_FLAGS:
-        raise DeviceProfileError(f"unknown ISA {isa!r}; valid: {list(ISA_FLAGS)}")
-    missing = missing_flags(isa, flags)
-    if missing:
-        supported = [i for i in ISA_FLAGS if not missing_flags(i, flags)]
-        raise DeviceProfileError(
-            f"this host ({host_cpu_model()}) lacks {missing} needed by ISA {isa}; "
-            f"ISAs it can run: {supported}")
-
-
 #: The ISA families OpenVINO names its kernels by (``jit_avx2_I8``, ``brgconv_avx512_amx_I8``...).
 KERNEL_ISA_RANK = {"sse42": 0, "avx": 1, "avx2": 2, "avx512": 3, "amx": 4}
 

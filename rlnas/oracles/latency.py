@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from rlnas import machinelock
 from rlnas.oracles.device import (
@@ -46,6 +47,7 @@ from rlnas.oracles.worker import (
     round_ratios,
 )
 from rlnas.ovtools import convert, library_versions, quiet, save_ir
+from rlnas.timing import StageTimer
 
 #: Bump when the timing protocol changes what a number means; old cache entries are then ignored.
 PROTOCOL_VERSION = 2  # 2: the confirmation's order alternates for two models too
@@ -177,11 +179,19 @@ def classify_layer_times(nodes: dict[str, dict[str, Any]], layers: dict[str, dic
 
 def bootstrap_ratio_ci(cand_rounds: list[list[float]], ref_rounds: list[list[float]], samples: int = 2000,
                        seed: int = 0) -> list[float]:
-    """95 % bootstrap interval of the median per-round p10 ratio, resampling rounds."""
+    """95 % percentile bootstrap interval (:func:`scipy.stats.bootstrap`, seeded) of the median
+    per-round p10 ratio. Rounds are resampled, each as the pair (candidate, reference) timed in it.
+    With fewer than two rounds, or one ratio in every round (the reference against itself), the
+    interval is that median alone; no rounds raise ValueError."""
     ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
-    rng = np.random.default_rng(seed)
-    medians = np.median(ratios[rng.integers(0, len(ratios), (samples, len(ratios)))], axis=1)
-    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+    if len(ratios) == 0:
+        raise ValueError("no rounds to bootstrap")
+    if len(ratios) < 2 or np.all(ratios == ratios[0]):
+        median = float(np.median(ratios))
+        return [median, median]
+    ci = scipy.stats.bootstrap((ratios,), np.median, n_resamples=samples, confidence_level=0.95,
+                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return [float(ci.low), float(ci.high)]
 
 
 def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -378,7 +388,7 @@ class LatencyOracle:
         order = [reference] + [name for name in xmls if name != reference]
         msg = {"op": "confirm", "timing": asdict(timing), "lock_path": self.lock_path,
                "models": {name: {"path": str(xmls[name]), "config": config, "shape": shapes[name]} for name in order}}
-        start = time.perf_counter()
+        timer = StageTimer()
         reply = self.worker.request(msg, max(self.timeout_s, 2 * timing.max_time_s + 60 * len(order)))
         rounds = reply["rounds"]
         result = Confirmation(
@@ -390,7 +400,7 @@ class LatencyOracle:
             above_cap={n: self._above_cap(k) for n, k in reply.get("layer_kernels", {}).items()},
             orders=reply["orders"],
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
-                           "lock_wait": reply["lock_wait_s"], "total": time.perf_counter() - start})
+                           "lock_wait": reply["lock_wait_s"], "total": timer.total()})
         self.store.put(CONFIRM_KIND, key, result.to_dict())
         return result
 
@@ -556,17 +566,16 @@ class LatencyOracle:
         base = LatencyResult(status="failed", precision=precision, isa=self.profile.effective_isa(),
                              versions=dict(self.versions, protocol=str(PROTOCOL_VERSION)), model_key=model_key,
                              input_shape=shape, profile=self.profile.name, measured_at=time.time())
-        start = time.perf_counter()
+        timer = StageTimer()
         try:
             ir, stages, reused = prepare()
         except IRBuildError as err:
             base.reason, base.stage_seconds = str(err), err.stage_seconds
             return base
         base.ir_path, base.ir_size_bytes, base.ir_reused = str(ir), ir_size(ir), reused
-        base.stage_seconds = dict(stages)
-        ref_start = time.perf_counter()
-        ref_ir = self._reference_ir(shape, precision)
-        base.stage_seconds["reference"] = time.perf_counter() - ref_start
+        with timer("reference"):
+            ref_ir = self._reference_ir(shape, precision)
+        base.stage_seconds = {**stages, "reference": timer.seconds["reference"]}
         config, dims = self.profile.compile_config(hint), list(shape)
         # "shape": the worker reshapes an IR with a dynamic input to it (static IRs are run as is)
         msg = {"op": "measure", "cand": {"path": str(ir), "config": config, "shape": dims},
@@ -577,10 +586,10 @@ class LatencyOracle:
         except (WorkerError, WorkerCrashed, WorkerTimeout) as err:
             base.reason = f"{type(err).__name__}: {err}"
             base.transient = bool(getattr(err, "transient", False))
-            base.stage_seconds["total"] = time.perf_counter() - start
+            base.stage_seconds["total"] = timer.total()
             return base
         self._fill(base, reply)
-        base.stage_seconds["total"] = time.perf_counter() - start
+        base.stage_seconds["total"] = timer.total()
         return base
 
     def _fill(self, result: LatencyResult, reply: dict[str, Any]) -> None:
@@ -692,30 +701,27 @@ def ir_size(xml: Path) -> int:
     return sum(p.stat().st_size for p in (xml, xml.with_suffix(".bin")) if p.is_file())
 
 
-def _stage(name: str, stages: dict[str, float], fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    try:
-        return fn()
-    except Exception as err:
-        raise IRBuildError(f"{name} failed: {type(err).__name__}: {err}", stages) from err
-    finally:
-        stages[name] = time.perf_counter() - start
-
-
 def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path, calibration: Iterable | None,
              quant: QuantizationConfig) -> dict[str, float]:
     """Build ``model`` (if a builder), convert it to an IR at ``path`` (variant int8, fp32 or
     fp16); return stage seconds. Raises IRBuildError naming the failed stage."""
-    stages: dict[str, float] = {}
-    with quiet(quant.quiet):
-        module = _stage("build", stages, lambda: build_model(model))
-        ov_model = _stage("convert", stages, lambda: convert(module, shape))
-        if variant == "int8":
-            ov_model = _stage("quantize", stages, lambda: quantize(ov_model, shape, calibration, quant))
-        else:
-            stages["quantize"] = 0.0
-        _stage("save", stages, lambda: save_ir(ov_model, path, compress_to_fp16=variant == "fp16"))
-    return stages
+    stages = StageTimer()
+    try:
+        with quiet(quant.quiet):
+            with stages("build"):
+                module = build_model(model)
+            with stages("convert"):
+                ov_model = convert(module, shape)
+            if variant == "int8":
+                with stages("quantize"):
+                    ov_model = quantize(ov_model, shape, calibration, quant)
+            else:
+                stages.seconds["quantize"] = 0.0
+            with stages("save"):
+                save_ir(ov_model, path, compress_to_fp16=variant == "fp16")
+    except Exception as err:
+        raise IRBuildError(f"{stages.current} failed: {type(err).__name__}: {err}", stages.seconds) from err
+    return stages.seconds
 
 
 def calibration_arrays(calibration: Iterable | None, shape: tuple[int, ...], count: int) -> list[np.ndarray]:

@@ -120,14 +120,24 @@ class EvaluationLogger(Protocol):
     def on_measurement(self, evaluator: Evaluator, m: Measurement) -> None: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluatorStats:
-    unique: int = 0
-    repeats: int = 0  # asks for an architecture this run had already measured (free)
+    """What an evaluator has answered so far (:attr:`Evaluator.stats`, a snapshot computed from its
+    recorded measurements on every read: nothing here is counted apart from them but ``repeats``)."""
+
+    unique: int = 0  # networks measured this run (the history; a resumed log included)
+    repeats: int = 0  # asks for an architecture this run had already answered (free)
     duplicates: int = 0  # new architectures building a network this run had measured (free)
     oracle_cache_hits: int = 0  # new to this run, but both oracles answered from the store
     failures: int = 0
     violations: int = 0  # measured fine but infeasible
+
+    @classmethod
+    def of(cls, history: Sequence[Measurement], duplicates: int, repeats: int) -> EvaluatorStats:
+        """The counts of ``history`` (the unique measurements), with the free answers given."""
+        return cls(unique=len(history), repeats=repeats, duplicates=duplicates,
+                   oracle_cache_hits=sum(m.cached for m in history), failures=sum(not m.ok for m in history),
+                   violations=sum(m.ok and not m.feasible for m in history))
 
 
 class Evaluator:
@@ -186,7 +196,7 @@ class Evaluator:
             raise ValueError("reference (a0's accuracy) has no FP32 accuracy")
         self.context = {"family": self.space.family, "input_shape": list(self.input_shape),
                         "tau": self.tau, **(context or {})}
-        self.stats = EvaluatorStats()
+        self._repeats = 0  # answers from _seen: an ask, not a measurement, so the one count kept
         self._baseline: Measurement | None = None
         self._seen: dict[Arch, Measurement] = {}
         self._networks: dict[str, Measurement] = {}
@@ -229,6 +239,14 @@ class Evaluator:
     @property
     def unique_evaluations(self) -> int:
         return len(self.history)
+
+    @property
+    def stats(self) -> EvaluatorStats:
+        """Counts of this run's answers, from the recorded measurements: ``_seen`` holds every
+        architecture answered, i.e. the history's plus the duplicates answered from them."""
+        with self._lock:
+            return EvaluatorStats.of(self.history, duplicates=len(self._seen) - len(self.history),
+                                     repeats=self._repeats)
 
     @property
     def budget_exhausted(self) -> bool:
@@ -310,12 +328,11 @@ class Evaluator:
         if arch == baseline.arch:
             return baseline
         if arch in self._seen:
-            self.stats.repeats += 1
+            self._repeats += 1
             return self._seen[arch]
         key = self.network_key(arch)
         same = self._networks.get(key)
         if same is not None:
-            self.stats.duplicates += 1
             self._seen[arch] = dataclasses.replace(same, arch=arch, cached=True)
             return self._seen[arch]
         return None
@@ -346,7 +363,6 @@ class Evaluator:
         def answer(done: Future[Measurement]) -> None:
             try:
                 with self._lock:
-                    self.stats.duplicates += 1
                     self._seen[arch] = dataclasses.replace(done.result(), arch=arch, cached=True)
                 alias.set_result(self._seen[arch])
             except BaseException as exc:  # the waiter must never hang on a failed measurement
@@ -460,10 +476,6 @@ class Evaluator:
         self._seen[m.arch] = m
         self._networks.setdefault(self.network_key(m.arch), m)
         self.history.append(m)
-        self.stats.unique += 1
-        self.stats.oracle_cache_hits += int(m.cached)
-        self.stats.failures += int(not m.ok)
-        self.stats.violations += int(m.ok and not m.feasible)
 
     def _notify(self, m: Measurement) -> None:
         for logger in self.loggers:
