@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from rlnas.report import result_table
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
 from rlnas.search.callbacks import ProgressBar, TensorBoardLogger
 from rlnas.search.evaluator import HistoryMismatch
+from rlnas.timing import StageTimer
 
 log = logging.getLogger("rlnas.search")
 
@@ -45,23 +46,6 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
         if k != "_target_" and isinstance(v, int | float | str | bool):
             out[f"agent.{k}"] = v
     return out
-
-
-class StageClock:
-    """Wall seconds of the pipeline's stages in this invocation (a resumed stage shows what was left)."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.laps[stage] = round(now - self._last, 1)
-        self._last = now
-
-    def describe(self) -> str:
-        total = sum(self.laps.values())
-        return f"{total / 60:.1f} min = " + " + ".join(f"{stage} {s / 60:.1f}" for stage, s in self.laps.items())
 
 
 def finalists_stage(cfg: DictConfig, run_dir: Path, setup: RunSetup) -> dict[str, Any] | None:
@@ -82,7 +66,7 @@ def finalists_stage(cfg: DictConfig, run_dir: Path, setup: RunSetup) -> dict[str
 def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Search with ``cfg`` in ``run_dir`` (resuming what is there); returns the summary."""
     # 1. supernet (found or trained), data, oracles
-    clock = StageClock()
+    clock = StageTimer()
     run_dir.mkdir(parents=True, exist_ok=True)
     setup = build_setup(cfg)
     clock.lap("setup")
@@ -134,7 +118,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary = {"run_dir": str(run_dir), "best": best.to_dict() if best else None,
                "baseline": baseline.to_dict(), "target": evaluator.target_accuracy,
                "unique_evaluations": evaluator.unique_evaluations, "budget": int(cfg.budget),
-               "stats": vars(evaluator.stats), "agent": result.agent, "agent_steps": result.agent_steps,
+               "stats": asdict(evaluator.stats), "agent": result.agent, "agent_steps": result.agent_steps,
                "wall_seconds": result.wall_seconds}
     (run_dir / "search_result.json").write_text(json.dumps(summary, indent=2, default=str))
     if tb:
@@ -157,7 +141,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             setup.close()
     else:
         setup.close()
-    summary["stage_seconds"] = clock.laps
+    summary["stage_seconds"] = {stage: round(seconds, 1) for stage, seconds in clock.seconds.items()}
     (run_dir / "search_result.json").write_text(json.dumps(summary, indent=2, default=str))
     extra = {} if a0 is None else {"a0 as deployed (validation images)": f"FP32 {a0.acc_fp32:.4f}, INT8 {a0.acc_int8:.4f}"}
     extra |= {"oracle cache hits": f"{evaluator.stats.oracle_cache_hits} of {evaluator.unique_evaluations}",
