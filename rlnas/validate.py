@@ -98,6 +98,7 @@ TRAIN_RULES: list[Rule] = [
     ("recipe.lr", _num(0, low_open=True), "a number > 0"),
     ("recipe.kd_alpha", _num(0, 1), "a number in [0, 1]"),
     ("recipe.kd_temperature", _num(0, low_open=True), "a number > 0"),
+    ("accelerator", _one_of("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
     ("recipe.num_random", _int(0), "an integer >= 0"),
     ("recipe.train_images", _int(1, optional=True), "null (all) or an integer >= 1"),
 ]

@@ -14,7 +14,8 @@ from rlnas.spaces import create_supernet
 from rlnas.supernet import CheckpointError, load_supernet
 from rlnas.supernet.checkpoint import LAST_NAME, load_file
 from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
-from rlnas.supernet.train import compose_config, train_supernet
+from rlnas.errors import ConfigError
+from rlnas.supernet.train import compose_config, resolve_device, to_device, train_supernet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,6 +96,7 @@ def test_supernet_checkpoint_meta_and_hash(tmp_path: Path, data_overrides: list[
     assert meta["family"] == "resnet_tiny" and meta["resolution"] == 32 and meta["completed"]
     assert len(meta["checkpoint_id"]) == 16 and set(meta["final"]) == {"val_acc_max", "val_acc_min"}
     assert meta["dataset"]["train_images"] == 128 and supernet.space.family == "resnet_tiny"
+    assert meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = torch.load(path, weights_only=False)
     ckpt["model"]["fc.bias"] += 1
     torch.save(ckpt, tmp_path / "tampered.pt")
@@ -162,3 +164,28 @@ def test_zero_init_residual_on_fresh_start(tmp_path: Path, data_overrides: list[
     path = train_supernet(config(tmp_path / "z", data_overrides, "recipe.lr=0.0",
                                  "recipe.phases=[{name: max, epochs: 1}]"))
     assert float(state_of(path)["layer1.0.bn3.weight"].abs().sum()) == 0.0
+
+
+def test_device_choice_and_batches_on_it() -> None:
+    """accelerator=auto takes a CUDA GPU where torch sees one; a trainer that cannot use one (the
+    detector's) stays on the CPU; asking for a GPU the host lacks is one clear error."""
+    assert resolve_device("auto", ("cpu",)) == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="accelerator=.tpu."):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    targets = [{"boxes": torch.zeros(2, 4), "labels": torch.ones(2, dtype=torch.long)}]
+    moved = to_device((torch.ones(3), targets), torch.device("cpu"))
+    assert torch.equal(moved[0], torch.ones(3)) and torch.equal(moved[1][0]["labels"], targets[0]["labels"])
+
+
+def test_a_resume_may_change_the_device(tmp_path: Path, data_overrides: list[str]) -> None:
+    """The accelerator is a run option, not part of the result: a run started elsewhere resumes here."""
+    out = tmp_path / "d"
+    phases = "recipe.phases=[{name: max, epochs: 2, elastic: []}]"
+    train_supernet(config(out, data_overrides, phases, "max_seconds=0.001", "accelerator=auto"))
+    path = train_supernet(config(out, data_overrides, phases, "accelerator=cpu"))
+    assert load_supernet(path.parent)[1]["completed"]

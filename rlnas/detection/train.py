@@ -102,6 +102,8 @@ class DetectionSupernetTrainer(SupernetTrainer):
     classification checkpoint whose backbone initialises the detector's.
     """
 
+    DEVICES = ("cpu",)  # its loss and evaluation keep priors and targets on the CPU
+
     def __init__(self, cfg: DictConfig, on_step: Callable[[SupernetTrainer], None] | None = None) -> None:
         super().__init__(cfg, on_step)
         if self.supernet.task != "detection":

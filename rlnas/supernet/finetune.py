@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rlnas import machinelock
 from rlnas.supernet.checkpoint import atomic_save, load_file
-from rlnas.supernet.train import kd_loss, sgd
+from rlnas.supernet.train import kd_loss, sgd, to_device
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class FineTune:
 
     def _train_step(self, x: Tensor, y: Any) -> float:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        y = _on(y, self.device)
+        y = to_device(y, self.device)
         with machinelock.shared(machinelock.DEFAULT_PATH):  # a timing run on this machine waits for the step
             with torch.no_grad():
                 taught = _as_float(self.teacher(x))
@@ -173,17 +173,6 @@ class FineTune:
             return
         if self.load_state(load_file(self.path)):
             log.info("fine-tune %s resumed at step %d of %d", self.name, self.step, self.total)
-
-
-def _on(value: Any, device: torch.device) -> Any:
-    """Targets on ``device``: a tensor (labels), or a detector's list of per-image dicts."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _on(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_on(v, device) for v in value)
-    return value
 
 
 def _as_float(output: Any) -> Any:

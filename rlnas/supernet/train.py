@@ -38,6 +38,7 @@ import rlnas
 from rlnas import machinelock
 from rlnas.arch import Arch
 from rlnas.data.classification import ClassificationData, build_classification_data, resolve_path
+from rlnas.errors import ConfigError
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
 from rlnas.supernet.a0 import (
@@ -66,7 +67,7 @@ from rlnas.supernet.scoring import torch_top1
 log = logging.getLogger(__name__)
 
 #: config keys that may change between a run and its resume (they do not change the result)
-RESUMABLE_KEYS = ("threads", "checkpoint", "eval", "log", "max_seconds", "output_dir", "hydra")
+RESUMABLE_KEYS = ("threads", "accelerator", "checkpoint", "eval", "log", "max_seconds", "output_dir", "hydra")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,14 +195,41 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_factory(precision: str) -> tuple[str, Callable[[], AbstractContextManager]]:
-    """The precision actually used and a context-manager factory for the forward passes."""
+def autocast_factory(precision: str, device: torch.device | None = None
+                     ) -> tuple[str, Callable[[], AbstractContextManager]]:
+    """The precision actually used and a context-manager factory for the forward passes on
+    ``device`` (default CPU); ``auto`` is bf16 where the device computes it natively."""
+    kind = device.type if device is not None else "cpu"
     use = precision
     if precision == "auto":
-        use = "bf16" if cpu_has_bf16() else "fp32"
+        native = torch.cuda.is_bf16_supported() if kind == "cuda" else cpu_has_bf16()
+        use = "bf16" if native else "fp32"
     if use == "bf16":
-        return use, lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        return use, lambda: torch.autocast(kind, dtype=torch.bfloat16)
     return use, nullcontext
+
+
+def resolve_device(name: str, allowed: tuple[str, ...] = ("cpu", "cuda")) -> torch.device:
+    """``auto``: a CUDA GPU where torch sees one (and ``allowed`` has it), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if "cuda" in allowed and torch.cuda.is_available() else "cpu")
+    if name not in allowed:
+        raise ConfigError(f"accelerator={name!r}: this trainer runs on {', '.join(('auto', *allowed))}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("accelerator=cuda but torch sees no CUDA GPU; use accelerator=auto or accelerator=cpu")
+    return torch.device(name)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A batch's tensors on ``device``: a tensor, or the tensors inside lists, tuples and dicts
+    (a detector's per-image targets)."""
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +241,7 @@ def evaluate_subnet(supernet: Supernet, arch: Arch, data: ClassificationData, va
                     recal_images: int, batch_size: int = 250, channels_last: bool = True) -> float:
     """Top-1 of ``arch`` on (a seeded subset of) the validation split after BN recalibration on
     ``recal_images`` training images; runs on an extracted copy, the supernet is untouched."""
-    model = supernet.extract(arch)
+    model = supernet.extract(arch).cpu()  # evaluation batches live on the CPU
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     recalibrate_bn(model, data.recal_batches(recal_images, 1, batch_size), channels_last)
@@ -251,6 +279,9 @@ class SupernetTrainer:
         that step (tests use it to simulate a kill).
     """
 
+    #: where this task's training can run (``device=auto`` picks the first the host has)
+    DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
     def __init__(self, cfg: DictConfig, on_step: Callable[[SupernetTrainer], None] | None = None) -> None:
         self.cfg = cfg
         self.on_step = on_step
@@ -264,8 +295,9 @@ class SupernetTrainer:
         kwargs = {**_plain(cfg.model.get("kwargs") or {}), "num_classes": self.data.num_classes}
         self.model_kwargs = kwargs
         _seed_everything(self.seed)  # the initial weights come from the global RNG
-        self.supernet = create_supernet(cfg.model.name, **kwargs)
-        self.precision, self.autocast = autocast_factory(self.recipe.precision)
+        self.device = resolve_device(str(cfg.get("accelerator") or "auto"), self.DEVICES)
+        self.supernet = create_supernet(cfg.model.name, **kwargs).to(self.device)
+        self.precision, self.autocast = autocast_factory(self.recipe.precision, self.device)
         if self.recipe.channels_last:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.supernet, self.recipe)
@@ -362,7 +394,7 @@ class SupernetTrainer:
             return final
         if self.recipe.teacher == "a0":
             self.teacher = frozen_teacher(build_a0(self.cfg.model.name, self.model_kwargs, self.a0_path),
-                                          self.recipe.channels_last)
+                                          self.recipe.channels_last).to(self.device)
         self._open_writer()
         try:
             while self.progress.epoch < self.recipe.epochs and not self._out_of_time():
@@ -381,6 +413,7 @@ class SupernetTrainer:
         num_random = self.recipe.num_random if phase.num_random is None else phase.num_random
         self.supernet.train()
         for x, y in self._batches(phase):
+            x, y = to_device(x, self.device), to_device(y, self.device)
             if self.recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             start = time.perf_counter()
@@ -501,6 +534,7 @@ class SupernetTrainer:
                 "a0": None if self.a0_path is None else {"checkpoint": str(self.a0_path),
                                                          "sha256": file_sha256(self.a0_path)},
                 "recipe": _plain(self.cfg.recipe), "seed": self.seed, "precision": self.precision,
+                "device": str(self.device),
                 "epochs": self.progress.epoch, "steps": self.progress.global_step,
                 "train_seconds": self.progress.elapsed, "completed": self.progress.epoch >= self.recipe.epochs,
                 "final": final_eval, "history": self.progress.history,
