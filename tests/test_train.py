@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from rlnas.errors import ConfigError
 from rlnas.spaces import create_supernet
 from rlnas.supernet import CheckpointError, load_supernet
 from rlnas.supernet.checkpoint import LAST_NAME, load_file
 from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
-from rlnas.errors import ConfigError
 from rlnas.supernet.train import compose_config, resolve_device, to_device, train_supernet
 
 REPO = Path(__file__).resolve().parent.parent
