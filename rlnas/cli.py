@@ -23,11 +23,12 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import rlnas
 from rlnas.errors import UserError, user_error_in
-from rlnas.export import main as export_main
+from rlnas.export import USAGE as EXPORT_USAGE
+from rlnas.export import export_command
 from rlnas.oracles import latency_app, profiles_app
 from rlnas.pipeline import run_search
 from rlnas.tasks import get_task
@@ -77,9 +78,12 @@ def refuse_file_as_run_dir(args: list[str]) -> None:
             raise UserError(f"{key}={value} is a file; give a directory (a new one, or a run to resume)")
 
 
-def one_line_errors(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictConfig], Any]]:
+def one_line_errors(prog: str, own_parents: bool = True
+                    ) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictConfig], Any]]:
     """Wrap a Hydra task function: a user error becomes one line (exit 2 in a single run; in a
-    multirun the job is marked failed and the sweep goes on)."""
+    multirun the job is marked failed and the sweep goes on). ``own_parents``: the empty parents
+    of the run directory were made by Hydra for this run (not so for ``rlnas-export``, whose
+    directory lives in the user's run)."""
 
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         @functools.wraps(fn)
@@ -92,7 +96,7 @@ def one_line_errors(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callab
                     raise
                 multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
                 if not multirun:
-                    _remove_empty_run_dir()
+                    _remove_empty_run_dir(own_parents)
                     print(f"{prog}: {err}", file=sys.stderr)
                     sys.exit(2)
                 job = HydraConfig.get().job
@@ -105,7 +109,7 @@ def one_line_errors(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callab
     return wrap
 
 
-def _remove_empty_run_dir() -> None:
+def _remove_empty_run_dir(own_parents: bool = True) -> None:
     """Hydra writes ``.hydra/`` and the job log before the task runs: a run refused at once leaves
     no directory behind (one holding anything else, e.g. a run to resume, is kept), nor the empty
     parents Hydra made for it under the working directory."""
@@ -115,7 +119,7 @@ def _remove_empty_run_dir() -> None:
     if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
         cwd = Path.cwd().resolve()
-        for parent in out.parents:
+        for parent in out.parents if own_parents else ():
             if parent == cwd or cwd not in parent.parents:
                 break
             with contextlib.suppress(OSError):  # not empty: something else lives there
@@ -168,10 +172,27 @@ def train_supernet() -> None:
 # -- the others ---------------------------------------------------------------------------------------
 
 
+@hydra.main(config_path=str(rlnas.CONF_DIR), config_name="export", version_base="1.3")
+@one_line_errors("rlnas-export", own_parents=False)
+def _export(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "run"):
+        raise UserError(EXPORT_USAGE)
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("run=")]
+    summary = export_command(Path(cfg.run), overrides)
+    print((Path(summary["out_dir"]) / "report.md").read_text())
+
+
 @console("rlnas-export")
 def export() -> None:
-    """``rlnas-export run=<dir> [overrides]``."""
-    sys.exit(export_main())
+    """``rlnas-export run=<dir> [overrides]``: the artefacts of a finished search run, again."""
+    args = sys.argv[1:]
+    runs = [a.split("=", 1)[1] for a in args if a.startswith("run=")]
+    if not runs and not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info"} & set(args):
+        raise UserError(EXPORT_USAGE)
+    if runs and not Path(runs[0]).is_dir():  # before Hydra makes <run>/export
+        raise UserError(f"run directory {runs[0]} does not exist; search first: `rlnas-search run_dir={runs[0]}`")
+    _export()
+    _finish("rlnas-export")
 
 
 @hydra.main(version_base="1.3", config_path=str(rlnas.CONF_DIR), config_name="latency")

@@ -56,7 +56,7 @@ from rlnas.spaces import create_supernet
 from rlnas.supernet.checkpoint import plain_tree, safe_load
 from rlnas.supernet.finetune import FineTune, FineTuneOptions
 from rlnas.tasks import Task, TaskError, get_task
-from rlnas.validate import ConfigError, check_search
+from rlnas.validate import check_search
 
 log = logging.getLogger("rlnas.export")
 
@@ -496,8 +496,21 @@ def compose_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def export_command(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """``rlnas-export run=<dir> [overrides]``: the run's saved config with ``overrides``, checked,
+    then :func:`export_run`; every way it can be refused is an :class:`ExportError` (one line)."""
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory {run_dir} does not exist; search first: `rlnas-search run_dir={run_dir}`")
+    try:
+        cfg = check_search(compose_run_config(run_dir, overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ExportError(str(err)) from err
+    return export_run(cfg, run_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``rlnas-export run=<dir> [overrides]``."""
+    """``python -m rlnas.export run=<dir> [overrides]`` (the console command is the Hydra app
+    ``rlnas-export`` in :mod:`rlnas.cli`)."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     runs = [a for a in args if a.startswith("run=")]
@@ -507,16 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) != 1:
         print(USAGE, file=sys.stderr)
         return 2
-    run_dir = Path(runs[0].split("=", 1)[1])
-    overrides = [a for a in args if not a.startswith("run=")]
-    if not run_dir.is_dir():
-        print(f"run directory {run_dir} does not exist; search first: `rlnas-search run_dir={run_dir}`",
-              file=sys.stderr)
-        return 2
     try:
-        cfg = check_search(compose_run_config(run_dir, overrides))
-        summary = export_run(cfg, run_dir)
-    except (ExportError, ConfigError, HydraException, OmegaConfBaseException) as err:
+        summary = export_command(Path(runs[0].split("=", 1)[1]), [a for a in args if not a.startswith("run=")])
+    except UserError as err:
         print(f"rlnas-export: {err}", file=sys.stderr)
         return 2
     print((Path(summary["out_dir"]) / "report.md").read_text())

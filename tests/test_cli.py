@@ -139,3 +139,15 @@ def test_help_into_a_closed_pipe_is_quiet(command: str) -> None:
     proc = subprocess.run(f"'{BIN / command}' --help | head -1", shell=True, capture_output=True, text=True,
                           timeout=300)
     assert proc.stdout.strip() and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_export_refuses_in_one_line_and_leaves_the_users_directory(tmp_path: Path) -> None:
+    bare = run("rlnas-export", cwd=tmp_path)
+    assert bare.returncode == 2 and bare.stderr.startswith("rlnas-export: usage:") and "Traceback" not in bare.stderr
+    absent = run("rlnas-export", f"run={tmp_path / 'absent'}", cwd=tmp_path)
+    assert absent.returncode == 2 and "search first" in absent.stderr and not (tmp_path / "absent").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    empty = run("rlnas-export", f"run={mine}", cwd=tmp_path)
+    assert empty.returncode == 2 and "not an rlnas-search run directory" in empty.stderr
+    assert mine.is_dir() and not any(mine.iterdir())
