@@ -15,7 +15,8 @@ store, so architectures measured before cost nothing). Then it collects the succ
 of those runs and of ``--runs`` whose context matches (same supernet checkpoint, network builder,
 device and a0), keeps one row per distinct network (the family's channel plan), and writes
 ``<out>/table.json`` with a0's measured accuracy and latency as the reference. The table is a
-generated artifact: not in git; this command rebuilds it.
+generated artifact: not in git; this command rebuilds it. Reading it (``oracle=surrogate``) needs
+only the installed package (rlnas/oracles/surrogate.py), not this file.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from rlnas.oracles.surrogate import (
 from rlnas.pipeline import run_search
 from rlnas.runsetup import HISTORY_NAME, RunSetup, build_setup
 from rlnas.search.evaluator import read_history
-from rlnas.spaces import create_supernet
 
 DEFAULT_OUT = "outputs/benchmark/resnet50-cifar10-kabylake_avx2"
 
@@ -167,7 +167,7 @@ def feasibility_agreement(table: BenchmarkTable, residuals: list[float]) -> floa
 
 def fit(args: argparse.Namespace) -> int:
     table = BenchmarkTable.load(args.table)
-    featurizer = Featurizer(load_table_supernet(table), int(table.header["resolution"]))
+    featurizer = Featurizer(table.supernet(), int(table.header["resolution"]))
     reports = []
     for target in TARGETS:
         for model in MODELS:
@@ -186,12 +186,6 @@ def fit(args: argparse.Namespace) -> int:
     (Path(args.table).parent / "fit.json").write_text(json.dumps({"reports": reports, "note": note}, indent=2))
     (Path(args.table).parent / "fit.md").write_text(f"{text}\n\n{note}\n")
     return 0
-
-
-def load_table_supernet(table: BenchmarkTable):
-    """The supernet family of the table (its layers and channel plans; no weights needed)."""
-    from_context = json.loads(table.header["context"]["model"])
-    return create_supernet(from_context["family"], **from_context["kwargs"])
 
 
 def main(argv: list[str] | None = None) -> int:

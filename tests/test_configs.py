@@ -3,14 +3,25 @@ group under the search app's root, and each experiment; search objects instantia
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
 import rlnas
+from rlnas.data import DatasetError, DatasetSpec
+from rlnas.oracles.device import profile_from_config
+from rlnas.runsetup import plain, supernet_train_config
+from rlnas.spaces import get_space
+from rlnas.supernet.recipe import Recipe
+from rlnas.tasks import get_task
+from rlnas.validate import check_search, check_train
 
 CONF = rlnas.CONF_DIR
 ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -55,3 +66,86 @@ def test_search_app_defaults_and_overrides():
         _compose("config", ["no_such_option=1"])
     with pytest.raises(ConfigCompositionException):
         _compose("config", ["agent=no_such_agent"])
+
+# -- what each config builds, short of data and weights ---------------------------------------------
+
+
+def _targets(cfg) -> dict[str, dict]:
+    """Every ``_target_`` node of a composed config (Hydra's own node aside), by key, checked: the
+    target imports (no checkout on the path needed) and takes every key the config gives it."""
+    found: dict[str, dict] = {}
+
+    def walk(node, path: str) -> None:
+        if not isinstance(node, dict):
+            return
+        if "_target_" in node:
+            params = inspect.signature(get_object(node["_target_"])).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                unknown = set(node) - {"_target_", "_partial_"} - set(params)
+                assert not unknown, f"{path}: {node['_target_']} takes no {sorted(unknown)}"
+            found[path] = node
+        for key, value in node.items():
+            walk(value, f"{path}.{key}" if path else key)
+
+    walk(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True), "")
+    return found
+
+
+@functools.cache
+def _space(family: str, kwargs: str):
+    return get_space(family, **json.loads(kwargs))  # on the meta device: no weights
+
+
+def _model_space(cfg):
+    kwargs = {"num_classes": cfg.dataset.num_classes or 10, **plain(cfg.model.get("kwargs") or {})}
+    return _space(cfg.model.name, json.dumps(kwargs, sort_keys=True))
+
+
+def _search_builds(cfg) -> dict:
+    """What ``rlnas-search`` builds from ``cfg`` before it needs data or trained weights: its rules and
+    schemas, the device profile (its fields; whether this host runs it is not the config's
+    business), the recipe and the supernet's training config, the dataset's task and spec, the
+    model's search space and every ``_target_``."""
+    check_search(cfg)
+    profile = profile_from_config(plain(cfg.device), check_host=False)
+    profile.check_fields()
+    recipe = Recipe.from_config(cfg.recipe)
+    check_train(supernet_train_config(cfg))
+    task = get_task(cfg.dataset.get("task"))
+    if task.name == "classification":
+        if OmegaConf.is_missing(cfg.dataset, "root"):
+            with pytest.raises(DatasetError, match="dataset.root"):
+                DatasetSpec.from_config(cfg.dataset)
+        else:
+            assert DatasetSpec.from_config(cfg.dataset).name == cfg.dataset.name
+    space = _model_space(cfg)
+    assert space.contains(space.max_arch()) and space.size() > 1
+    return {"profile": profile, "recipe": recipe, "space": space, "targets": _targets(cfg)}
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_builds_without_data(group, option):
+    key = f"{group}@{PACKAGES[group]}" if group in PACKAGES else group
+    cfg = _compose("config", [f"{key}={option}"])
+    built = _search_builds(cfg)
+    assert {"accuracy", "latency", "latency.quantization", "latency.timing", "agent", "reward"} <= set(built["targets"])
+    if group in ("model", "dataset", "device", "recipe"):
+        assert cfg[group].name == option  # the name a run logs and keys its caches on is the file's
+    if group == "device":
+        assert built["profile"].name == option
+    if group == "oracle" and option != "measured":
+        assert "oracle" in built["targets"]
+    if group == "backend" and option != "local":
+        assert "backend" in built["targets"]
+
+
+def test_the_other_apps_build_without_data():
+    train = _compose("train_supernet", [])
+    check_train(train)
+    assert Recipe.from_config(train.recipe).name == "default" and train.checkpoint.every_steps >= 0
+    assert _model_space(train).size() > 1
+    latency = _compose("latency", [])
+    profile = profile_from_config(plain(latency.device), check_host=False)
+    profile.check_fields()
+    devices = {p.stem for p in (CONF / "device").glob("*.yaml")}
+    assert set(OmegaConf.to_container(latency.profiles, resolve=True)) <= devices

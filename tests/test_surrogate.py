@@ -6,6 +6,8 @@ test_search_e2e.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,18 @@ def test_bad_tables_say_what_to_do(tmp_path, supernet, make_table):
         Surrogate(loaded, supernet, RES, latency_model="gp")
     with pytest.raises(SurrogateError, match="cross-validation needs"):
         cross_validate(make_table(supernet, n=6), Featurizer(supernet, RES), "acc_int8", "trees")
+
+
+def test_a_table_names_its_supernet_and_loads_from_a_relative_path(tmp_path, monkeypatch, supernet, make_table):
+    """The fit command's supernet comes from the table itself (the package reads the whole format);
+    a relative table path is the working directory's, as every configured path."""
+    table = make_table(supernet, n=12)
+    table.header["context"] = {**table.header["context"],
+                               "model": json.dumps({"family": "resnet_tiny", "kwargs": {"num_classes": 10}})}
+    rebuilt = table.supernet()
+    assert [rebuilt.network_key(a) for a in table.archs] == [supernet.network_key(a) for a in table.archs]
+    table.save(tmp_path / "t.json")
+    monkeypatch.chdir(tmp_path)
+    assert BenchmarkTable.load("t.json").rows == table.rows
+    with pytest.raises(SurrogateError, match="oracle.table="):
+        BenchmarkTable.load("missing.json")

@@ -2,9 +2,11 @@
 
 A benchmark for comparing agents at budgets real measurements cannot pay for (the way
 NAS-Bench-301 serves the field): the table holds architectures of one supernet measured on one
-device profile by the real oracles (``experiments/surrogate_benchmark.py build``); models fitted
-on it answer any architecture of the space in milliseconds, behind the same interfaces as the real
-oracles, so every agent runs unchanged through the same Evaluator (``oracle=surrogate``).
+device profile by the real oracles (``experiments/surrogate_benchmark.py build``, a command of the
+source tree: it runs searches); models fitted on it answer any architecture of the space in
+milliseconds, behind the same interfaces as the real oracles, so every agent runs unchanged through
+the same Evaluator (``oracle=surrogate``). Everything a run needs is here: an installed rlnas runs
+``oracle=surrogate oracle.table=<table.json>`` with no checkout.
 
 Models (``experiments/surrogate_benchmark.py fit`` cross-validates them on held-out architectures):
 
@@ -42,9 +44,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rlnas.arch import Arch
+from rlnas.data import resolve_path
 from rlnas.errors import UserError
 from rlnas.oracles.accuracy import AccuracyResult
 from rlnas.oracles.latency import LatencyResult
+from rlnas.spaces import create_supernet
+from rlnas.spaces.base import Supernet
 
 #: Table format version (``experiments/surrogate_benchmark.py build`` writes it).
 TABLE_FORMAT = 1
@@ -53,6 +58,9 @@ MODELS = ("additive", "ridge", "trees")
 #: The context fields a run must share with the table: same supernet and network builder, images
 #: and accuracy settings, device and a0.
 MATCHING_CONTEXT = ("model", "checkpoint_id", "dataset", "accuracy", "device", "a0")
+#: Where a table comes from (the builder runs real searches, so it lives with the experiments).
+BUILD_HINT = ("build one with `python experiments/surrogate_benchmark.py build` in an rlnas source checkout "
+              "(see its --help) and pass oracle.table=<its table.json>")
 
 
 class SurrogateError(UserError, ValueError):
@@ -75,14 +83,14 @@ class BenchmarkTable:
 
     @classmethod
     def load(cls, path: str | Path) -> BenchmarkTable:
-        path = Path(path)
+        """The table at ``path`` (relative: the working directory, then the source checkout)."""
+        path = resolve_path(path)
         if not path.is_file():
-            raise SurrogateError(f"surrogate table {path} does not exist; build it with "
-                                 "`python experiments/surrogate_benchmark.py build` (see its --help)")
+            raise SurrogateError(f"surrogate table {path} does not exist; {BUILD_HINT}")
         data = json.loads(path.read_text())
         if data.get("format") != TABLE_FORMAT:
             raise SurrogateError(f"{path} is table format {data.get('format')!r}, this rlnas reads {TABLE_FORMAT}; "
-                                 "rebuild it with `python experiments/surrogate_benchmark.py build`")
+                                 f"re{BUILD_HINT}")
         return cls(data["header"], data["rows"])
 
     def save(self, path: str | Path) -> None:
@@ -98,6 +106,12 @@ class BenchmarkTable:
 
     def targets(self, name: str) -> np.ndarray:
         return np.asarray([float(r[name]) for r in self.rows])
+
+    def supernet(self) -> Supernet:
+        """The supernet family the table was measured on, untrained (its space and the layers each
+        architecture builds: all the models need; no weights)."""
+        model = json.loads(self.header["context"]["model"])
+        return create_supernet(model["family"], **model["kwargs"])
 
     def check_context(self, context: dict[str, Any]) -> None:
         """SurrogateError unless ``context`` (a run's) shares the table's supernet, device and a0."""
