@@ -237,12 +237,13 @@ LATENCY_NOTE = ("latency: OpenVINO INT8, batch 1, on the profile (median). Absol
 
 def _choice_reason(finals: dict[str, Any]) -> str:
     """How ``finalists.choose`` picked the exported finalist, from what it recorded."""
-    if finals.get("chosen_with_margin"):
-        return "the fastest in the confirmation whose INT8 validation accuracy beats the target with val_margin to spare"
-    if finals.get("chosen_feasible"):
-        return ("the most accurate on validation images among those that meet the target (none had val_margin "
-                "to spare)")
-    return "the fastest in the confirmation (none meets the target on validation images)"
+    confidence = finals.get("confidence", 0.9)
+    if finals.get("chosen_with_confidence"):
+        return (f"the fastest in the confirmation for which the bound holds on validation images with "
+                f"{confidence:.0%} confidence (paired test against a0's FP32, alpha split over "
+                f"{len(finals['finalists'])} finalists)")
+    return (f"the finalist most likely to meet the bound (highest lower confidence bound): for none did the "
+            f"bound hold on validation images with {confidence:.0%} confidence")
 
 
 def export_run(cfg: DictConfig, run_dir: str | Path, setup: RunSetup | None = None) -> dict[str, Any]:

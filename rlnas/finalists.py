@@ -12,11 +12,12 @@ images and confirmed in one interleaved latency measurement with a0.
              ``confirm_passes`` passes: on the AVX2 VM two passes minutes apart differed by 5-7 %,
              on the Zen 4 VM back-to-back passes by up to 39 %, while each pass's own CI is
              +-0.5 %, so a finalist's ratio is its median over passes
-    choose   the fastest finalist in the confirmation whose fine-tuned INT8 *validation* accuracy
-             meets the constraint with ``val_margin`` to spare (validation images are optimistic
-             for networks selected on them); else the most accurate that meets it at all; none:
-             the fastest, marked infeasible. Its held-out accuracy is
-             what the report states (choosing by held-out accuracy would bias it again)
+    choose   the fastest finalist in the confirmation for which the bound holds on validation
+             images with ``confidence`` (:mod:`rlnas.stats`: the paired per-image difference to a0's
+             FP32, alpha split over the finalists); none: the one whose lower confidence bound is
+             highest, marked as not established. Its held-out accuracy, with its interval and the
+             paired held-out test, is what the report states (choosing by held-out accuracy would
+             bias it again)
 
 Everything lands in ``<run>/finalists/``: a killed run resumes its fine-tuning from the last
 checkpoint and takes its measurements from the store.
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openvino as ov
 import torch
 from torch import nn
@@ -45,6 +47,7 @@ from rlnas.oracles.worker import TimingConfig
 from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup
 from rlnas.search.evaluator import Measurement
+from rlnas.stats import accuracy_interval, bound_test, pack_bits, unpack_bits
 from rlnas.supernet.a0 import frozen_teacher
 from rlnas.supernet.checkpoint import weights_hash
 from rlnas.supernet.finetune import FineTune, FineTuneOptions
@@ -72,9 +75,8 @@ class FinalistsConfig:
     :param lr: peak SGD learning rate (5 % warm-up, cosine to 0); ``weight_decay`` on weights only.
     :param kd_alpha: loss = ``kd_alpha`` * KD(a0) + (1 - ``kd_alpha``) * CE(labels, smoothing).
     :param checkpoint_every: fine-tuning steps between resumable checkpoints.
-    :param val_margin: accuracy the chosen finalist should have above the target on validation
-        images: the networks were selected on them, so their held-out accuracy is lower (after
-        fine-tuning by 0.4-0.9 points in the README's runs).
+    :param confidence: with which the chosen finalist must meet the bound on validation images
+        (one-sided, split over the finalists compared; :func:`rlnas.stats.bound_test`).
     :param confirm_timing: :class:`TimingConfig` of the confirmation (longer than the search's).
     :param confirm_passes: confirmation passes (each a full interleaved measurement of a0 and the
         finalists); a finalist's confirmed ratio is its median over them.
@@ -99,7 +101,7 @@ class FinalistsConfig:
     label_smoothing: float = 0.1
     checkpoint_every: int = 50
     calib_images: int = 300
-    val_margin: float = 0.005
+    confidence: float = 0.9
     confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
                                                                    "max_time_s": 240.0})
     confirm_passes: int = 3
@@ -112,8 +114,10 @@ class FinalistsConfig:
         return FineTuneOptions(**{f.name: getattr(self, f.name) for f in fields(FineTuneOptions)})
 
     def __post_init__(self) -> None:
-        if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.val_margin < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ConfigError("finalists: k, epochs, margin and val_margin must be >= 0, lr > 0, batch_size >= 1")
+        if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("finalists: k, epochs and margin must be >= 0, lr > 0, batch_size >= 1")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"finalists.confidence={self.confidence}: a probability in (0, 1)")
         if self.confirm_passes < 1:
             raise ConfigError(f"finalists.confirm_passes={self.confirm_passes}: at least 1 confirmation pass")
         if self.rank not in RANKINGS:
@@ -163,13 +167,33 @@ def select(candidates: list[Measurement], reward: Callable[[Measurement, float],
 
 
 def accuracy_row(setup: RunSetup, model: nn.Module, key: str) -> dict[str, Any]:
-    """FP32 and INT8 accuracy of a prepared model on validation and held-out images (cached)."""
+    """FP32 and INT8 accuracy of a prepared model on validation and held-out images (cached),
+    with which images it gets right (``bits``: packed, :mod:`rlnas.stats`)."""
     val = setup.accuracy.evaluate_model(model, key)
     held = setup.holdout.evaluate_model(model, key)
     if not (val.ok and held.ok):
         raise RuntimeError(f"scoring {key} failed: {val.reason or held.reason}")
+    bits = {f"{split}_{p}": r.details[f"{p}_correct"] for split, r in (("val", val), ("holdout", held))
+            for p in ("fp32", "int8") if f"{p}_correct" in r.details}
     return {"val_fp32": val.acc_fp32, "val_int8": val.acc_int8, "holdout_fp32": held.acc_fp32,
-            "holdout_int8": held.acc_int8}
+            "holdout_int8": held.acc_int8, "images": {"val": val.details["eval_images"],
+                                                      "holdout": held.details["eval_images"]}, "bits": bits}
+
+
+def correct_of(row: dict[str, Any], split: str, precision: str) -> np.ndarray:
+    """Per-image correctness of an :func:`accuracy_row` on ``split`` in ``precision``."""
+    return unpack_bits(row["bits"][f"{split}_{precision}"], int(row["images"][split]))
+
+
+def judge(row: dict[str, Any], a0_row: dict[str, Any], tau: float, confidence: float, finalists: int) -> None:
+    """The finalist's bound tests into ``row``: on validation images with alpha split over the
+    ``finalists`` (what chooses), on held-out images alone (what the report states), and the
+    held-out INT8 top-1's 95 % interval."""
+    val = bound_test(correct_of(row, "val", "int8"), correct_of(a0_row, "val", "fp32"), tau, confidence, finalists)
+    held_int8 = correct_of(row, "holdout", "int8")
+    held = bound_test(held_int8, correct_of(a0_row, "holdout", "fp32"), tau, confidence)
+    row.update(val_bound=asdict(val) | {"holds": val.holds}, holdout_bound=asdict(held) | {"holds": held.holds},
+               holdout_int8_interval=list(accuracy_interval(held_int8)))
 
 
 def save_int8_ir(setup: RunSetup, model: nn.Module, path: Path, calib_images: int) -> Path:
@@ -187,9 +211,11 @@ def accuracy_controlled(setup: RunSetup, model: nn.Module, key: str, path: Path,
     ptq = accuracy_row(setup, model, key)
     quantized = setup.accuracy.quantize_with_accuracy_control(
         model.to(memory_format=torch.contiguous_format), cfg.max_drop, cfg.calib_images)
-    row = {**ptq, "ptq_val_int8": ptq["val_int8"], "ptq_holdout_int8": ptq["holdout_int8"],
-           "val_int8": setup.accuracy.int8_accuracy(setup.accuracy.compile(quantized)),
-           "holdout_int8": setup.holdout.int8_accuracy(setup.holdout.compile(quantized))}
+    row = {**ptq, "ptq_val_int8": ptq["val_int8"], "ptq_holdout_int8": ptq["holdout_int8"]}
+    for split, oracle in (("val", setup.accuracy), ("holdout", setup.holdout)):
+        scores, correct = oracle.pipeline.int8_eval(oracle, oracle.compile(quantized), oracle.eval_count)
+        row[f"{split}_int8"] = scores[oracle.pipeline.accuracy_key]
+        row["bits"] = {**row["bits"], f"{split}_int8": pack_bits(correct)}
     return row, write_int8_ir(setup, quantized, path)
 
 
@@ -230,18 +256,14 @@ def combine_passes(passes: list[Confirmation]) -> dict[str, Any]:
             "runs": [c.to_dict() for c in passes]}
 
 
-def choose(finalists: list[Finalist], target: float, val_margin: float) -> tuple[Finalist, bool]:
-    """The fastest confirmed finalist whose validation INT8 accuracy reaches ``target +
-    val_margin``; else (none has that room to spare) the most accurate one that reaches
-    ``target``, since validation images flatter the networks selected on them; else the fastest.
-    Also: whether the margin held."""
-    feasible = [f for f in finalists if f.after["val_int8"] >= target]
-    safe = [f for f in feasible if f.after["val_int8"] >= target + val_margin]
-    if safe:
-        return min(safe, key=lambda f: f.confirmed_ratio), True
-    if feasible:
-        return max(feasible, key=lambda f: (f.after["val_int8"], -f.confirmed_ratio)), False
-    return min(finalists, key=lambda f: f.confirmed_ratio), False
+def choose(finalists: list[Finalist]) -> tuple[Finalist, bool]:
+    """The fastest confirmed finalist for which the bound holds with the stated confidence on
+    validation images (:func:`judge`); else the one whose lower confidence bound is highest (the
+    most likely to hold it), faster first among equals. Also: whether the bound was established."""
+    established = [f for f in finalists if f.after["val_bound"]["holds"]]
+    if established:
+        return min(established, key=lambda f: f.confirmed_ratio), True
+    return max(finalists, key=lambda f: (f.after["val_bound"]["lower"], -f.confirmed_ratio)), False
 
 
 def tune_all(setup: RunSetup, models: dict[str, nn.Module], teacher: nn.Module, out: Path, cfg: FinalistsConfig,
@@ -262,8 +284,8 @@ def tune_all(setup: RunSetup, models: dict[str, nn.Module], teacher: nn.Module, 
         return dict(zip(models, pool.map(tune, models), strict=True))
 
 
-def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, target: float, run_dir: Path,
-                  cfg: FinalistsConfig, seed: int = 0, writer: Any = None,
+def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, target: float, tau: float,
+                  run_dir: Path, cfg: FinalistsConfig, seed: int = 0, writer: Any = None,
                   on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Select, fine-tune, score and confirm the finalists; returns (and writes
     ``<run>/finalists/finalists.json``) the rows, the confirmation and the choice."""
@@ -297,6 +319,7 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
         else:
             f.after, ir = accuracy_row(setup, model, key), save_int8_ir(setup, model, ir, cfg.calib_images)
         f.feasible = f.after["val_int8"] >= target
+        judge(f.after, a0_row, tau, cfg.confidence, len(finalists))
         f.ir_path = str(ir)
         irs[f.name] = Path(f.ir_path)
     timing = TimingConfig(**{**asdict(setup.latency.timing), **dict(cfg.confirm_timing)})
@@ -307,10 +330,10 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
         f.confirmed_passes = confirmation["ratio_by_pass"][f.name]
         f.confirmed_ci = confirmation["ratio_ci"][f.name]
         f.confirmed_latency_ms = confirmation["latency_ms"][f.name]
-    best, with_margin = choose(finalists, target, cfg.val_margin)
+    best, established = choose(finalists)
     result = {"finalists": [f.to_dict() for f in finalists], "a0": a0_row, "a0_key": teacher_key,
               "target": target, "chosen": best.name, "chosen_feasible": best.feasible,
-              "chosen_with_margin": with_margin,
+              "chosen_with_confidence": established, "confidence": cfg.confidence, "tau": tau,
               "confirmation": confirmation, "config": asdict(cfg), "seconds": time.perf_counter() - t0}
     (out / FINALISTS_JSON).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -149,23 +149,30 @@ def int8_primitive_count(compiled: Any) -> int:
     return sum("I8" in t.upper() for t in primitive_types(compiled))
 
 
-def openvino_top1(compiled: Any, batches: Iterable[Tensor], labels: Tensor) -> float:
-    """Top-1 of a compiled model with a static batch; short batches are zero-padded."""
+def openvino_correct(compiled: Any, batches: Iterable[Tensor], labels: Tensor) -> np.ndarray:
+    """Per image, whether a compiled model with a static batch classifies it right (short
+    batches are zero-padded)."""
     batch = int(compiled.input(0).get_shape()[0])
     request = compiled.create_infer_request()
-    correct = seen = 0
+    correct: list[np.ndarray] = []
+    seen = 0
     for x in batches:
         n = len(x)
         arr = x.numpy()
         if n < batch:
             arr = np.concatenate([arr, np.zeros((batch - n, *arr.shape[1:]), dtype=arr.dtype)])
         logits = request.infer({0: arr})[compiled.output(0)]
-        pred = torch.from_numpy(np.asarray(logits)[:n].argmax(1))
-        correct += int((pred == labels[seen:seen + n]).sum())
+        correct.append(np.asarray(logits)[:n].argmax(1) == labels[seen:seen + n].numpy())
         seen += n
     if seen != len(labels):
         raise ValueError(f"batches held {seen} images for {len(labels)} labels")
-    return correct / max(1, seen)
+    return np.concatenate(correct) if correct else np.zeros(0, dtype=bool)
+
+
+def openvino_top1(compiled: Any, batches: Iterable[Tensor], labels: Tensor) -> float:
+    """Top-1 of a compiled model with a static batch (:func:`openvino_correct`)."""
+    correct = openvino_correct(compiled, batches, labels)
+    return float(correct.mean()) if len(correct) else 0.0
 
 
 

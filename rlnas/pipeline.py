@@ -56,8 +56,8 @@ def finalists_stage(cfg: DictConfig, run_dir: Path, setup: RunSetup) -> dict[str
         return None
     writer = SummaryWriter(str(run_dir / "tb" / "finetune")) if cfg.logging.tensorboard else None
     try:
-        return run_finalists(setup, candidates, instantiate(cfg.reward), run_target(cfg, setup, baseline), run_dir,
-                             FinalistsConfig(**plain(cfg.finalists)), int(cfg.seed), writer)
+        return run_finalists(setup, candidates, instantiate(cfg.reward), run_target(cfg, setup, baseline),
+                             float(cfg.tau), run_dir, FinalistsConfig(**plain(cfg.finalists)), int(cfg.seed), writer)
     finally:
         if writer is not None:
             writer.close()

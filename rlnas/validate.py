@@ -66,7 +66,7 @@ SEARCH_RULES: list[Rule] = [
     ("finalists.k", _int(0), "an integer >= 0 (0: no finalists)"),
     ("finalists.margin", _num(0), "a number >= 0"),
     ("finalists.rank", _one_of("objective", "latency"), "one of objective, latency"),
-    ("finalists.val_margin", _num(0), "a number >= 0"),
+    ("finalists.confidence", _num(0, 1, low_open=True), "a probability in (0, 1)"),
     ("finalists.epochs", _num(0), "a number >= 0 (0: no fine-tuning)"),
     ("finalists.lr", _num(0, low_open=True), "a number > 0"),
     ("finalists.batch_size", _int(1), "an integer >= 1"),

@@ -13,12 +13,22 @@ import torch
 
 from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
-from rlnas.finalists import Finalist, FinalistsConfig, FineTune, choose, combine_passes, select
+from rlnas.finalists import (
+    Finalist,
+    FinalistsConfig,
+    FineTune,
+    choose,
+    combine_passes,
+    correct_of,
+    judge,
+    select,
+)
 from rlnas.oracles.latency import Confirmation
 from rlnas.report import write_report
 from rlnas.search.evaluator import Evaluator, Measurement
 from rlnas.search.reward import HardReward, SoftReward
 from rlnas.spaces import create_supernet
+from rlnas.stats import pack_bits
 from rlnas.supernet.a0 import A0Error, build_a0, frozen_teacher, load_a0_weights
 from rlnas.supernet.train import SupernetTrainer, compose_config, train_supernet
 from rlnas.tasks import build_data
@@ -170,18 +180,39 @@ def test_supernet_from_a0_starts_as_a0_and_distils_from_it(a0_file: Path, datase
         SupernetTrainer(compose_config([*overrides, f"output_dir={tmp_path / 'none'}"]))
 
 
-def test_the_choice_wants_a_margin_on_validation_images() -> None:
+def _judged(name: str, lost: int, ratio: float, a0_row: dict, finalists: int = 3) -> Finalist:
+    """A finalist that gets a0's right images except ``lost`` of them (validation and held-out)."""
     arch = create_supernet("resnet_tiny", num_classes=10).space.max_arch()
-    fast, safe, slow, closer = (Finalist(n, arch, {}, after={"val_int8": acc}, confirmed_ratio=r)
-                                for n, acc, r in (("fast", 0.803, 0.27), ("safe", 0.807, 0.29), ("slow", 0.79, 0.2),
-                                                  ("closer", 0.8045, 0.30)))
-    assert choose([fast, safe, slow], 0.80, 0.005) == (safe, True)  # fast is feasible, but only just
-    assert choose([fast, slow], 0.80, 0.005) == (fast, False)  # no margin anywhere: the one feasible
-    assert choose([fast, closer, slow], 0.80, 0.005) == (closer, False)  # else the most room, not the fastest
-    twin = Finalist("twin", arch, {}, after={"val_int8": 0.8045}, confirmed_ratio=0.25)
-    assert choose([closer, twin], 0.80, 0.005) == (twin, False)  # equally accurate: the faster
-    assert choose([fast, safe, slow], 0.80, 0.0) == (fast, True)
-    assert choose([slow], 0.80, 0.005) == (slow, False)  # nothing feasible: the fastest, infeasible
+    rows = {}
+    for split in ("val", "holdout"):
+        correct = correct_of(a0_row, split, "fp32").copy()
+        correct[np.flatnonzero(correct)[:lost]] = False
+        rows[split] = correct
+    after = {"val_int8": float(rows["val"].mean()), "holdout_int8": float(rows["holdout"].mean()),
+             "images": a0_row["images"], "bits": {f"{s}_int8": pack_bits(c) for s, c in rows.items()}}
+    judge(after, a0_row, 0.99, 0.9, finalists)
+    return Finalist(name, arch, {}, after=after, confirmed_ratio=ratio)
+
+
+def test_the_choice_wants_the_bound_to_hold_with_confidence() -> None:
+    """a0 right on 1800 of 2000 validation images (bound: 0.891): losing 4 of them (0.898) holds
+    the bound with 90 % confidence over 3 finalists, losing 14 (0.893) meets it only as a point
+    estimate, losing 30 (0.885) misses it."""
+    a0_correct = np.zeros(2000, dtype=bool)
+    a0_correct[:1800] = True
+    bits = pack_bits(a0_correct)
+    a0_row = {"images": {"val": 2000, "holdout": 2000},
+              "bits": {"val_fp32": bits, "holdout_fp32": bits}}
+    safe, close, short = (_judged(n, lost, r, a0_row) for n, lost, r in (("safe", 4, 0.3), ("close", 14, 0.25),
+                                                                            ("short", 30, 0.2)))
+    assert safe.after["val_bound"]["holds"] and not close.after["val_bound"]["holds"]
+    assert close.after["val_int8"] >= 0.891 > short.after["val_int8"]
+    assert choose([safe, close, short]) == (safe, True)  # not the fastest, nor the point-feasible faster one
+    assert choose([close, short]) == (close, False)  # none established: the highest lower bound
+    low, high = safe.after["holdout_int8_interval"]
+    assert low < safe.after["holdout_int8"] < high and safe.after["holdout_bound"]["holds"]
+    alone = _judged("alone", 14, 0.25, a0_row, finalists=1)  # one comparison: less is asked
+    assert alone.after["val_bound"]["lower"] > close.after["val_bound"]["lower"]
 
 
 def test_confirmation_passes_combine_to_their_median() -> None:

@@ -50,20 +50,21 @@ from rlnas.ovtools import (
     convert_to_openvino,
     int8_primitive_count,
     library_versions,
-    openvino_top1,
+    openvino_correct,
     quantize_int8,
     quantize_int8_with_accuracy_control,
     quiet,
 )
+from rlnas.stats import pack_bits, unpack_bits
 from rlnas.supernet.bn import recalibrate_bn
-from rlnas.supernet.scoring import torch_top1
+from rlnas.supernet.scoring import torch_correct
 from rlnas.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
 KIND = "accuracy"
 #: Bump when the pipeline changes what a number means; older cache entries are then ignored.
-PROTOCOL = 2  # 2: BN recalibration on training-augmented images, validation/held-out splits
+PROTOCOL = 3  # 2: BN recalibration on training-augmented images, validation/held-out splits; 3: per-image bits
 RECAL_SEED = 1
 CALIB_SEED = 2
 
@@ -85,6 +86,13 @@ class AccuracyResult(StoredResult):
     cached: bool = False
     details: dict[str, Any] = field(default_factory=dict)
     transient: bool = False  # a failure not of the network itself (see failure_of): never cached
+
+    def correct(self, precision: str) -> np.ndarray | None:
+        """Per evaluation image, whether the network classified it right in ``precision``
+        (``fp32`` or ``int8``), in the split's order; None where not recorded (detection)."""
+        packed = self.details.get(f"{precision}_correct")
+        count = self.details.get("fp32_images" if precision == "fp32" else "eval_images")
+        return None if packed is None or count is None else unpack_bits(packed, int(count))
 
 
 def failure_of(arch: Arch, stage: str, err: Exception) -> AccuracyResult:
@@ -378,9 +386,11 @@ class TaskPipeline(abc.ABC):
         calibration images, compile, INT8 in OpenVINO, of a prepared model."""
         key = self.accuracy_key
         fp32: dict[str, float] = {}
+        bits: dict[str, str] = {}
         if fp32_count > 0:
             with stage("eval_fp32"):
-                fp32 = oracle.fp32_scores(model, fp32_count)
+                fp32, correct = self.fp32_eval(oracle, model, fp32_count)
+            bits.update({} if correct is None else {"fp32_correct": pack_bits(correct)})
         with stage("convert"), quiet():
             ov_model = self.convert(oracle, model)
         with stage("quantize"), quiet():
@@ -388,11 +398,24 @@ class TaskPipeline(abc.ABC):
         with stage("compile"):
             compiled = oracle.compile(quantized)
         with stage("eval_int8"):
-            int8 = oracle.int8_scores(compiled)
+            int8, correct = self.int8_eval(oracle, compiled, oracle.eval_count)
+        bits.update({} if correct is None else {"int8_correct": pack_bits(correct)})
         details = {"eval_images": oracle.eval_count, "fp32_images": fp32_count, "split": oracle.split,
-                   "int8_primitives": int8_primitive_count(compiled), "fp32_scores": fp32, "int8_scores": int8}
+                   "int8_primitives": int8_primitive_count(compiled), "fp32_scores": fp32, "int8_scores": int8,
+                   **bits}
         acc_fp32, acc_int8 = fp32.get(key), int8[key]
         return AccuracyResult("ok", "", acc_fp32, acc_int8, details=details)
+
+    def fp32_eval(self, oracle: AccuracyOracle, model: nn.Module, count: int
+                  ) -> tuple[dict[str, float], np.ndarray | None]:
+        """:meth:`fp32_scores` and, where the metric is a mean over images, which images the model
+        gets right (None otherwise: mAP is not)."""
+        return self.fp32_scores(oracle, model, count), None
+
+    def int8_eval(self, oracle: AccuracyOracle, compiled: Any, count: int
+                  ) -> tuple[dict[str, float], np.ndarray | None]:
+        """:meth:`int8_scores` and, where it applies, the per-image correctness (see :meth:`fp32_eval`)."""
+        return self.int8_scores(oracle, compiled, count), None
 
     @abc.abstractmethod
     def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
@@ -442,9 +465,12 @@ class ClassificationPipeline(TaskPipeline):
         return model.eval()
 
     def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
+        return self.fp32_eval(oracle, model, count)[0]
+
+    def fp32_eval(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> tuple[dict[str, float], np.ndarray]:
         images, labels = oracle.data.eval_images(oracle.split, count)
-        return {"top1": torch_top1(model, oracle.data.batches(images, oracle.batch_size), labels,
-                                   oracle.channels_last)}
+        correct = torch_correct(model, oracle.data.batches(images, oracle.batch_size), labels, oracle.channels_last)
+        return {"top1": float(correct.mean())}, correct
 
     def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
         images = oracle.data.train_subset(count, CALIB_SEED)
@@ -458,8 +484,12 @@ class ClassificationPipeline(TaskPipeline):
                            oracle.threads)
 
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
+        return self.int8_eval(oracle, compiled, count)[0]
+
+    def int8_eval(self, oracle: AccuracyOracle, compiled: Any, count: int) -> tuple[dict[str, float], np.ndarray]:
         images, labels = oracle.data.eval_images(oracle.split, count)
-        return {"top1": openvino_top1(compiled, oracle.data.batches(images, oracle.batch_size), labels)}
+        correct = openvino_correct(compiled, oracle.data.batches(images, oracle.batch_size), labels)
+        return {"top1": float(correct.mean())}, correct
 
     def quantize_with_accuracy_control(self, oracle: AccuracyOracle, ov_model: Any, calibration: list[np.ndarray],
                                        max_drop: float) -> Any:
