@@ -151,7 +151,8 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if exported:
         found = exported["found"]
         extra["exported"] = (f"{found['arch']}: speed-up {exported['speedup']:.2f}x"
-                             + (" (confirmed alongside a0)" if found.get("confirmed_ratio") else "")
+                             + (" (confirmed alongside a0)" if found.get("confirmed_ratio")
+                                else " (the search's timing, unconfirmed)")
                              + f", INT8 val {found['acc_int8']:.4f}"
                              + (f", INT8 held-out {found['holdout_int8']:.4f}" if found.get("holdout_int8") else "")
                              + ("" if found.get("feasible") else " (INFEASIBLE)"))

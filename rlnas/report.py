@@ -22,7 +22,7 @@ def comparison_rows(baseline: Measurement, best: Measurement | None) -> list[lis
     """Rows of the result table: the maximal subnet (a0's architecture with the supernet's weights:
     a0 itself is the constraint's reference, reported beside the table) and the best feasible
     architecture side by side; both latency ratios are to a0 timed alongside."""
-    rows = [["", "maximal subnet (a0's architecture)", "best feasible"]]
+    rows = [["", "maximal subnet (a0's architecture)", "best feasible (search's timing, unconfirmed)"]]
     b = best
     fields = [
         ("architecture", lambda m: m.arch.short()),
@@ -31,7 +31,8 @@ def comparison_rows(baseline: Measurement, best: Measurement | None) -> list[lis
         ("INT8 latency (ms)", lambda m: _fmt(m.latency_ms, ".3f")),
         ("a0 INT8 latency timed alongside (ms)", lambda m: _fmt(m.ref_latency_ms, ".3f")),
         ("latency ratio to a0 (interleaved)", lambda m: _fmt(m.latency_ratio, ".3f")),
-        ("speed-up", lambda m: _fmt(1 / m.latency_ratio if m.latency_ratio else None, ".2f") + "x"),
+        ("speed-up in the search (unconfirmed)", lambda m: _fmt(1 / m.latency_ratio if m.latency_ratio else None,
+                                                                ".2f") + "x"),
         ("params (M)", lambda m: _fmt(m.params / 1e6 if m.params else None, ".3f")),
         ("MACs (M)", lambda m: _fmt(m.macs / 1e6 if m.macs else None, ".2f")),
     ]
