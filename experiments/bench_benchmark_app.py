@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from filelock import FileLock
@@ -26,8 +27,11 @@ from rlnas.oracles.device import DeviceProfile, DeviceProfileError, load_profile
 from rlnas.oracles.latency import LatencyOracle, LatencyResult
 from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig
 
-_MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*ms")
+_MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*(ms|us)\b")
+_AVERAGE = re.compile(r"Average:\s+([0-9.]+)\s*(ms|us)\b")
 _COUNT = re.compile(r"Count:\s+(\d+)\s+iterations")
+#: benchmark_app's request mode here: the synchronous API, one request (as the oracle's worker runs)
+SYNC_ONE_REQUEST = ("-api", "sync", "-nireq", "1")
 
 
 def resnet50():
@@ -57,15 +61,24 @@ def benchmark_app_path() -> str:
     return found
 
 
-def run_benchmark_app(ir: str, profile: DeviceProfile, inference_precision: str, seconds: float) -> dict:
-    """benchmark_app on ``ir`` with the oracle's compile properties and ISA cap; its median latency."""
+def _ms(match: re.Match[str] | None) -> float | None:
+    """A latency benchmark_app printed (in ms, or in us below a millisecond) in ms."""
+    if match is None:
+        return None
+    return float(match.group(1)) / (1000.0 if match.group(2) == "us" else 1.0)
+
+
+def run_benchmark_app(ir: str, profile: DeviceProfile, inference_precision: str, seconds: float,
+                      mode: Sequence[str] = SYNC_ONE_REQUEST) -> dict:
+    """benchmark_app on ``ir`` with the oracle's compile properties and ISA cap, requests run as
+    ``mode`` says (e.g. ``("-hint", "latency")``), under the machine lock: its median
+    (``latency_ms``) and average (``average_ms``, None if not printed) latency."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"CPU": profile.compile_config(inference_precision)}, f)
         config = f.name
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     env.update(profile.env())
-    cmd = [benchmark_app_path(), "-m", ir, "-d", "CPU", "-load_config", config, "-api", "sync",
-           "-nireq", "1", "-t", f"{seconds:g}"]
+    cmd = [benchmark_app_path(), "-m", ir, "-d", "CPU", "-load_config", config, *mode, "-t", f"{seconds:g}"]
     try:
         with FileLock(DEFAULT_LOCK_PATH):
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds * 4 + 120)
@@ -76,7 +89,8 @@ def run_benchmark_app(ir: str, profile: DeviceProfile, inference_precision: str,
     if proc.returncode != 0 or median is None:
         raise RuntimeError(f"benchmark_app failed ({proc.returncode}): {text[-2000:]}")
     count = _COUNT.search(text)
-    return {"latency_ms": float(median.group(1)), "iterations": int(count.group(1)) if count else None,
+    return {"latency_ms": _ms(median), "average_ms": _ms(_AVERAGE.search(text)),
+            "iterations": int(count.group(1)) if count else None,
             "command": " ".join(cmd), "env": profile.env()}
 
 
