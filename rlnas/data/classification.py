@@ -17,6 +17,7 @@ folders ignored); CIFAR-10 can also come from torchvision's download.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -40,6 +41,10 @@ from rlnas.errors import ConfigError, UserError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: The most pixels a dataset image may have. Its size is read from its header before it is
+#: decoded, so that a huge image is refused in one line instead of exhausting memory (a 50 MP
+#: image decodes to 150 MB of RGB, and resizing it takes a float copy four times that).
+MAX_IMAGE_PIXELS = 50_000_000
 AUGMENTATIONS = ("crop_pad", "rrc", "none")
 #: Bump when the cached array layout or decoding changes; old caches are then ignored.
 CACHE_VERSION = 1
@@ -300,25 +305,66 @@ def _decode_all(files: list[Path], size: int, what: str) -> Tensor:
         # torchvision 0.29 deprecates its decoders in favour of torchcodec; they remain the fastest here
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, f in enumerate(_progress(files, f"decoding {what}")):
+            data = _checked_image(f)
             try:
-                img = decode(f)
+                img = decode(data)
             except (RuntimeError, OSError, ValueError) as err:
-                raise DatasetError(f"cannot decode {f}: {err}") from err
+                raise DatasetError(f"cannot decode {f}: {_one_line(err).rstrip('.')}; "
+                                   "replace it or remove it from the dataset") from err
             out[i] = square(img, size)
     return out
 
 
-def _decoder():
-    """libjpeg-turbo via torchvision.io (2.5x faster than PIL on small JPEGs), else PIL."""
-    try:
-        from torchvision.io import ImageReadMode, decode_image, read_file
+def _checked_image(f: Path) -> bytes:
+    """The bytes of image file ``f``, once its header says it is an image of at most
+    :data:`MAX_IMAGE_PIXELS` (PIL reads the header only); else a one-line DatasetError naming the file."""
+    from PIL import Image, UnidentifiedImageError
 
-        return lambda f: decode_image(read_file(str(f)), mode=ImageReadMode.RGB)
+    max_pixels = MAX_IMAGE_PIXELS  # read at call time: a caller (a test) may lower it
+    try:
+        data = f.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"cannot read image {f}: {_one_line(err)}") from err
+    if not data:
+        raise DatasetError(f"image {f} is empty (0 bytes): replace it or remove it from the dataset")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap is lower
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as err:  # above twice PIL's own bound: beyond ours too
+        raise DatasetError(f"image {f} is too large ({_one_line(err).rstrip('.')}); the cap is "
+                           f"{max_pixels / 1e6:g} megapixels per image: downscale it or remove it from the dataset") from err
+    except UnidentifiedImageError as err:  # its message names the BytesIO, not the file
+        raise DatasetError(f"{f} is not an image (no known image format in its first bytes): "
+                           "replace it or remove it from the dataset") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DatasetError(f"{f} is not an image that can be read ({_one_line(err)}): "
+                           "replace it or remove it from the dataset") from err
+    if width * height > max_pixels:
+        raise DatasetError(f"image {f} is {width}x{height} ({width * height / 1e6:g} megapixels), above the cap of "
+                           f"{max_pixels / 1e6:g} megapixels per image: downscale it or remove it from the dataset")
+    return data
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (a DatasetError is printed as one line)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _decoder():
+    """``bytes -> [3, H, W]`` uint8 RGB: libjpeg-turbo via torchvision.io (2.5x faster than PIL on
+    small JPEGs), else PIL."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+
+        return lambda data: decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except ImportError:
         from PIL import Image
 
-        def pil(f: Path) -> Tensor:
-            with Image.open(f) as im:
+        def pil(data: bytes) -> Tensor:
+            with Image.open(io.BytesIO(data)) as im:
                 return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous()
 
         return pil

@@ -77,7 +77,10 @@ class LatencyResult(StoredResult):
     ``above_cap`` those above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's
     ISA, not ``ONEDNN_MAX_CPU_ISA``; a lower bound: ISA-neutral names are never counted).
     ``stage_seconds`` has build, convert, quantize, save (0 when the IR was reused), reference
-    (preparing its IR), compile, lock_wait, measure and total.
+    (preparing its IR), compile, lock_wait, measure and total. ``timed_from``/``timed_to``: the
+    wall clock (``time.time()``, comparable across processes) at the start and end of the timed
+    section, both taken by the worker while it held the machine lock alone (None when nothing was
+    timed); a cached result keeps those of the measurement that made it.
     """
 
     status: str
@@ -109,6 +112,8 @@ class LatencyResult(StoredResult):
     iterations: int = 0
     rounds: int = 0
     measured_at: float = 0.0
+    timed_from: float | None = None
+    timed_to: float | None = None
     host: dict[str, Any] = field(default_factory=dict)
     transient: bool = False
 
@@ -130,6 +135,8 @@ class Confirmation(StoredResult):
     ``latency_ms`` each model's median. ``above_cap[name]`` lists the ``<layer type>:<kernel>``
     that ran above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
     ``orders`` is the order the models ran in, round by round (:func:`~rlnas.oracles.worker.round_order`).
+    ``timed_from``/``timed_to``: the wall clock at the start and end of the timed section, under
+    the machine lock held alone (as :class:`LatencyResult`'s).
     """
 
     reference: str
@@ -143,6 +150,8 @@ class Confirmation(StoredResult):
     inference_precision: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     orders: list[list[str]] = field(default_factory=list)
+    timed_from: float | None = None
+    timed_to: float | None = None
     cached: bool = False
     status: str = "ok"
 
@@ -398,7 +407,7 @@ class LatencyOracle:
             ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
             kernels=reply["kernels"], inference_precision=reply["inference_precision"],
             above_cap={n: self._above_cap(k) for n, k in reply.get("layer_kernels", {}).items()},
-            orders=reply["orders"],
+            orders=reply["orders"], timed_from=reply.get("timed_from"), timed_to=reply.get("timed_to"),
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": timer.total()})
         self.store.put(CONFIRM_KIND, key, result.to_dict())
@@ -604,6 +613,7 @@ class LatencyOracle:
         result.above_cap = self._above_cap(result.layer_kernels)
         result.stage_seconds.update(compile=reply["compile_s"], measure=reply["measure_s"],
                                     lock_wait=reply["lock_wait_s"])
+        result.timed_from, result.timed_to = reply.get("timed_from"), reply.get("timed_to")
         result.versions["openvino_runtime"] = self.worker.hello.get("openvino", "")
         result.host = self.host(reply)
         if reply["ref_rounds"]:

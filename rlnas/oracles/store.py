@@ -2,14 +2,18 @@
 
 Keys are dicts holding everything that changes a number; they are stored as canonical JSON and
 looked up by its SHA-256. Each operation opens its own short-lived connection, so a store object
-is safe to use after ``fork`` and from several threads.
+is safe to use after ``fork`` and from several threads. A record is written in one transaction:
+a process killed at any moment leaves either the whole record or none (tests/test_store_stress.py).
+:meth:`MeasurementStore.claim` lets processes sharing a store measure each key once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -78,6 +82,24 @@ class MeasurementStore:
             conn.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?)",
                          (kind, key_hash(key), canonical_json(key), canonical_json(record), time.time()))
             conn.execute("COMMIT")
+
+    @contextmanager
+    def claim(self, kind: str, key: dict[str, Any]) -> Iterator[None]:
+        """Hold ``(kind, key)`` while measuring it: another process (or thread) claiming the same
+        key waits until this hold ends, then finds the record by :meth:`get` instead of measuring
+        it again; other keys go on. The pattern: ``with store.claim(kind, key): record =
+        store.get(kind, key); if record is None: measure, store.put(kind, key, ...)``. An
+        exclusive ``flock`` on ``<store>.claims/<kind>-<key hash>`` (released if the holder dies).
+        Hold one claim at a time, and never claim while holding the machine lock: the holder of a
+        claim may be waiting for it."""
+        folder = self.path.with_name(self.path.name + ".claims")
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / f"{kind}-{key_hash(key)}", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def delete(self, kind: str, key: dict[str, Any]) -> bool:
         """Remove one record; True if there was one."""

@@ -154,11 +154,11 @@ class _Worker:
             ref, ref_compile_s = self.compile(msg["ref"]["path"], msg["ref"]["config"], msg["ref"].get("shape"))
             compile_s += ref_compile_s
         timing = TimingConfig(**msg.get("timing", {}))
-        lock_wait, rounds, measure_s = _timed_rounds(
+        held, rounds, measure_s = _timed_rounds(
             self.request(cand), self.request(ref) if ref is not None else None, timing, msg.get("lock_path"))
         return {
             "cand_rounds": rounds["cand"], "ref_rounds": rounds["ref"],
-            "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
+            "compile_s": compile_s, "measure_s": measure_s, **held,
             "kernels": kernel_summary(cand), "layer_kernels": kernel_summary(cand, by_layer=True),
             "inference_precision": precision_name(cand.get_property("INFERENCE_PRECISION_HINT")),
             "threads": int(cand.get_property("INFERENCE_NUM_THREADS")),
@@ -180,9 +180,9 @@ class _Worker:
             compile_s += time.perf_counter() - start
         timing = TimingConfig(**msg.get("timing", {}))
         requests = {name: self.request(c) for name, c in compiled.items()}
-        lock_wait, rounds, orders, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"),
-                                                                   lead=next(iter(requests)))
-        return {"rounds": rounds, "orders": orders, "compile_s": compile_s, "measure_s": measure_s, "lock_wait_s": lock_wait,
+        held, rounds, orders, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"),
+                                                              lead=next(iter(requests)))
+        return {"rounds": rounds, "orders": orders, "compile_s": compile_s, "measure_s": measure_s, **held,
                 "kernels": {name: kernel_summary(c) for name, c in compiled.items()},
                 "layer_kernels": {name: kernel_summary(c, by_layer=True) for name, c in compiled.items()},
                 "inference_precision": {name: precision_name(c.get_property("INFERENCE_PRECISION_HINT"))
@@ -302,26 +302,29 @@ def round_order(names: list[str], r: int) -> list[str]:
 
 
 def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
-                  lock_path: str | None) -> tuple[float, dict[str, list[list[float]]], float]:
+                  lock_path: str | None) -> tuple[dict[str, float], dict[str, list[list[float]]], float]:
     """Warm up and time interleaved rounds of (reference, candidate) under the machine-wide lock.
 
-    Returns (lock wait, {"cand": [...], "ref": [...]} block times per round, seconds measured);
-    the reference's times are empty without a reference.
+    Returns (the hold as :func:`_interleaved_rounds` gives it, {"cand": [...], "ref": [...]}
+    block times per round, seconds measured); the reference's times are empty without a reference.
     """
     requests = {"ref": ref, "cand": cand} if ref is not None else {"cand": cand}
-    waited, rounds, _, measured = _interleaved_rounds(requests, timing, lock_path, "cand", "ref" if ref else None)
+    held, rounds, _, measured = _interleaved_rounds(requests, timing, lock_path, "cand", "ref" if ref else None)
     rounds.setdefault("ref", [])
-    return waited, rounds, measured
+    return held, rounds, measured
 
 
 def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig, lock_path: str | None,
                         lead: str, ref: str | None = None
-                        ) -> tuple[float, dict[str, list[list[float]]], list[list[str]], float]:
+                        ) -> tuple[dict[str, float], dict[str, list[list[float]]], list[list[str]], float]:
     """Warm up, then time rounds of one block per model in :func:`round_order` under the lock,
-    until :func:`_done` for ``lead``'s rounds (against ``ref``'s, if given). Returns (lock
-    wait, block times per model and round, the order of each round, seconds measured)."""
+    until :func:`_done` for ``lead``'s rounds (against ``ref``'s, if given). Returns (the hold:
+    ``lock_wait_s`` and the wall-clock ``timed_from``/``timed_to`` of the timed section, both
+    taken while the lock is held alone, so that the spans of all timings on a machine are
+    disjoint; block times per model and round; the order of each round; seconds measured)."""
     names = list(requests)
     with _machine_lock(lock_path) as waited:
+        held_from = time.time()  # wall clock (comparable across processes), the lock held alone
         start = time.perf_counter()
         for name in names:
             _block(requests[name], timing.warmup_iters, 0)
@@ -331,7 +334,9 @@ def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig, lock_pat
             orders.append(round_order(names, len(orders)))
             for name in orders[-1]:
                 rounds[name].append(_block(requests[name], timing.block_iters, timing.block_skip))
-        return waited.seconds, rounds, orders, time.perf_counter() - start
+        measured = time.perf_counter() - start
+        held = {"lock_wait_s": waited.seconds, "timed_from": held_from, "timed_to": time.time()}
+    return held, rounds, orders, measured
 
 
 def _done(cand: list[list[float]], ref: list[list[float]], elapsed: float, timing: TimingConfig) -> bool:

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from rlnas.arch import Arch
+from rlnas.errors import UserError
 from rlnas.oracles.store import StoredResult
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,13 @@ log = logging.getLogger(__name__)
 
 class HistoryMismatch(ValueError):
     """A run log written by another setup than this evaluator's; the message says how to go on."""
+
+
+class HistoryCorrupt(HistoryMismatch, UserError):
+    """A run log with a damaged record before its last line: not an interrupted write (that can
+    only cut the last line short), so records may be lost; the run stops rather than go on without
+    them, and the one-line message names the file and line and how to go on. (A
+    :class:`HistoryMismatch`, so that a run's setup handles both alike.)"""
 
 
 def accuracy_target(tau: float, a0_fp32: float | None, baseline_fp32: float) -> float:
@@ -482,18 +490,25 @@ class Evaluator:
             logger.on_measurement(self, m)
 
     def _append_log(self, kind: str, m: Measurement) -> None:
+        """Append one record as one line, in one ``write`` on an ``O_APPEND`` descriptor, synced:
+        a kill leaves at most the last line cut short (which the next load drops)."""
         if self.history_path is None:
             return
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"kind": kind, "context": self.context, "measurement": m.to_dict()})
-        with open(self.history_path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = (json.dumps({"kind": kind, "context": self.context, "measurement": m.to_dict()}) + "\n").encode()
+        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _load_history(self, path: Path) -> None:
         expected = json.loads(json.dumps(self.context))
-        for kind, context, m in read_history(path):
+        records, intact = _parse_history(path)
+        for kind, context, m in records:
             if context != expected:
                 differ = sorted(k for k in set(context or {}) | set(expected)
                                 if (context or {}).get(k) != expected.get(k))
@@ -505,21 +520,43 @@ class Evaluator:
                 self._networks.setdefault(self.network_key(m.arch), m)
             elif m.arch not in self._seen:
                 self._record(m)
+        if intact is not None:  # cut the interrupted last line off, so that the next record starts a line
+            os.truncate(path, intact)
         log.info("resumed %d measurements from %s", len(self.history), path)
 
 
 def read_history(path: str | os.PathLike) -> list[tuple[str, dict[str, Any], Measurement]]:
     """Records of a run's JSONL log as ``(kind, context, measurement)``, kind ``baseline`` or
-    ``candidate``; a line cut short by a kill is skipped."""
+    ``candidate``. A damaged last line is an interrupted write: skipped with a warning. A damaged
+    line before it raises :class:`HistoryCorrupt` naming the file and line."""
+    return _parse_history(Path(path))[0]
+
+
+def _parse_history(path: Path) -> tuple[list[tuple[str, dict[str, Any], Measurement]], int | None]:
+    """The records of ``path``, and where an interrupted last line starts (the file's intact
+    length; None when the last line is whole). Blank lines are skipped."""
+    data = path.read_bytes()
+    lines, start = [], 0
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if raw.strip():
+            lines.append((lineno, start, raw))
+        start += len(raw) + 1
     out = []
-    path = Path(path)
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for i, (lineno, offset, raw) in enumerate(lines):
         try:
-            rec = json.loads(line)
+            rec = json.loads(raw.decode())
             out.append((rec["kind"], rec.get("context"), Measurement.from_dict(rec["measurement"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s:%d: skipping a truncated record (interrupted write)", path, lineno)
-    return out
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # ValueError: also bad JSON, bad UTF-8
+            if i < len(lines) - 1:
+                raise HistoryCorrupt(
+                    f"{path}:{lineno}: damaged record in the run log ({type(err).__name__}), not its last line, so "
+                    f"not an interrupted write; to go on, move {path.name} away to start this run's log afresh "
+                    f"(measurements stay in the shared store: nothing is timed again) or delete line {lineno} "
+                    "(its measurement is then read from the store again)") from err
+            log.warning("%s:%d: the last record is cut short (an interrupted write): dropped, that candidate "
+                        "is measured again (from the store if its measurement completed)", path, lineno)
+            return out, offset
+    return out, None
 
 
 @contextlib.contextmanager
