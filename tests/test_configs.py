@@ -52,10 +52,47 @@ def test_every_group_option_composes(group, option):
     else:
         assert OmegaConf.select(cfg, PACKAGES.get(group, group)) is not None
     OmegaConf.resolve(cfg)
-    if group in ("agent", "reward"):
-        assert instantiate(cfg[group]) is not None
-    if group in ("backend", "oracle") and cfg[group]:  # empty: the local / measured default
-        assert instantiate(cfg[group], _partial_=True) is not None
+    if group in ("agent", "reward", "backend", "oracle") and cfg[group]:  # empty: the local / measured default
+        _check_instantiated(cfg[group])
+
+
+#: config keys an object keeps under another name
+RENAMED = {"penalty": "penalty_offset"}
+
+
+def _settings(obj) -> dict:
+    """What an instantiated object keeps: its attributes, and the entries of its dict attributes
+    (PPO's ``algo_kwargs``, ``env_kwargs``, ``policy_kwargs``...), flattened."""
+    found: dict = {}
+
+    def walk(values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+                walk(value)
+            found.setdefault(key, value)
+
+    walk(vars(obj))
+    return found
+
+
+def _check_instantiated(node) -> None:
+    """The object of a ``_target_`` config is of that class (a function: a partial of it, since it
+    needs the run's supernet) and holds every value of the config."""
+    target = get_object(node._target_)
+    values = OmegaConf.to_container(node, resolve=True)
+    del values["_target_"]
+    if isinstance(target, type):
+        obj = instantiate(node)
+        assert type(obj) is target
+        kept = _settings(obj)
+    else:
+        obj = instantiate(node, _partial_=True)
+        assert isinstance(obj, functools.partial) and obj.func is target
+        kept = obj.keywords
+    assert values, node
+    for key, value in values.items():
+        assert RENAMED.get(key, key) in kept, f"{node._target_} does not keep {key}"
+        assert kept[RENAMED.get(key, key)] == value, f"{node._target_}.{key}"
 
 
 def test_search_app_defaults_and_overrides():

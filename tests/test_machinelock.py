@@ -29,6 +29,34 @@ def hold(path: Path, seconds: float, exclusive: bool = False) -> subprocess.Pope
     return proc
 
 
+def hold_until_released(path: Path, exclusive: bool = False) -> subprocess.Popen:
+    """Another process holding the lock until a line is written to its stdin (``release``)."""
+    flag = ["--exclusive"] if exclusive else []
+    proc = subprocess.Popen([sys.executable, "-m", "rlnas.machinelock", *flag, "--path", str(path), "--",
+                             sys.executable, "-c", "import sys; print('held', flush=True); sys.stdin.readline()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"  # it holds the lock now
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.close()
+
+
+def acquire_in_thread(path: Path, exclusive: bool, released: threading.Event) -> tuple[threading.Thread, list]:
+    """Take the lock in a thread; it records whether ``released`` was set when it got the lock."""
+    got: list[bool] = []
+
+    def take() -> None:
+        with (machinelock.exclusive if exclusive else machinelock.shared)(str(path)):
+            got.append(released.is_set())
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    return thread, got
+
+
 def wait_until_a_timing_run_waits(path: Path) -> None:
     """A waiting timing run holds the turnstile: poll it instead of sleeping a guess."""
     fd = os.open(f"{path}.turnstile", os.O_RDWR | os.O_CREAT)
@@ -45,17 +73,38 @@ def wait_until_a_timing_run_waits(path: Path) -> None:
         os.close(fd)
 
 
+def wait_until_a_computation_waits(path: Path) -> None:
+    """A computation blocked on the lock is listed by the kernel as a waiter ("->") in /proc/locks."""
+    inode = os.stat(path).st_ino
+    for _ in range(2000):
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" in fields and "READ" in fields and fields[-3].endswith(f":{inode}"):
+                return
+        time.sleep(0.01)
+    raise AssertionError("no computation waited for the lock")
+
+
 def test_timing_waits_for_computations_and_they_wait_for_it(tmp_path: Path) -> None:
     lock = tmp_path / "lock"
-    computing = hold(lock, 1.5)
-    with machinelock.shared(str(lock)) as waited:  # computations run together
-        assert waited.seconds < 1.0
-    with machinelock.exclusive(str(lock)) as waited:  # a timing run waits for the computation
-        assert waited.seconds > 1.0 and computing.wait(10) == 0  # held 1.5 s by the other process
-    timing = hold(lock, 1.5, exclusive=True)
-    with machinelock.shared(str(lock)) as waited:  # and a computation waits for the timing run
-        assert waited.seconds > 1.0
-    timing.wait()
+    computing = hold_until_released(lock)
+    with machinelock.shared(str(lock)):  # computations run together: got while the other one holds it
+        assert computing.poll() is None
+    released = threading.Event()
+    timing, got = acquire_in_thread(lock, exclusive=True, released=released)
+    wait_until_a_timing_run_waits(lock)  # a timing run waits for the computation ...
+    released.set()
+    release(computing)
+    timing.join()
+    assert got == [True] and computing.wait() == 0  # ... until it released the lock
+    timing_run = hold_until_released(lock, exclusive=True)
+    released.clear()
+    computation, got = acquire_in_thread(lock, exclusive=False, released=released)
+    wait_until_a_computation_waits(lock)  # and a computation waits for the timing run
+    released.set()
+    release(timing_run)
+    computation.join()
+    assert got == [True] and timing_run.wait() == 0
 
 
 def test_a_waiting_timing_run_goes_before_new_computations(tmp_path: Path) -> None:

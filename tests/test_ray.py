@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
+from ray.util.state import list_actors, list_tasks
 from torch import nn
 
 import rlnas
@@ -65,6 +65,17 @@ def oracle(tmp_path: Path, profile: str, timing: TimingConfig = FAST, **kwargs) 
                                timing=timing, retries=1, node_wait_s=30.0, **kwargs)
 
 
+def wait_until_timing_on(node) -> None:
+    """Poll Ray's task state until a device actor's request runs on ``node``: the IRs are built
+    and shipped, the node is measuring (a timing of at least ``min_time_s``)."""
+    for _ in range(600):
+        running = list_tasks(filters=[("name", "=", "DeviceActor.request"), ("state", "=", "RUNNING")])
+        if any(task.node_id == node.node_id for task in running):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no measurement started on node {node.node_id}")
+
+
 def test_two_devices_measured_in_one_run(cluster, tmp_path):
     _, nodes = cluster
     results = {}
@@ -96,7 +107,7 @@ def test_node_killed_mid_measurement(cluster, tmp_path):
     out = {}
     thread = threading.Thread(target=lambda: out.update(r=lat.measure(lambda: tiny(12), SHAPE, model_key="tiny12")))
     thread.start()
-    time.sleep(5.0)  # both IRs built (~3 s), the node is timing now
+    wait_until_timing_on(victim)  # both IRs built, the node is timing now (for 10 s at least)
     cl.remove_node(victim, allow_graceful=False)
     thread.join(120)
     result = out["r"]
@@ -110,7 +121,7 @@ def test_node_killed_mid_measurement(cluster, tmp_path):
     lat2.worker.node_wait_s = 5.0  # then no other node will come
     thread = threading.Thread(target=lambda: out.update(r=lat2.measure(lambda: tiny(14), SHAPE, model_key="tiny14")))
     thread.start()
-    time.sleep(5.0)
+    wait_until_timing_on(survivor)
     cl.remove_node(survivor, allow_graceful=False)
     thread.join(120)
     lost = out["r"]

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +51,23 @@ def _tiny_a0(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
+    """The workspace of the module's tests: the overrides of every run (the supernet is trained
+    once, in a directory of its own; each test chooses its measurement store)."""
     root = tmp_path_factory.mktemp("search")
     # fp32_images=0: candidates skip the FP32 pass (acc_fp32 None), as the full experiments do
-    overrides = ["experiment=tiny", f"cache_dir={root / 'cache'}", "device=host", "logging.progress=false",
+    overrides = ["experiment=tiny", f"supernet.dir={root / 'supernets'}", "device=host", "logging.progress=false",
                  "accuracy.fp32_images=0", f"a0.checkpoint={_tiny_a0(root / 'a0.pt')}"]
     if not (REPO / "data" / "cifar10" / "train").is_dir():
         overrides.append(f"dataset.root={_image_folder(root / 'images')}")
     return root, overrides
 
 
-def search(ws, *args: str) -> subprocess.CompletedProcess:
+def search(ws, *args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """``rlnas-search`` with the workspace's overrides, measuring into ``cache`` (default: the
+    workspace's shared store)."""
     root, overrides = ws
-    return subprocess.run([str(Path(sys.executable).parent / "rlnas-search"), *overrides, *args], cwd=root,
+    return subprocess.run([str(Path(sys.executable).parent / "rlnas-search"), *overrides,
+                           f"cache_dir={cache or root / 'cache'}", *args], cwd=root,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -71,45 +77,72 @@ def measured_at(cache: Path) -> dict[str, float]:
     return {k["model"]: r["measured_at"] for k, r in items if not k["model"].startswith("ir:")}
 
 
-def test_search_resume_and_export(ws):
+@dataclass
+class ResumedRun:
+    """A run of budget 2 without export, then resumed with budget 3 and exported; its own
+    measurement store, and what it held after each invocation."""
+
+    run: Path
+    cache: Path
+    first: subprocess.CompletedProcess
+    second: subprocess.CompletedProcess
+    counts_after_first: dict[str, int]
+    agent_after_first: bool
+    measured_after_first: dict[str, float]
+    measured_after_second: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(ws) -> ResumedRun:
     root, _ = ws
-    run = root / "run"
-    first = search(ws, "budget=2", "export.enabled=false", f"run_dir={run}")
+    run, cache = root / "run", root / "run-cache"
+    first = search(ws, "budget=2", "export.enabled=false", f"run_dir={run}", cache=cache)
+    store = MeasurementStore(cache / "measurements.sqlite")
+    counts = {kind: len(store.records(kind)) for kind in ("latency", "accuracy")}
+    agent, measured = (run / "agent" / "ppo.zip").exists(), measured_at(cache)
+    second = search(ws, "budget=3", f"run_dir={run}", cache=cache)
+    return ResumedRun(run, cache, first, second, counts, agent, measured, measured_at(cache))
+
+
+def test_search_resume_and_export(resumed_run):
+    r = resumed_run
+    run, first, second = r.run, r.first, r.second
     assert first.returncode == 0, first.stderr[-3000:]
     assert "unique evaluations: 2 / budget 2" in first.stdout
-    store = MeasurementStore(root / "cache" / "measurements.sqlite")
     # latency: the maximal subnet + 2; accuracy: also a0 as deployed
-    assert len(store.records("latency")) == 3 and len(store.records("accuracy")) == 4
-    before = measured_at(root / "cache")
-    assert (run / "agent" / "ppo.zip").exists()
+    assert r.counts_after_first == {"latency": 3, "accuracy": 4}
+    assert r.agent_after_first
 
     # resume with a larger budget: the 2 measurements are reused, 1 new one made, then export
-    second = search(ws, "budget=3", f"run_dir={run}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "unique evaluations: 3 / budget 3" in second.stdout and "resuming" in (run / "search.log").read_text()
-    after = measured_at(root / "cache")
-    assert len(after) == 4 and all(after[k] == t for k, t in before.items())  # nothing re-measured
+    before, after = r.measured_after_first, r.measured_after_second
+    assert len(before) == 3 and len(after) == 4
+    assert all(after[k] == t for k, t in before.items())  # nothing re-measured
     history = read_history(run / "evaluations.jsonl")
     kinds = [k for k, _, _ in history]
     assert kinds.count("baseline") == 1 and kinds.count("candidate") == 3
     assert len({m.arch for k, _, m in history if k == "candidate"}) == 3
     stages = json.loads((run / "search_result.json").read_text())["stage_seconds"]
-    assert list(stages) == ["setup", "a0 and maximal subnet", "search", "finalists and export"]
-    assert stages["finalists and export"] > 0 and "wall time (this invocation)" in second.stdout
+    assert list(stages) == ["setup", "a0 and maximal subnet", "search", "finalists", "export"]
+    assert stages["finalists"] > 0 and stages["export"] > 0 and "wall time (this invocation)" in second.stdout
 
     _check_tensorboard(run / "tb")
-    _check_export(run / "export")
+    _check_export(run / "export", r.cache)
 
 
-def test_finalists_quantized_with_accuracy_control(ws):
-    """The finalists of the run above again, quantized by nncf.quantize_with_accuracy_control
-    (judged on validation images): the scores, the confirmed IR and the exported IR are that
-    model's; the fine-tuning is resumed from its checkpoints, not repeated."""
+def test_finalists_quantized_with_accuracy_control(ws, resumed_run, tmp_path):
+    """The finalists of the resumed run again (a copy of it and of its store, so that the run
+    stays as it was), quantized by nncf.quantize_with_accuracy_control (judged on validation
+    images): the scores, the confirmed IR and the exported IR are that model's; the fine-tuning
+    is resumed from its checkpoints, not repeated."""
     root, _ = ws
-    run = root / "run"
-    assert (run / "export" / "report.json").is_file(), "needs test_search_resume_and_export's run"
+    assert resumed_run.second.returncode == 0, resumed_run.second.stderr[-3000:]
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    shutil.copytree(resumed_run.run, run)
+    shutil.copytree(resumed_run.cache, cache)
     again = search(ws, "budget=3", f"run_dir={run}", "finalists.quantization=accuracy_control",
-                   "finalists.max_drop=0.05")
+                   "finalists.max_drop=0.05", cache=cache)
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads((run / "export" / "report.json").read_text())
     finals = report["finalists"]
@@ -134,7 +167,7 @@ def _check_tensorboard(tb: Path) -> None:
     assert any(t.startswith("config/") for t in acc.Tags()["tensors"])  # text summaries
 
 
-def _check_export(out: Path) -> None:
+def _check_export(out: Path, cache: Path) -> None:
     import openvino as ov
 
     from rlnas.export import load_exported
@@ -148,7 +181,7 @@ def _check_export(out: Path) -> None:
     # the constraint uses the given a0 as deployed, on validation images, not the maximal subnet
     a0 = report["a0"]
     assert report["target"] == pytest.approx(0.99 * a0["val_fp32"])
-    store = MeasurementStore(out.parent.parent / "cache" / "measurements.sqlite")
+    store = MeasurementStore(cache / "measurements.sqlite")
     scored = {k["split"]: r for k, r in store.items("accuracy") if str(k.get("model", "")).startswith("a0:")}
     assert scored["val"]["acc_fp32"] == a0["val_fp32"] and scored["holdout"]["acc_fp32"] == a0["holdout_fp32"]
     assert scored["val"]["details"]["eval_images"] + scored["holdout"]["details"]["eval_images"] == 128
@@ -218,7 +251,7 @@ def test_surrogate_backend(ws):
     table = root / "bench" / "table.json"
     build = subprocess.run([sys.executable, str(REPO / "experiments" / "surrogate_benchmark.py"), "build",
                             "--experiment", "tiny", "--sample", "random:5", "--out", str(root / "bench"), "--",
-                            *[o for o in overrides if not o.startswith("experiment=")]],
+                            *[o for o in overrides if not o.startswith("experiment=")], f"cache_dir={root / 'cache'}"],
                            cwd=root, capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     rows = json.loads(table.read_text())["rows"]
