@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import rlnas
 from rlnas.export import compose_run_config, export_run
@@ -39,7 +39,11 @@ def search(*overrides: str, **values: Any) -> dict[str, Any]:
     """Run a search (resuming what ``run_dir`` holds); returns its summary (``run_dir``, ``best``,
     ``baseline``, ``export``...)."""
     cfg = compose_search(*overrides, **values)
-    return run_search(cfg, Path(cfg.run_dir))
+    run_dir = Path(cfg.run_dir)
+    cfg.run_dir = str(run_dir)  # resolved once: the saved config names this run
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what rlnas-export and export() read, as the CLI saves
+    return run_search(cfg, run_dir)
 
 
 def export(run_dir: str | Path, *overrides: str, **values: Any) -> dict[str, Any]:

@@ -128,9 +128,6 @@ def test_export_again_with_overrides(searched, tmp_path):
         api.export(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=ExportError,
-                   reason="api.search does not save the run's config (<run>/.hydra/config.yaml), which api.export "
-                          "reads: the module docstring's search() then export(summary['run_dir']) fails")
 def test_export_of_a_run_of_the_api(searched):
     summary, _ = searched
     report = api.export(summary["run_dir"], "finalists.k=0")

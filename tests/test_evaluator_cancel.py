@@ -130,8 +130,6 @@ def test_close_without_cancel_waits_for_the_measurements_in_flight(supernet, sur
     assert not measuring_threads(others)  # close() waited for the threads too
 
 
-@pytest.mark.xfail(strict=True, reason="close(cancel=True) leaves the cancelled futures in Evaluator._pending: "
-                   "in_flight stays at the number cancelled and a network submitted again gets the cancelled future")
 def test_cancelled_work_is_no_longer_in_flight(supernet, surrogate):
     accuracy, latency = SurrogateAccuracyOracle(surrogate), GatedLatency(surrogate)
     ev = Evaluator(supernet, latency, accuracy, (1, 3, RES, RES), budget=10,

@@ -135,9 +135,6 @@ def test_the_machine_lock_kept_every_timing_alone(runs) -> None:
     assert not overlapping, f"timed sections overlap: {overlapping}"
 
 
-@pytest.mark.xfail(strict=False, reason="the oracles look a key up and measure it without claiming it "
-                   "(MeasurementStore.claim): searches that miss the same key at once each time it, and the store "
-                   "keeps the last (seen: the maximal subnet timed by all three runs)")
 def test_no_network_was_timed_twice(runs) -> None:
     cache, run_dirs = runs
     logged: dict[str, set[float]] = {}  # per network (its IR), the latencies the runs were answered

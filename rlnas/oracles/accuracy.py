@@ -32,7 +32,7 @@ import abc
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,13 +200,7 @@ class AccuracyOracle:
             key = self.cache_key(arch)
         except Exception as err:  # an invalid arch or unusable data is this candidate's failure
             return failure_of(arch, "key", err)
-        cached = self._lookup(key)
-        if cached is not None:
-            return cached
-        result = self._measure(arch)
-        if self.store is not None and not result.transient:
-            self.store.put(KIND, key, result.to_dict())
-        return result
+        return self._once(key, lambda: self._measure(arch), keep=lambda result: not result.transient)
 
     def baseline(self) -> AccuracyResult:
         """The maximal architecture of the supernet, evaluated the same way."""
@@ -218,9 +212,9 @@ class AccuracyOracle:
         user's a0. ``model_key`` identifies its weights in the cache (e.g. a checkpoint hash)."""
         key = {**self.cache_key(self.supernet.space.max_arch()), "network": None, "model": str(model_key),
                "recal_images": 0, "fp32_images": self.eval_count}
-        cached = self._lookup(key)
-        if cached is not None:
-            return cached
+        return self._once(key, lambda: self._score_model(model), keep=lambda result: result.ok)
+
+    def _score_model(self, model: nn.Module) -> AccuracyResult:
         stage = StageTimer()
         try:
             prepared = model.eval().to(memory_format=torch.channels_last) if self.channels_last else model.eval()
@@ -230,8 +224,6 @@ class AccuracyOracle:
         except Exception as err:  # reported to the caller, which cannot go on without it
             result = failure_of(self.supernet.space.max_arch(), stage.current, err)
         result.stage_seconds = {**stage.seconds, "total": stage.total()}
-        if self.store is not None and result.ok:
-            self.store.put(KIND, key, result.to_dict())
         return result
 
     def cache_key(self, arch: Arch) -> dict[str, Any]:
@@ -314,6 +306,19 @@ class AccuracyOracle:
         return self.int8_scores(compiled, count)[self.pipeline.accuracy_key]
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _once(self, key: dict[str, Any], measure: Callable[[], AccuracyResult],
+              keep: Callable[[AccuracyResult], bool]) -> AccuracyResult:
+        """The stored result of ``key``, else ``measure()``, stored where ``keep`` says; another
+        process measuring the same key meanwhile is waited for (the store's claim), not repeated."""
+        with self.store.claim(KIND, key) if self.store is not None else contextlib.nullcontext():
+            cached = self._lookup(key)
+            if cached is not None:
+                return cached
+            result = measure()
+            if self.store is not None and keep(result):
+                self.store.put(KIND, key, result.to_dict())
+            return result
 
     def _lookup(self, key: dict[str, Any]) -> AccuracyResult | None:
         if self.store is None:

@@ -561,14 +561,15 @@ class LatencyOracle:
         retry); else ``prepare()`` gives the IR, which is timed, and the result is stored."""
         key = self.cache_key(model_key, shape, precision)
         retry = self.retry_failed if retry_failed is None else retry_failed
-        if not force:
-            hit = self._lookup(key, retry)
-            if hit is not None:
-                return hit
-        result = self._measure_new(prepare, model_key, shape, precision, hint)
-        if not result.transient:
-            self.store.put(KIND, self.stored_key(key, result), result.to_dict())
-        return result
+        with self.store.claim(KIND, key):  # another process measuring this key: wait, then read its record
+            if not force:
+                hit = self._lookup(key, retry)
+                if hit is not None:
+                    return hit
+            result = self._measure_new(prepare, model_key, shape, precision, hint)
+            if not result.transient:
+                self.store.put(KIND, self.stored_key(key, result), result.to_dict())
+            return result
 
     def _measure_new(self, prepare: Callable[[], tuple[Path, dict[str, float], bool]], model_key: str,
                      shape: tuple[int, ...], precision: str, hint: str) -> LatencyResult:

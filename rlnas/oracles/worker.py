@@ -529,7 +529,8 @@ class WorkerClient:
                 self._proc.wait(timeout=10)
             for stream in (self._proc.stdin, self._proc.stdout):
                 if stream is not None:
-                    stream.close()
+                    with contextlib.suppress(BrokenPipeError):  # a killed worker's pipe
+                        stream.close()
 
     def close(self) -> None:
         """Ask the worker to exit; kill it if it does not."""

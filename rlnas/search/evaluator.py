@@ -212,7 +212,7 @@ class Evaluator:
         self.parallelism = max(1, int(parallelism))
         self._pending: dict[str, Future[Measurement]] = {}  # network key -> measurement in flight
         self._lock = threading.RLock()
-        self._closing = False
+        self._generation = 0  # bumped by close(cancel=True): measurements of an older one are not results
         self._pool: ThreadPoolExecutor | None = None
         if self.history_path and self.history_path.exists():
             self._load_history(self.history_path)
@@ -326,9 +326,11 @@ class Evaluator:
         on Ctrl-C) dropping the queued ones and recording none that ends from now on."""
         if self._pool is not None:
             with self._lock:
-                self._closing = cancel
+                self._generation += cancel
             self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self._pool = None
+            with self._lock:  # cancelled before they started: no longer in flight
+                self._pending = {key: f for key, f in self._pending.items() if not f.cancelled()}
 
     def _known(self, arch: Arch, baseline: Measurement) -> Measurement | None:
         """The answer without a new measurement: a0, this run's measurement of ``arch`` or of the
@@ -348,14 +350,15 @@ class Evaluator:
     def _submit_new(self, arch: Arch) -> Future[Measurement]:
         key = self.network_key(arch)
         pending = self._pending.get(key)
-        if pending is not None:
+        if pending is not None and pending.generation == self._generation:  # type: ignore[attr-defined]
             return pending if self._pending_arch(pending) == arch else self._alias(pending, arch)
         if self.budget_exhausted or not self.can_submit:
             raise BudgetExhausted(f"budget of {self.budget} unique evaluations is used up or in flight")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.parallelism, thread_name_prefix="rlnas-evaluate")
-        future = self._pool.submit(self._measure_in_flight, arch, key, self.target_accuracy)
+        future = self._pool.submit(self._measure_in_flight, arch, key, self.target_accuracy, self._generation)
         future.arch = arch  # type: ignore[attr-defined]
+        future.generation = self._generation  # type: ignore[attr-defined]
         self._pending[key] = future
         return future
 
@@ -379,19 +382,20 @@ class Evaluator:
         pending.add_done_callback(answer)
         return alias
 
-    def _measure_in_flight(self, arch: Arch, key: str, target: float) -> Measurement:
+    def _measure_in_flight(self, arch: Arch, key: str, target: float, generation: int) -> Measurement:
         try:
             try:
                 m = self._measure(arch, target=target)
             except Exception as exc:  # an unexpected error is this candidate's failure
                 m = self._fail(Measurement(arch=arch), "evaluator", exc)
             with self._lock:
-                if not self._closing:  # a measurement cut short by the run's end is not a result
+                if generation == self._generation:  # one cut short by a cancel is not a result
                     self._finish(m)
             return m
         finally:
             with self._lock:
-                self._pending.pop(key, None)
+                if getattr(self._pending.get(key), "generation", None) == generation:
+                    del self._pending[key]
 
     def _finish(self, m: Measurement) -> None:
         self._record(m)
