@@ -70,7 +70,7 @@ def test_int8_evaluation_runs_the_quantized_model(trained) -> None:
     oracle = make_oracle(trained)
     model = oracle.prepare(supernet.space.max_arch())
     acc_fp32 = oracle.fp32_accuracy(model)
-    compiled = oracle.build_int8(model)
+    compiled = oracle.compile(oracle.quantize(model))
     assert int8_primitive_count(compiled) > 0  # INT8 kernels, e.g. jit_avx2_1x1_I8
     acc_int8 = oracle.int8_accuracy(compiled)
     assert acc_fp32 > 0.6 and abs(acc_int8 - acc_fp32) <= 0.15

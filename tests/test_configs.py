@@ -37,8 +37,9 @@ def _compose(config_name: str, overrides: list[str]):
 
 
 @pytest.mark.parametrize("root", ROOTS)
-def test_root_configs_compose(root):
-    cfg = _compose(root, [])
+def test_root_configs_compose(root, tmp_path):
+    required = {"export": [f"run={tmp_path}"]}  # its one mandatory value: the run to export
+    cfg = _compose(root, required.get(root, []))
     OmegaConf.resolve(cfg)  # every interpolation resolves, hydra's included
     assert cfg.hydra.run.dir
 
@@ -103,6 +104,7 @@ def test_search_app_defaults_and_overrides():
         _compose("config", ["no_such_option=1"])
     with pytest.raises(ConfigCompositionException):
         _compose("config", ["agent=no_such_agent"])
+
 
 # -- what each config builds, short of data and weights ---------------------------------------------
 

@@ -70,7 +70,6 @@ def test_int8_result_runs_int8_kernels(int8_result):
     assert any("i8" in k.lower() for k in r.kernels)
     assert r.inference_precision == "f32"
     assert r.p10_ms <= r.latency_ms <= r.p90_ms
-    assert r.throughput_fps == pytest.approx(1000 / r.latency_ms)
     assert r.ref_latency_ms > 0 and r.ratio > 0
     assert set(r.ratio_estimates) >= {"median_round_p10", "p10", "median"}
     assert r.ir_path.endswith(".xml") and os.path.isfile(r.ir_path) and r.ir_size_bytes > 0
@@ -348,10 +347,11 @@ def test_adaptive_stop_runs_until_the_ratio_is_precise():
     timing = TimingConfig(min_rounds=3, min_iters=3, min_time_s=0.0, max_time_s=10.0, target_rel_error=0.01)
     steady = {"cand": [[2.0, 2.0]] * 5, "ref": [[1.0, 1.0]] * 5}
     noisy = {"cand": [[2.0, 2.0], [3.0, 3.0], [2.0, 2.0], [2.6, 2.6], [2.2, 2.2]], "ref": [[1.0, 1.0]] * 5}
-    assert _done(steady, 0.5, timing)
-    assert not _done(noisy, 0.5, timing)
-    assert _done(noisy, 10.0, timing)
-    assert _done(noisy, 0.5, TimingConfig(min_rounds=3, min_iters=3, min_time_s=0.0, target_rel_error=None))
+    assert _done(steady["cand"], steady["ref"], 0.5, timing)
+    assert not _done(noisy["cand"], noisy["ref"], 0.5, timing)
+    assert _done(noisy["cand"], noisy["ref"], 10.0, timing)
+    assert _done(noisy["cand"], noisy["ref"], 0.5,
+                 TimingConfig(min_rounds=3, min_iters=3, min_time_s=0.0, target_rel_error=None))
 
 
 def test_ratio_estimates_on_known_rounds():
