@@ -14,6 +14,7 @@ help:
 	@echo "make test         run the test suite"
 	@echo "make install      create $(VENV) with the pinned stack"
 	@echo "make data         extract ../shared archives into $(DATA)/"
+	@echo "make scenes       build the detection scenes $(DATA)/scenes-300 from the Imagenette photos"
 	@echo "make lint         ruff"
 	@echo "make bench        the benchmarks under experiments/ (slow, needs a quiet machine)"
 	@echo "make tensorboard  serve runs under outputs/"
@@ -45,6 +46,10 @@ $(DATA)/.extracted:
 	  echo "$(SHARED)/data not found: skipping extraction. rlnas falls back to torchvision's CIFAR-10"; \
 	  echo "download, or set dataset.root=<ImageFolder root> on the command line."; \
 	fi
+
+.PHONY: scenes
+scenes: install data
+	$(PY) experiments/make_detection_scenes.py --source $(DATA)/imagenette-128 --out $(DATA)/scenes-300 $(ARGS)
 
 test: install data
 	$(PY) -m pytest -q $(ARGS)

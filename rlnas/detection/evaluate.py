@@ -166,6 +166,28 @@ def evaluate_detection_int8(model: nn.Module, arch: Arch | None, data: Detection
     return evaluate_compiled(compiled, data, priors, split=split, max_images=max_images, post=post)
 
 
+def validation_items(data: DetectionData, split: str, count: int) -> list[tuple[np.ndarray, list[Target]]]:
+    """The first ``count`` images of ``split`` as batch-1 ``(input array, [target])`` items: the
+    validation set NNCF's accuracy control scores with :func:`compiled_score`."""
+    return [(images.numpy(), targets) for images, targets in data.loader(split, 1, max_images=count)]
+
+
+def compiled_score(compiled: Any, items: Iterable[tuple[np.ndarray, list[Target]]], priors: torch.Tensor,
+                   key: str = "map50", post: PostProcess | None = None) -> float:
+    """Score ``key`` (of :func:`evaluate_detection`'s) of a compiled detector with outputs ``loc``
+    and ``conf`` (any static or dynamic batch, e.g. as NNCF compiles it) over ``(inputs, targets)``
+    items: NNCF's validation function for accuracy-controlled quantization."""
+    loc_port, conf_port = compiled.output("loc"), compiled.output("conf")
+
+    def outputs() -> Iterator[tuple[torch.Tensor, torch.Tensor, list[Target]]]:
+        for x, targets in items:
+            result = compiled(x)
+            yield (torch.from_numpy(np.array(result[loc_port])), torch.from_numpy(np.array(result[conf_port])),
+                   targets)
+
+    return score_batches(outputs(), priors, post)[key]
+
+
 def evaluate_compiled(compiled: Any, data: DetectionData, priors: torch.Tensor, *, split: str = "val",
                       max_images: int | None = None, post: PostProcess | None = None) -> dict[str, float]:
     """COCO mAP of a compiled OpenVINO detector (static batch 1, outputs ``loc`` and ``conf``) on

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from rlnas.detection import evaluate
 from rlnas.oracles.accuracy import AccuracyOracle, TaskPipeline
+from rlnas.ovtools import quantize_int8_with_accuracy_control
 
 
 class DetectionPipeline(TaskPipeline):
     """COCO mAP with :mod:`rlnas.detection.evaluate` (mAP@.5 is the accuracy): only the network
-    (raw ``loc``/``conf``) is converted and quantized, at batch 1 on the first images of each
-    split; decoding and NMS run in PyTorch."""
+    (raw ``loc``/``conf``) is converted and quantized, at batch 1 on the first images of the
+    oracle's ``split``; decoding and NMS run in PyTorch. Accuracy-controlled quantization judges
+    mAP@.5 on the same images (the search's oracle: validation images only)."""
 
     metrics = {"map50": "mAP@.5", "map": "mAP@[.5:.95]", "map75": "mAP@.75"}
     output_names = ("loc", "conf")
@@ -23,7 +27,7 @@ class DetectionPipeline(TaskPipeline):
         return evaluate.recalibrate(model, oracle.data, oracle.recal_images)
 
     def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
-        return evaluate.evaluate_detection(model, None, oracle.data, max_images=count)
+        return evaluate.evaluate_detection(model, None, oracle.data, split=oracle.split, max_images=count)
 
     def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
         return evaluate.calibration_arrays(oracle.data, count)
@@ -36,4 +40,18 @@ class DetectionPipeline(TaskPipeline):
 
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
         return evaluate.evaluate_compiled(compiled, oracle.data, evaluate.priors_of(oracle.supernet),
-                                          max_images=count)
+                                          split=oracle.split, max_images=count)
+
+    def quantize_with_accuracy_control(self, oracle: AccuracyOracle, ov_model: Any, calibration: list[np.ndarray],
+                                       max_drop: float) -> Any:
+        validation = evaluate.validation_items(oracle.data, oracle.split, oracle.eval_count)
+        priors = evaluate.priors_of(oracle.supernet)
+
+        def metric(compiled: Any, items: Iterable[tuple[np.ndarray, Any]]) -> float:
+            return self.validation_metric(compiled, items, priors)
+
+        return quantize_int8_with_accuracy_control(ov_model, calibration, validation, metric, max_drop)
+
+    def validation_metric(self, compiled: Any, items: Iterable[tuple[np.ndarray, Any]], priors: torch.Tensor) -> float:
+        """The accuracy (mAP@.5) of a model NNCF compiled over ``(input, [target])`` validation items."""
+        return evaluate.compiled_score(compiled, items, priors, self.accuracy_key)
