@@ -25,7 +25,8 @@ from tabulate import tabulate
 
 from rlnas.oracles.device import DeviceProfile, DeviceProfileError, load_profile
 from rlnas.oracles.latency import LatencyOracle, LatencyResult
-from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig
+from rlnas.oracles.ratios import TimingConfig
+from rlnas.oracles.worker_client import DEFAULT_LOCK_PATH
 
 _MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*(ms|us)\b")
 _AVERAGE = re.compile(r"Average:\s+([0-9.]+)\s*(ms|us)\b")

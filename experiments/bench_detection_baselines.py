@@ -33,7 +33,7 @@ from tabulate import tabulate
 from rlnas.data.detection import build_detection_data
 from rlnas.oracles.device import list_profiles, load_profile
 from rlnas.oracles.latency import LatencyOracle, QuantizationConfig
-from rlnas.oracles.worker import TimingConfig
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.spaces import create_supernet
 from rlnas.spaces.ssd import ElasticSSD  # noqa: F401  (registers the SSD families until __init__ imports it)
 

@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from rlnas.oracles.device import DeviceProfileError, load_profile
 from rlnas.oracles.latency import LatencyOracle, structural_key
-from rlnas.oracles.worker import TimingConfig
+from rlnas.oracles.ratios import TimingConfig
 
 STAGES = ("build", "convert", "quantize", "save", "compile", "measure")
 REFERENCE_KEY = "torchvision:resnet50"

@@ -29,8 +29,8 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from rlnas.oracles.device import DeviceProfileError, load_profile
-from rlnas.oracles.latency import RATIO_METHODS, LatencyOracle
-from rlnas.oracles.worker import TimingConfig
+from rlnas.oracles.latency import LatencyOracle
+from rlnas.oracles.ratios import RATIO_METHODS, TimingConfig
 
 A0_KEY = "torchvision:resnet50"
 

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import rlnas
 from rlnas.finalists import combine_passes
-from rlnas.oracles.worker import TimingConfig
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.runsetup import build_setup
 
 runs = {"evolution": "evo_a0_hard_b100", "ppo_model": "ppo_model_hard_b50", "ppo_soft_s4": "from_a0_b100"}

@@ -74,8 +74,8 @@ from rlnas.export import compose_run_config
 from rlnas.finalists import combine_passes
 from rlnas.oracles.device import DeviceProfile, host_cpu_model, load_profile
 from rlnas.oracles.latency import Confirmation, LatencyOracle, ir_content_key
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore
-from rlnas.oracles.worker import TimingConfig
 from rlnas.runsetup import load_profile as run_profile
 from rlnas.runsetup import plain
 from rlnas.search.evaluator import Measurement, read_history

@@ -43,7 +43,7 @@ from torch import nn
 from rlnas.arch import Arch
 from rlnas.errors import ConfigError
 from rlnas.oracles.latency import Confirmation
-from rlnas.oracles.worker import TimingConfig
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup
 from rlnas.search.evaluator import Measurement

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlnas.errors import ConfigError
 from rlnas.finalists import FinalistsConfig
-from rlnas.oracles.worker import TimingConfig
+from rlnas.oracles.ratios import TimingConfig
 
 Rule = tuple[str, Callable[[Any], bool], str]
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from torch import nn
 
-from rlnas.oracles.latency import LatencyOracle, bootstrap_ratio_ci
-from rlnas.oracles.worker import TimingConfig, round_order
+from rlnas.oracles.latency import LatencyOracle
+from rlnas.oracles.ratios import TimingConfig, bootstrap_ratio_ci
+from rlnas.oracles.worker import round_order
 
 SHAPE = (1, 3, 16, 16)
 TWELVE_ROUNDS = TimingConfig(warmup_iters=1, block_iters=2, block_skip=0, min_rounds=12, max_rounds=12,

@@ -324,7 +324,8 @@ def int8_conv_ir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", list_profiles())
 def test_capped_worker_runs_the_capped_kernels(name, int8_conv_ir, tmp_path):
-    from rlnas.oracles.worker import TimingConfig, WorkerClient
+    from rlnas.oracles.ratios import TimingConfig
+    from rlnas.oracles.worker_client import WorkerClient
 
     profile = load_profile(name, check_host=False)
     lacking = profile.missing_flags()

@@ -19,8 +19,8 @@ from torch import nn
 
 import rlnas
 from rlnas.oracles.latency import LatencyOracle
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore, canonical_json, key_hash
-from rlnas.oracles.worker import TimingConfig
 
 pytestmark = pytest.mark.slow
 REPO = rlnas.REPO_DIR

@@ -26,8 +26,8 @@ import rlnas
 from rlnas.data.classification import write_synthetic_imagefolder
 from rlnas.distributed.ray_backend import RemoteFineTune, RemoteLatencyOracle, device_resource
 from rlnas.oracles.device import load_profile, runnable_profiles
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore
-from rlnas.oracles.worker import TimingConfig
 from rlnas.pipeline import run_search
 from rlnas.spaces import create_supernet
 from rlnas.supernet.a0 import frozen_teacher

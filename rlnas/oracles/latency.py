@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
 from rlnas import machinelock
 from rlnas.oracles.device import (
@@ -35,16 +34,22 @@ from rlnas.oracles.device import (
     kernels_above,
     load_profile,
 )
-from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
-from rlnas.oracles.worker import (
-    DEFAULT_LOCK_PATH,
+from rlnas.oracles.ratios import (
+    RATIO_METHODS,
     TimingConfig,
+    bootstrap_ratio_ci,
+    percentile,
+    ratio_estimates,
+    ratio_rel_error,
+    round_ratios,
+)
+from rlnas.oracles.store import MeasurementStore, StoredResult, canonical_json
+from rlnas.oracles.worker_client import (
+    DEFAULT_LOCK_PATH,
     WorkerClient,
     WorkerCrashed,
     WorkerError,
     WorkerTimeout,
-    ratio_rel_error,
-    round_ratios,
 )
 from rlnas.ovtools import convert, library_versions, quiet, save_ir
 from rlnas.timing import StageTimer
@@ -56,7 +61,6 @@ KIND = "latency"
 #: Store kind of N-way confirmation measurements.
 CONFIRM_KIND = "confirmation"
 PRECISIONS = ("int8", "fp32", "fp16", "bf16")
-RATIO_METHODS = ("median_round_p10", "median_round_median", "p10", "median", "min")
 #: The IR each precision runs: bf16 is an f32 IR run with a bf16 hint.
 _IR_VARIANT = {"int8": "int8", "fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
 
@@ -186,23 +190,6 @@ def classify_layer_times(nodes: dict[str, dict[str, Any]], layers: dict[str, dic
     return out
 
 
-def bootstrap_ratio_ci(cand_rounds: list[list[float]], ref_rounds: list[list[float]], samples: int = 2000,
-                       seed: int = 0) -> list[float]:
-    """95 % percentile bootstrap interval (:func:`scipy.stats.bootstrap`, seeded) of the median
-    per-round p10 ratio. Rounds are resampled, each as the pair (candidate, reference) timed in it.
-    With fewer than two rounds, or one ratio in every round (the reference against itself), the
-    interval is that median alone; no rounds raise ValueError."""
-    ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
-    if len(ratios) == 0:
-        raise ValueError("no rounds to bootstrap")
-    if len(ratios) < 2 or np.all(ratios == ratios[0]):
-        median = float(np.median(ratios))
-        return [median, median]
-    ci = scipy.stats.bootstrap((ratios,), np.median, n_resamples=samples, confidence_level=0.95,
-                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
-    return [float(ci.low), float(ci.high)]
-
-
 def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """``(1, C, H, W)`` from ``(C, H, W)`` or ``(1, C, H, W)`` of positive ints; else ValueError."""
     try:
@@ -230,24 +217,6 @@ def structural_key(model: Any) -> str:
     parts += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
     parts += [f"{n}:{tuple(b.shape)}" for n, b in model.named_buffers()]
     return "struct:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def ratio_estimates(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> dict[str, float]:
-    """Estimators of candidate/reference latency from interleaved rounds (times in ms)."""
-    cand = [t for r in cand_rounds for t in r]
-    ref = [t for r in ref_rounds for t in r]
-    pairs = list(zip(cand_rounds, ref_rounds, strict=True))
-    return {
-        "median_round_p10": statistics.median(round_ratios(cand_rounds, ref_rounds)),
-        "median_round_median": statistics.median(statistics.median(c) / statistics.median(r) for c, r in pairs),
-        "p10": percentile(cand, 10) / percentile(ref, 10),
-        "median": statistics.median(cand) / statistics.median(ref),
-        "min": min(cand) / min(ref),
-    }
 
 
 @dataclass(frozen=True)

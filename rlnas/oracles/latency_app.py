@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from rlnas import machinelock
 from rlnas.errors import ConfigError
 from rlnas.oracles.device import DeviceProfile, load_profile, profile_from_config
-from rlnas.oracles.latency import PRECISIONS, LatencyOracle, LatencyResult, QuantizationConfig, percentile
-from rlnas.oracles.worker import DEFAULT_LOCK_PATH, TimingConfig
+from rlnas.oracles.latency import PRECISIONS, LatencyOracle, LatencyResult, QuantizationConfig
+from rlnas.oracles.ratios import TimingConfig, percentile
+from rlnas.oracles.worker_client import DEFAULT_LOCK_PATH
 
 
 @dataclass(frozen=True)

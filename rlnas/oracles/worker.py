@@ -1,4 +1,4 @@
-"""The timing worker: a long-lived subprocess per device profile, and its client.
+"""The timing worker: a long-lived subprocess per device profile (its client: :mod:`rlnas.oracles.worker_client`).
 
 ``ONEDNN_MAX_CPU_ISA`` is read once when OpenVINO loads, so each profile gets its own process,
 started with the cap in its environment. Protocol: one JSON object per line; requests on stdin,
@@ -17,87 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
-import signal
-import subprocess
 import sys
 import time
 import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from rlnas import machinelock
-from rlnas.errors import ConfigError
-
-#: Machine-wide lock taken around every timing run, so measurements never overlap.
-DEFAULT_LOCK_PATH = machinelock.DEFAULT_PATH
-
-
-@dataclass(frozen=True)
-class TimingConfig:
-    """How long to time: warm-up, then rounds of (reference block, candidate block).
-
-    Blocks alternate order every round (ref-cand, cand-ref, ...) so neither model always runs on
-    caches the other just warmed. Timing stops once ``min_rounds``, ``min_iters`` candidate
-    inferences and ``min_time_s`` are all reached and, with a reference, the relative standard
-    error of the ratio (see :func:`ratio_rel_error`) is at most ``target_rel_error`` (None = no
-    such condition); or at ``max_time_s`` / ``max_rounds``, whichever comes first. So a noisy
-    machine gets longer measurements instead of worse ratios. ``block_skip`` inferences at the
-    start of each block are run but not recorded (cold caches after switching models).
-    """
-
-    warmup_iters: int = 10
-    block_iters: int = 10
-    block_skip: int = 1
-    min_rounds: int = 5
-    max_rounds: int = 10_000
-    min_iters: int = 50
-    min_time_s: float = 1.0
-    max_time_s: float = 60.0
-    target_rel_error: float | None = None
-
-    def __post_init__(self) -> None:
-        at_least = {"warmup_iters": 0, "block_iters": 1, "block_skip": 0, "min_rounds": 1, "max_rounds": 1,
-                    "min_iters": 1}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name}={value!r}: an integer >= {low}")
-        if self.block_skip >= self.block_iters:
-            raise ConfigError(f"block_skip={self.block_skip} must be below block_iters={self.block_iters}")
-        if self.max_rounds < self.min_rounds:
-            raise ConfigError(f"max_rounds={self.max_rounds} must be >= min_rounds={self.min_rounds}")
-        if not 0 <= self.min_time_s <= self.max_time_s or self.max_time_s <= 0:
-            raise ConfigError(f"min_time_s={self.min_time_s}, max_time_s={self.max_time_s}: need "
-                              "0 <= min_time_s <= max_time_s and max_time_s > 0")
-        if self.target_rel_error is not None and not self.target_rel_error > 0:
-            raise ConfigError(f"target_rel_error={self.target_rel_error}: null or a number > 0")
-
-
-def round_ratios(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> list[float]:
-    """Per-round ratio of the candidate's to the reference's 10th-percentile time."""
-    import numpy as np
-
-    return [float(np.percentile(c, 10) / np.percentile(r, 10))
-            for c, r in zip(cand_rounds, ref_rounds, strict=False)]
-
-
-def ratio_rel_error(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> float:
-    """Relative standard error of the median per-round ratio, from its MAD (robust to bursts)."""
-    import numpy as np
-
-    ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
-    if len(ratios) < 3:
-        return float("inf")
-    median = float(np.median(ratios))
-    mad_sigma = 1.4826 * float(np.median(np.abs(ratios - median)))
-    return 1.2533 * mad_sigma / np.sqrt(len(ratios)) / median
-
-
-# ----------------------------------------------------------------------------- worker side
+from rlnas.oracles.ratios import TimingConfig, ratio_rel_error
 
 
 class _Worker:
@@ -392,153 +320,6 @@ def main() -> None:
     sys.stdout = sys.stderr
     with os.fdopen(proto_fd, "w") as proto:
         _serve(proto)
-
-
-# ----------------------------------------------------------------------------- client side
-
-
-class WorkerError(RuntimeError):
-    """The worker answered with an error (it is still alive)."""
-
-
-class WorkerCrashed(RuntimeError):
-    """The worker process died; the client restarts it on the next request."""
-
-
-class WorkerTimeout(RuntimeError):
-    """A request took longer than its timeout; the worker was killed."""
-
-
-@dataclass
-class WorkerClient:
-    """Owns one worker subprocess: starts it with ``env`` on top of ours, restarts it when dead.
-
-    :param env: variables to set (e.g. ``ONEDNN_MAX_CPU_ISA``); :attr:`unset_env` are removed
-        first so a cap in our own environment never leaks into an uncapped profile.
-    :param log_path: the worker's stderr (OpenVINO/NNCF chatter, tracebacks); None = inherit.
-    """
-
-    env: dict[str, str]
-    log_path: Path | None = None
-    start_timeout_s: float = 120.0
-    unset_env: tuple[str, ...] = ("ONEDNN_MAX_CPU_ISA",)
-
-    def __post_init__(self) -> None:
-        self._proc: subprocess.Popen | None = None
-        self._buffer = b""
-        self.hello: dict[str, Any] = {}
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> dict[str, Any]:
-        """Start the worker if it is not running; return its hello (pid, versions, ISA env)."""
-        if self.alive():
-            return self.hello
-        if self._proc is not None:
-            self.restarts += 1
-            self._reap()
-        env = {k: v for k, v in os.environ.items() if k not in self.unset_env}
-        env.update(self.env)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with contextlib.ExitStack() as stack:
-            stderr = None
-            if self.log_path is not None:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                stderr = stack.enter_context(open(self.log_path, "ab"))
-            self._proc = subprocess.Popen([sys.executable, "-m", "rlnas.oracles.worker"], env=env,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
-        self._buffer = b""
-        self.hello = self._read(self.start_timeout_s)
-        return self.hello
-
-    def ensure_started(self, ping_timeout_s: float = 30.0) -> dict[str, Any]:
-        """Start the worker, or check with a ping that it is still there (a worker that died
-        while idle must not fail the next request); restart it if not."""
-        if self.alive():
-            try:
-                self._send({"op": "ping"}, ping_timeout_s)
-            except (WorkerCrashed, WorkerTimeout):
-                self.kill()
-        return self.start()
-
-    def request(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send one request and wait for its reply; raises WorkerError/WorkerCrashed/WorkerTimeout."""
-        self.ensure_started()
-        return self._send(msg, timeout_s)
-
-    def _send(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        assert self._proc is not None and self._proc.stdin is not None
-        try:
-            self._proc.stdin.write((json.dumps(msg) + "\n").encode())
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            raise WorkerCrashed(self._crash_reason()) from None
-        reply = self._read(timeout_s)
-        if not reply.get("ok"):
-            raise WorkerError(reply.get("error", "unknown worker error"))
-        return reply
-
-    def _read(self, timeout_s: float) -> dict[str, Any]:
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                raise WorkerTimeout(f"worker request timed out after {timeout_s:g} s (worker killed)")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    raise WorkerCrashed(self._crash_reason())
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
-
-    def _crash_reason(self) -> str:
-        code = self._proc.wait(timeout=10) if self._proc is not None else None
-        reason = f"worker died (exit code {code})"
-        if code is not None and code < 0:
-            reason += f" by signal {signal.Signals(-code).name}"
-        return reason + self._log_tail()
-
-    def _log_tail(self, lines: int = 5) -> str:
-        if self.log_path is None or not self.log_path.is_file():
-            return ""
-        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
-        return (": " + " | ".join(tail)) if tail else ""
-
-    def kill(self) -> None:
-        """Kill the worker now (it restarts on the next request)."""
-        if self.alive():
-            assert self._proc is not None
-            self._proc.kill()
-        self._reap()
-
-    def _reap(self) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
-            for stream in (self._proc.stdin, self._proc.stdout):
-                if stream is not None:
-                    with contextlib.suppress(BrokenPipeError):  # a killed worker's pipe
-                        stream.close()
-
-    def close(self) -> None:
-        """Ask the worker to exit; kill it if it does not."""
-        if self.alive():
-            with contextlib.suppress(WorkerError, WorkerCrashed, WorkerTimeout):
-                self._send({"op": "shutdown"}, timeout_s=10)
-        self.kill()
-        self._proc = None
 
 
 if __name__ == "__main__":
