@@ -37,7 +37,7 @@ from tabulate import tabulate
 import rlnas
 from rlnas.oracles.device import host_cpu_model
 from rlnas.pipeline import run_search
-from rlnas.search.evaluator import read_history
+from rlnas.search.history import read_history
 
 CONFIGS = {
     "local": ["backend=local"],

@@ -45,7 +45,7 @@ from rlnas.oracles.latency import LAYER_CLASSES
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.pipeline import run_search
 from rlnas.runsetup import build_setup
-from rlnas.search.evaluator import read_history
+from rlnas.search.history import read_history
 
 CLAIM_MARGIN = 0.05
 ISA_NOTE = ("ISA cap only (ONEDNN_MAX_CPU_ISA): the instruction set of the target, not its core count, "

@@ -78,7 +78,8 @@ from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore
 from rlnas.runsetup import load_profile as run_profile
 from rlnas.runsetup import plain
-from rlnas.search.evaluator import Measurement, read_history
+from rlnas.search.history import read_history
+from rlnas.search.measurement import Measurement
 
 A0 = "a0"
 BAPP_KIND = "benchmark_app"

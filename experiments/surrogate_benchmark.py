@@ -45,7 +45,7 @@ from rlnas.oracles.surrogate import (
 )
 from rlnas.pipeline import run_search
 from rlnas.runsetup import HISTORY_NAME, RunSetup, build_setup
-from rlnas.search.evaluator import read_history
+from rlnas.search.history import read_history
 
 DEFAULT_OUT = "outputs/benchmark/resnet50-cifar10-kabylake_avx2"
 

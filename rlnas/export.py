@@ -51,7 +51,9 @@ from rlnas.oracles.latency import ir_size
 from rlnas.ovtools import name_tensors, reshaped, with_image_preprocessing
 from rlnas.report import pareto_figure, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
-from rlnas.search.evaluator import Measurement, accuracy_target, read_history
+from rlnas.search.evaluator import accuracy_target
+from rlnas.search.history import read_history
+from rlnas.search.measurement import Measurement
 from rlnas.spaces import create_supernet
 from rlnas.supernet.checkpoint import plain_tree, safe_load
 from rlnas.supernet.finetune import FineTune, FineTuneOptions

@@ -46,7 +46,7 @@ from rlnas.oracles.latency import Confirmation
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup
-from rlnas.search.evaluator import Measurement
+from rlnas.search.measurement import Measurement
 from rlnas.stats import accuracy_interval, bound_test, pack_bits, unpack_bits
 from rlnas.supernet.a0 import frozen_teacher
 from rlnas.supernet.checkpoint import weights_hash

@@ -29,7 +29,7 @@ from rlnas.finalists import FinalistsConfig, run_finalists
 from rlnas.report import result_table
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
 from rlnas.search.callbacks import ProgressBar, TensorBoardLogger
-from rlnas.search.evaluator import HistoryMismatch
+from rlnas.search.history import HistoryMismatch
 from rlnas.timing import StageTimer
 
 log = logging.getLogger("rlnas.search")

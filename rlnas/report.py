@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from rlnas.search.evaluator import Measurement
+from rlnas.search.measurement import Measurement
 from rlnas.search.pareto import pareto_figure, pareto_front
 
 __all__ = ["comparison_rows", "pareto_figure", "pareto_front", "result_table", "write_report"]

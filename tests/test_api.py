@@ -17,7 +17,7 @@ from rlnas import api
 from rlnas.arch import Arch
 from rlnas.data.classification import write_synthetic_imagefolder
 from rlnas.export import ExportError
-from rlnas.search.evaluator import read_history
+from rlnas.search.history import read_history
 from rlnas.supernet import load_supernet
 from rlnas.validate import ConfigError
 

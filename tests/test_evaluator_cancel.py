@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rlnas.oracles.surrogate import Surrogate, SurrogateAccuracyOracle, SurrogateLatencyOracle
-from rlnas.search.evaluator import Evaluator, read_history
+from rlnas.search.evaluator import Evaluator
+from rlnas.search.history import read_history
 
 pytestmark = pytest.mark.timeout(120)  # a measurement that is never released hangs: fail instead
 RES = 32

@@ -25,7 +25,8 @@ from rlnas.finalists import (
 )
 from rlnas.oracles.latency import Confirmation
 from rlnas.report import write_report
-from rlnas.search.evaluator import Evaluator, Measurement
+from rlnas.search.evaluator import Evaluator
+from rlnas.search.measurement import Measurement
 from rlnas.search.reward import HardReward, SoftReward
 from rlnas.spaces import create_supernet
 from rlnas.stats import pack_bits

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import rlnas
 from rlnas.arch import Arch
-from rlnas.search.evaluator import Measurement
+from rlnas.search.measurement import Measurement
 from rlnas.search.reward import HardReward, SoftReward, violation
 
 TARGET = 0.9

@@ -14,7 +14,8 @@ import pytest
 from rlnas.errors import UserError
 from rlnas.oracles.surrogate import Surrogate, SurrogateAccuracyOracle, SurrogateLatencyOracle
 from rlnas.search.agents import RandomSearch
-from rlnas.search.evaluator import Evaluator, HistoryCorrupt, HistoryMismatch, read_history
+from rlnas.search.evaluator import Evaluator
+from rlnas.search.history import HistoryCorrupt, HistoryMismatch, read_history
 
 RES, BUDGET = 32, 3
 
@@ -42,7 +43,7 @@ def log(supernet, surrogate, tmp_path: Path) -> Path:
 def test_a_cut_short_last_line_is_an_interrupted_write(supernet, surrogate, log: Path, caplog) -> None:
     lines = log.read_bytes().splitlines(keepends=True)
     log.write_bytes(b"".join(lines[:-1]) + lines[-1][:40])  # killed while writing the last record
-    with caplog.at_level(logging.WARNING, logger="rlnas.search.evaluator"):
+    with caplog.at_level(logging.WARNING, logger="rlnas.search.history"):
         assert len(read_history(log)) == BUDGET  # reading alone changes nothing
         assert log.read_bytes().endswith(lines[-1][:40])
         resumed = evaluator(supernet, surrogate, log)

@@ -18,7 +18,7 @@ import torch
 
 import rlnas
 from rlnas.oracles.store import MeasurementStore
-from rlnas.search.evaluator import read_history
+from rlnas.search.history import read_history
 
 pytestmark = pytest.mark.slow
 REPO = rlnas.REPO_DIR

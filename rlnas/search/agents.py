@@ -34,7 +34,8 @@ from stable_baselines3.common.vec_env import VecMonitor
 from rlnas.errors import ConfigError
 from rlnas.search.callbacks import AtomicCheckpoint, StopOnBudget
 from rlnas.search.env import ArchEditEnv, ConcurrentVecEnv, random_edit
-from rlnas.search.evaluator import Evaluator, Measurement
+from rlnas.search.evaluator import Evaluator
+from rlnas.search.measurement import Measurement
 from rlnas.search.reward import Reward, SoftReward
 
 log = logging.getLogger(__name__)

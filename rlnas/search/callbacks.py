@@ -19,7 +19,8 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rlnas.search.evaluator import Evaluator, Measurement
+from rlnas.search.evaluator import Evaluator
+from rlnas.search.measurement import Measurement
 from rlnas.search.pareto import pareto_figure
 from rlnas.search.reward import Reward
 

@@ -48,7 +48,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlnas.arch import Arch, SearchSpace
 from rlnas.errors import ConfigError
-from rlnas.search.evaluator import BudgetExhausted, Evaluator, Measurement
+from rlnas.search.evaluator import BudgetExhausted, Evaluator
+from rlnas.search.measurement import Measurement
 from rlnas.search.reward import Reward, SoftReward
 
 START_STATES = ("a0", "random", "best")

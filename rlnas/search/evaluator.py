@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,21 +48,10 @@ import torch
 from torch import nn
 
 from rlnas.arch import Arch
-from rlnas.errors import UserError
-from rlnas.oracles.store import StoredResult
+from rlnas.search.history import append_record, load_history
+from rlnas.search.measurement import Measurement
 
 log = logging.getLogger(__name__)
-
-
-class HistoryMismatch(ValueError):
-    """A run log written by another setup than this evaluator's; the message says how to go on."""
-
-
-class HistoryCorrupt(HistoryMismatch, UserError):
-    """A run log with a damaged record before its last line: not an interrupted write (that can
-    only cut the last line short), so records may be lost; the run stops rather than go on without
-    them, and the one-line message names the file and line and how to go on. (A
-    :class:`HistoryMismatch`, so that a run's setup handles both alike.)"""
 
 
 def accuracy_target(tau: float, a0_fp32: float | None, baseline_fp32: float) -> float:
@@ -73,40 +61,6 @@ def accuracy_target(tau: float, a0_fp32: float | None, baseline_fp32: float) -> 
 
 class BudgetExhausted(RuntimeError):
     """Raised by :meth:`Evaluator.evaluate` for a new architecture once the budget is used up."""
-
-
-@dataclass
-class Measurement(StoredResult):
-    """Everything measured about one architecture (INT8 numbers from OpenVINO on the profile).
-
-    ``latency_ratio`` is ``Lat(a) / Lat(a0)`` with a0 timed alongside by the latency oracle;
-    ``feasible`` is ``acc_int8 >= tau * acc_fp32(a0)``; ``cached`` says both oracles answered
-    from the store; ``stage_seconds`` holds the oracles' timings (``accuracy/...``,
-    ``latency/...``) and ``evaluator/profile``.
-    """
-
-    arch: Arch
-    status: str = "ok"
-    reason: str = ""
-    latency_ms: float | None = None
-    ref_latency_ms: float | None = None
-    latency_ratio: float | None = None
-    acc_fp32: float | None = None
-    acc_int8: float | None = None
-    feasible: bool = False
-    params: int | None = None
-    macs: int | None = None
-    cached: bool = False
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    ir_path: str | None = None
-    ir_size_bytes: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "arch": self.arch.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        return super().from_dict({**data, "arch": Arch.from_dict(data["arch"])})
 
 
 @dataclass(frozen=True)
@@ -494,73 +448,17 @@ class Evaluator:
             logger.on_measurement(self, m)
 
     def _append_log(self, kind: str, m: Measurement) -> None:
-        """Append one record as one line, in one ``write`` on an ``O_APPEND`` descriptor, synced:
-        a kill leaves at most the last line cut short (which the next load drops)."""
-        if self.history_path is None:
-            return
-        self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps({"kind": kind, "context": self.context, "measurement": m.to_dict()}) + "\n").encode()
-        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.history_path is not None:
+            append_record(self.history_path, kind, self.context, m)
 
     def _load_history(self, path: Path) -> None:
-        expected = json.loads(json.dumps(self.context))
-        records, intact = _parse_history(path)
-        for kind, context, m in records:
-            if context != expected:
-                differ = sorted(k for k in set(context or {}) | set(expected)
-                                if (context or {}).get(k) != expected.get(k))
-                raise HistoryMismatch(
-                    f"{path} was written by a run with another {', '.join(differ)} than this one; "
-                    "use a new run directory (run_dir=...) for a different setup, or the old settings")
+        for kind, m in load_history(path, self.context):
             if kind == "baseline":
                 self._baseline = m
                 self._networks.setdefault(self.network_key(m.arch), m)
             elif m.arch not in self._seen:
                 self._record(m)
-        if intact is not None:  # cut the interrupted last line off, so that the next record starts a line
-            os.truncate(path, intact)
         log.info("resumed %d measurements from %s", len(self.history), path)
-
-
-def read_history(path: str | os.PathLike) -> list[tuple[str, dict[str, Any], Measurement]]:
-    """Records of a run's JSONL log as ``(kind, context, measurement)``, kind ``baseline`` or
-    ``candidate``. A damaged last line is an interrupted write: skipped with a warning. A damaged
-    line before it raises :class:`HistoryCorrupt` naming the file and line."""
-    return _parse_history(Path(path))[0]
-
-
-def _parse_history(path: Path) -> tuple[list[tuple[str, dict[str, Any], Measurement]], int | None]:
-    """The records of ``path``, and where an interrupted last line starts (the file's intact
-    length; None when the last line is whole). Blank lines are skipped."""
-    data = path.read_bytes()
-    lines, start = [], 0
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if raw.strip():
-            lines.append((lineno, start, raw))
-        start += len(raw) + 1
-    out = []
-    for i, (lineno, offset, raw) in enumerate(lines):
-        try:
-            rec = json.loads(raw.decode())
-            out.append((rec["kind"], rec.get("context"), Measurement.from_dict(rec["measurement"])))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:  # ValueError: also bad JSON, bad UTF-8
-            if i < len(lines) - 1:
-                raise HistoryCorrupt(
-                    f"{path}:{lineno}: damaged record in the run log ({type(err).__name__}), not its last line, so "
-                    f"not an interrupted write; to go on, move {path.name} away to start this run's log afresh "
-                    f"(measurements stay in the shared store: nothing is timed again) or delete line {lineno} "
-                    "(its measurement is then read from the store again)") from err
-            log.warning("%s:%d: the last record is cut short (an interrupted write): dropped, that candidate "
-                        "is measured again (from the store if its measurement completed)", path, lineno)
-            return out, offset
-    return out, None
 
 
 @contextlib.contextmanager

@@ -35,7 +35,8 @@ from rlnas.errors import ConfigError
 from rlnas.oracles.surrogate import Featurizer, features_for, make_model
 from rlnas.search.agents import Agent
 from rlnas.search.env import ArchEditEnv, random_edit
-from rlnas.search.evaluator import Evaluator, Measurement
+from rlnas.search.evaluator import Evaluator
+from rlnas.search.measurement import Measurement
 from rlnas.search.reward import Reward
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import matplotlib
 
-from rlnas.search.evaluator import Measurement
+from rlnas.search.measurement import Measurement
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the non-interactive backend is chosen)

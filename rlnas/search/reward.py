@@ -1,7 +1,7 @@
 """The search objective as a scalar: INT8 latency to minimise, INT8 accuracy as a constraint.
 
 The problem is ``a* = argmin_a Lat_INT8(a) s.t. Acc_INT8(a) >= tau * Acc_FP32(a0)``. Every reward
-here scores one :class:`~rlnas.search.evaluator.Measurement`::
+here scores one :class:`~rlnas.search.measurement.Measurement`::
 
     J(m) = -log(Lat(a) / Lat(a0)) + penalty(Acc_INT8(a), target)
 
