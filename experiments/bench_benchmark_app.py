@@ -24,7 +24,8 @@ from filelock import FileLock
 from tabulate import tabulate
 
 from rlnas.oracles.device import DeviceProfile, DeviceProfileError, load_profile
-from rlnas.oracles.latency import LatencyOracle, LatencyResult
+from rlnas.oracles.latency import LatencyOracle
+from rlnas.oracles.latency_results import LatencyResult
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.worker_client import DEFAULT_LOCK_PATH
 

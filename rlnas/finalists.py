@@ -42,7 +42,7 @@ from torch import nn
 
 from rlnas.arch import Arch
 from rlnas.errors import ConfigError
-from rlnas.oracles.latency import Confirmation
+from rlnas.oracles.latency_results import Confirmation
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup

@@ -23,7 +23,7 @@ from rlnas.finalists import (
     judge,
     select,
 )
-from rlnas.oracles.latency import Confirmation
+from rlnas.oracles.latency_results import Confirmation
 from rlnas.report import write_report
 from rlnas.search.evaluator import Evaluator
 from rlnas.search.measurement import Measurement

@@ -20,7 +20,8 @@ from rlnas.oracles.device import (
     kernels_above,
     missing_flags,
 )
-from rlnas.oracles.latency import LatencyOracle, LatencyResult, check_input_shape
+from rlnas.oracles.latency import LatencyOracle, check_input_shape
+from rlnas.oracles.latency_results import LatencyResult
 from rlnas.oracles.ratios import TimingConfig, ratio_estimates
 
 FAST = TimingConfig(warmup_iters=2, block_iters=5, block_skip=1, min_rounds=3, min_iters=10, min_time_s=0.05,

@@ -47,7 +47,7 @@ from rlnas.arch import Arch
 from rlnas.data import resolve_path
 from rlnas.errors import UserError
 from rlnas.oracles.accuracy import AccuracyResult
-from rlnas.oracles.latency import LatencyResult
+from rlnas.oracles.latency_results import LatencyResult
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
 
