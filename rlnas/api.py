@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import rlnas
-from rlnas.export import compose_run_config, export_run
+from rlnas.export import export_command
 from rlnas.pipeline import run_search
 from rlnas.tasks import get_task
 from rlnas.validate import check_search, check_train
@@ -48,8 +48,7 @@ def search(*overrides: str, **values: Any) -> dict[str, Any]:
 
 def export(run_dir: str | Path, *overrides: str, **values: Any) -> dict[str, Any]:
     """Export (again) the run in ``run_dir``, its saved config with ``overrides``; returns the report."""
-    cfg = check_search(compose_run_config(Path(run_dir), _overrides(overrides, values)))
-    return export_run(cfg, run_dir)
+    return export_command(Path(run_dir), _overrides(overrides, values))
 
 
 def train_supernet(*overrides: str, **values: Any) -> Path:

@@ -17,12 +17,13 @@ class ConfigError(UserError, ValueError):
 
 
 def user_error_in(err: BaseException) -> UserError | None:
-    """``err`` itself or the first :class:`UserError` it was raised from (Hydra's
-    ``instantiate`` wraps what a constructor raises), else None."""
+    """``err`` itself or the first :class:`UserError` it was raised from (``raise ... from``:
+    Hydra's ``instantiate`` wraps what a constructor raises so), else None. An error raised
+    while handling a UserError (``__context__``) is a bug, and keeps its traceback."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, UserError):
             return err
         seen.add(id(err))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
     return None

@@ -44,13 +44,13 @@ from torch import nn
 
 from rlnas.arch import Arch
 from rlnas.errors import UserError
-from rlnas.finalists import A0_NAME, FINALISTS_DIR, FinalistsConfig, load_finalists, save_int8_ir, teacher_of
+from rlnas.finalists import A0_NAME, FINALISTS_DIR, load_finalists, save_int8_ir, teacher_of
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
 from rlnas.oracles.latency import ir_size
 from rlnas.ovtools import name_tensors, reshaped, with_image_preprocessing
 from rlnas.report import pareto_figure, write_report
-from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
+from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup
 from rlnas.search.evaluator import accuracy_target
 from rlnas.search.history import read_history
 from rlnas.search.measurement import Measurement
@@ -277,7 +277,6 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     out = run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     target = run_target(cfg, setup, baseline)
-    fin_cfg = FinalistsConfig(**plain(cfg.finalists))
     finals = None
     if wants_finalists(cfg, setup, candidates):
         finals = load_finalists(run_dir)
@@ -289,12 +288,16 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     if finals and finals["finalists"]:
         row = next(f for f in finals["finalists"] if f["name"] == finals["chosen"])
         chosen_arch = Arch.from_dict(row["arch"])
-        chosen = next(m for m in candidates if m.arch == chosen_arch)
+        chosen = next((m for m in candidates if m.arch == chosen_arch), None)
+        if chosen is None:
+            raise ExportError(f"{run_dir / FINALISTS_DIR / 'finalists.json'} names {chosen_arch.short()}, which the "
+                              f"run's log no longer holds: rerun `rlnas-search run_dir={run_dir}` to choose again")
         model = supernet.extract(chosen_arch)
         model.load_state_dict(read_model_file(row["weights_path"])["state_dict"])
         model.eval()
         found = {**_numbers(chosen), **_finalist_numbers(row), "feasible": row["feasible"]}
-        notes.append(f"finalist {row['name']} of {len(finals['finalists'])}: fine-tuned {fin_cfg.epochs:g} epoch(s) "
+        notes.append(f"finalist {row['name']} of {len(finals['finalists'])}: fine-tuned "
+                     f"{finals['config']['epochs']:g} epoch(s) "
                      f"from a0 by distillation, chosen as {_choice_reason(finals)}; "
                      f"{'feasible' if row['feasible'] else 'NO finalist is feasible'}")
     else:
@@ -304,8 +307,8 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
         if finals is not None:
             notes.append(finals.get("note", ""))
         model = _network(cfg, accuracy, chosen.arch, baseline.arch, task, found, notes, out)
-    quantized = None
-    if finals and finals["finalists"] and fin_cfg.quantization == "accuracy_control":
+    quantized = None  # a finalist ships the very IR that was scored and confirmed
+    if finals and finals["finalists"]:
         quantized = ov.Core().read_model(next(f for f in finals["finalists"] if f["name"] == finals["chosen"])["ir_path"])
     verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found, quantized)
     if not finals or not finals["finalists"]:
@@ -430,7 +433,7 @@ def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, m
                                       (entries["mean"], entries["std"]), quantized)
     found.update(ir_size_bytes=ir_bytes, torch_size_bytes=torch_size_bytes(model), exported_ir_int8=scores,
                  exported_ir_acc_int8=scores[pipeline.accuracy_key] if scores else None)
-    if scores and int(cfg.export.finetune_epochs) > 0:
+    if scores and int(cfg.export.finetune_epochs) > 0 and quantized is None:  # the export's own fine-tuning
         found["acc_int8"] = found["exported_ir_acc_int8"]
     return verify
 

@@ -127,7 +127,8 @@ def test_close_without_cancel_waits_for_the_measurements_in_flight(supernet, sur
     latency.release.set()
     ev.close()
     assert all(f.done() and not f.cancelled() for f in futures) and ev.in_flight == 0
-    assert [m.arch for m in ev.history] == [f.result().arch for f in futures] and ev.unique_evaluations == 4
+    # all four recorded, in the order they finished (two ran at once)
+    assert {m.arch for m in ev.history} == {f.result().arch for f in futures} and ev.unique_evaluations == 4
     assert not measuring_threads(others)  # close() waited for the threads too
 
 

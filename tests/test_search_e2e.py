@@ -219,7 +219,6 @@ def _check_export(out: Path, cache: Path) -> None:
     np.testing.assert_allclose(uint8(image.numpy())[0], float_ir(normalised.numpy())[0], rtol=0.05, atol=0.05)
     fps = report["throughput"]["fps"]
     assert set(fps) == {"a0", "exported"} and min(fps.values()) > 0, report["throughput"]
-    assert "throughput_fps" not in report["found"] and "throughput_fps" not in report["baseline"]
     bench = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     res = subprocess.run([bench, "-m", str(out / "model.xml"), "-d", "CPU", "-t", "1", "-load_config",
                           str(out / "benchmark_app_config.json"), "-nireq", "1"],

@@ -327,9 +327,11 @@ class Evaluator:
 
         def answer(done: Future[Measurement]) -> None:
             try:
-                with self._lock:
-                    self._seen[arch] = dataclasses.replace(done.result(), arch=arch, cached=True)
-                alias.set_result(self._seen[arch])
+                result = dataclasses.replace(done.result(), arch=arch, cached=True)
+                with self._lock:  # a measurement a cancel cut short is no result: not kept
+                    if pending.generation == self._generation:  # type: ignore[attr-defined]
+                        self._seen[arch] = result
+                alias.set_result(result)
             except BaseException as exc:  # the waiter must never hang on a failed measurement
                 alias.set_exception(exc)
 
