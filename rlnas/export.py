@@ -1,4 +1,7 @@
-"""``rlnas-export run=<dir>``: ship the best feasible architecture of a search run.
+"""``rlnas-export run=<dir>``: write the artefacts of a search run's chosen network: the finalist
+that :func:`rlnas.finalists.run_finalists` chose (its scored and confirmed IR), or with
+``finalists.k=0`` the best feasible candidate as the search measured it. Nothing is fine-tuned or
+confirmed here, except ``export.finetune_epochs`` on the ``finalists.k=0`` path.
 
 Writes under ``<run>/export/``:
 
@@ -20,7 +23,7 @@ measured again (``export.verify_images``) by the accuracy oracle's own task pipe
 (:class:`~rlnas.oracles.accuracy.TaskPipeline`), which also converts and calibrates it, so the
 artefact is checked exactly as the search measured. What else differs by task (distillation loss,
 ``model.pt`` metadata, how to run the IR) is in the task registry (:mod:`rlnas.tasks`). Overrides after ``run=`` change
-the run's saved config, e.g. ``rlnas-export run=<dir> export.finetune_epochs=2``.
+the run's saved config, e.g. ``rlnas-export run=<dir> export.verify_images=0``.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from rlnas.validate import check_search
 
 log = logging.getLogger("rlnas.export")
 
-USAGE = "usage: rlnas-export run=<search run directory> [config overrides, e.g. export.finetune_epochs=2]"
+USAGE = "usage: rlnas-export run=<search run directory> [config overrides, e.g. export.verify_images=0]"
 HELP = ("rlnas-export writes the chosen network of a finished rlnas-search run (arch.json, model.pt, ONNX, the "
         "INT8 OpenVINO IR) and its report under <run>/export, with the run's saved config and the overrides given.")
 
