@@ -244,6 +244,16 @@ def test_a_missing_source_is_named(tmp_path: Path) -> None:
         SceneSpec(min_objects=0)
 
 
+def test_a_broken_photo_is_one_line_naming_it(source, tmp_path: Path) -> None:
+    """The bounded-input check of the classification data covers the scene builder's photos too."""
+    root = tmp_path / "photos"
+    shutil.copytree(source[0], root)
+    broken = sorted((root / "train").rglob("*.png"))[0]
+    broken.write_bytes(b"")
+    with pytest.raises(DatasetError, match=f"{broken.name}.*0 bytes"):
+        build_scenes(root, tmp_path / "out", COUNTS, SPEC, workers=1, progress=False)
+
+
 # ----------------------------------------------------------------------------- accuracy control
 
 

@@ -305,7 +305,7 @@ def _decode_all(files: list[Path], size: int, what: str) -> Tensor:
         # torchvision 0.29 deprecates its decoders in favour of torchcodec; they remain the fastest here
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, f in enumerate(_progress(files, f"decoding {what}")):
-            data = _checked_image(f)
+            data = checked_image_bytes(f)
             try:
                 img = decode(data)
             except (RuntimeError, OSError, ValueError) as err:
@@ -315,7 +315,7 @@ def _decode_all(files: list[Path], size: int, what: str) -> Tensor:
     return out
 
 
-def _checked_image(f: Path) -> bytes:
+def checked_image_bytes(f: Path) -> bytes:
     """The bytes of image file ``f``, once its header says it is an image of at most
     :data:`MAX_IMAGE_PIXELS` (PIL reads the header only); else a one-line DatasetError naming the file."""
     from PIL import Image, UnidentifiedImageError

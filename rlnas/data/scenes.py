@@ -39,6 +39,7 @@ photo lists, so a rebuild gives byte-identical JSON and images whatever the numb
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -52,7 +53,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from rlnas.data.classification import DatasetError
+from rlnas.data.classification import DatasetError, checked_image_bytes
 
 SPLITS = ("train", "val", "holdout")
 SPLIT_CODES = {"train": 0, "val": 1, "holdout": 2}
@@ -332,7 +333,8 @@ def plan_split(split: str, pool_size: int, count: int, spec: SceneSpec, seed: in
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
+    """A source photo as RGB, after the bounded-input check (one DatasetError line naming a bad file)."""
+    with Image.open(io.BytesIO(checked_image_bytes(path))) as img:
         return img.convert("RGB")
 
 
