@@ -216,8 +216,15 @@ def test_scenes_load_into_the_detection_data_and_a_tiny_ssd(scenes: Path) -> Non
     cfg.num_classes = len(CLASSES)
     data = build_detection_data(cfg, 32)
     assert data.class_names == list(CLASSES) and data.num_classes == 3
-    assert (len(data.train), len(data.val)) == (COUNTS["train"], COUNTS["val"])
-    assert data.val is not data.calib
+    assert (len(data.train), len(data.val), len(data.holdout)) == (COUNTS["train"], COUNTS["val"], COUNTS["holdout"])
+    assert data.val is not data.calib and data.eval_set("holdout") is data.holdout
+    held = _load(scenes, "holdout")
+    assert [r.image_id for r in data.holdout.records] == [img["id"] for img in held["images"]]
+    assert data.identity()["holdout_images"] == COUNTS["holdout"]
+    assert next(iter(data.loader("holdout", 2)))[0].shape == (2, 3, 32, 32)
+    without = build_detection_data({**OmegaConf.to_container(cfg, resolve=True), "holdout_annotations": None}, 32)
+    with pytest.raises(DatasetError, match="no held-out images"):
+        without.eval_set("holdout")
     val = _load(scenes, "val")
     assert [r.image_id for r in data.val.records] == [img["id"] for img in val["images"]]
     images, targets = next(iter(data.loader("val", 4)))

@@ -176,8 +176,11 @@ class DetectionData:
     """The datasets of one detection experiment.
 
     ``train`` is augmented; ``calib`` is the training images without augmentation (BN
-    recalibration and INT8 calibration); ``val`` is what mAP is measured on.
+    recalibration and INT8 calibration); ``val`` is what mAP is measured on (what a search selects
+    on); ``holdout`` (None when the dataset has none) is what reports state.
     """
+
+    SPLITS = ("val", "holdout")
 
     name: str
     train: DetectionDataset
@@ -188,6 +191,7 @@ class DetectionData:
     class_names: list[str] = field(default_factory=list)
     task: str = "detection"
     source: dict[str, Any] = field(default_factory=dict)
+    holdout: DetectionDataset | None = None
 
     @property
     def resolution(self) -> int:
@@ -196,8 +200,19 @@ class DetectionData:
     def identity(self) -> dict[str, Any]:
         """What identifies the numbers measured on this data (for cache keys)."""
         return {"name": self.name, "task": self.task, "source": self.source, "num_classes": self.num_classes,
-                "train_images": len(self.train), "val_images": len(self.val), "resolution": self.image_size,
+                "train_images": len(self.train), "val_images": len(self.val),
+                "holdout_images": len(self.holdout) if self.holdout is not None else 0, "resolution": self.image_size,
                 "mean": list(MEAN), "std": list(STD), "val_is_train": self.val is self.calib}
+
+    def eval_set(self, split: str = "val") -> DetectionDataset:
+        """The evaluation images of ``split`` (``val`` or ``holdout``)."""
+        if split not in self.SPLITS:
+            raise DatasetError(f"evaluation split {split!r}; choose one of {self.SPLITS}")
+        images = getattr(self, split)
+        if images is None:
+            raise DatasetError(f"dataset {self.name!r} has no held-out images: set dataset.holdout_annotations "
+                               "(format coco) or dataset.holdout_split (format yolo)")
+        return images
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per epoch (the last partial batch is dropped)."""
@@ -217,8 +232,8 @@ class DetectionData:
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, max_images: int | None = None,
                num_workers: int = 0) -> DataLoader:
-        """A loader over ``split`` (``train``/``calib``/``val``), the first ``max_images`` if given."""
-        dataset: Dataset = getattr(self, split)
+        """A loader over ``split`` (``train``/``calib``/``val``/``holdout``), the first ``max_images`` if given."""
+        dataset: Dataset = getattr(self, split) if split in ("train", "calib") else self.eval_set(split)
         if max_images is not None and max_images < len(dataset):
             dataset = Subset(dataset, range(max_images))
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=detection_collate,
@@ -236,12 +251,15 @@ def build_detection_data(cfg: Mapping[str, Any], image_size: int) -> DetectionDa
         train_split, val_split = cfg.get("train_split", "train2017"), cfg.get("val_split", "val2017")
         train_records = read_yolo(root, train_split)
         val_records = None if val_split == train_split else read_yolo(root, val_split)
+        holdout_records = read_yolo(root, cfg["holdout_split"]) if cfg.get("holdout_split") else None
         names = list(cfg.get("class_names", []))
     elif fmt == "coco":
         train_records, names = read_coco(resolve_path(cfg["train_images"]), resolve_path(cfg["train_annotations"]))
         same = cfg["val_annotations"] == cfg["train_annotations"]
         val_records = None if same else read_coco(resolve_path(cfg["val_images"]),
                                                   resolve_path(cfg["val_annotations"]))[0]
+        holdout_records = (read_coco(resolve_path(cfg["holdout_images"]), resolve_path(cfg["holdout_annotations"]))[0]
+                           if cfg.get("holdout_annotations") else None)
     else:
         raise ConfigError(f"unknown detection dataset format {fmt!r}; use 'yolo' or 'coco'")
     if cfg.get("train_limit") and int(cfg["train_limit"]) < len(train_records):
@@ -252,5 +270,6 @@ def build_detection_data(cfg: Mapping[str, Any], image_size: int) -> DetectionDa
     train._images = calib._images  # one decoded-image cache for both views of the training images
     val = calib if val_records is None else DetectionDataset(val_records, image_size)
     source = {k: str(v) for k, v in cfg.items() if k not in ("class_names", "name", "task")}
+    holdout = None if holdout_records is None else DetectionDataset(holdout_records, image_size)
     return DetectionData(str(cfg.get("name", fmt)), train, calib, val, num_classes, image_size, names,
-                         source=source)
+                         source=source, holdout=holdout)
