@@ -267,9 +267,16 @@ class LatencyOracle:
                "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
                "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
                "timing": asdict(timing), **({"repeat": repeat} if repeat else {})}
-        record = None if force else self.store.get(CONFIRM_KIND, key)
-        if record is not None:
-            return dataclasses.replace(Confirmation.from_dict(record), cached=True)
+        with self.store.claim(CONFIRM_KIND, key):  # another process confirming the same IRs: wait, then read
+            record = None if force else self.store.get(CONFIRM_KIND, key)
+            if record is not None:
+                return dataclasses.replace(Confirmation.from_dict(record), cached=True)
+            result = self._confirm_new(xmls, shapes, reference, timing, precision)
+            self.store.put(CONFIRM_KIND, key, result.to_dict())
+            return result
+
+    def _confirm_new(self, xmls: dict[str, Path], shapes: dict[str, list[int]], reference: str,
+                     timing: TimingConfig, precision: str) -> Confirmation:
         config = self.profile.compile_config(self._hint(precision))
         order = [reference] + [name for name in xmls if name != reference]
         msg = {"op": "confirm", "timing": asdict(timing), "lock_path": self.lock_path,
@@ -277,7 +284,7 @@ class LatencyOracle:
         timer = StageTimer()
         reply = self.worker.request(msg, max(self.timeout_s, 2 * timing.max_time_s + 60 * len(order)))
         rounds = reply["rounds"]
-        result = Confirmation(
+        return Confirmation(
             reference=reference, rounds=len(rounds[reference]), profile=self.profile.name,
             latency_ms={n: statistics.median(t for r in rounds[n] for t in r) for n in order},
             ratio={n: float(np.median(round_ratios(rounds[n], rounds[reference]))) for n in order},
@@ -287,8 +294,6 @@ class LatencyOracle:
             orders=reply["orders"], timed_from=reply.get("timed_from"), timed_to=reply.get("timed_to"),
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": timer.total()})
-        self.store.put(CONFIRM_KIND, key, result.to_dict())
-        return result
 
     def throughput(self, irs: dict[str, str | os.PathLike], seconds: float = 3.0, repeats: int = 3,
                    precision: str = "int8") -> dict[str, float]:
