@@ -52,7 +52,7 @@ def tiny(width: int = 8) -> nn.Module:
 @pytest.fixture(scope="module")
 def cluster():
     """A head without devices and one node per profile (1 CPU each)."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})  # serves list_tasks
     nodes = {p: cluster.add_node(num_cpus=1, resources={device_resource(p): 1}) for p in PROFILES}
     ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
     yield cluster, nodes
@@ -67,9 +67,18 @@ def oracle(tmp_path: Path, profile: str, timing: TimingConfig = FAST, **kwargs) 
 
 def wait_until_timing_on(node) -> None:
     """Poll Ray's task state until a device actor's request runs on ``node``: the IRs are built
-    and shipped, the node is measuring (a timing of at least ``min_time_s``)."""
+    and shipped, the node is measuring (a timing of at least ``min_time_s``). The state API is
+    served by the head's dashboard, which a loaded machine may still be starting: a bounded
+    number of polls find it unreachable before the test fails."""
+    unreachable = 0
     for _ in range(600):
-        running = list_tasks(filters=[("name", "=", "DeviceActor.request"), ("state", "=", "RUNNING")])
+        try:
+            running = list_tasks(filters=[("name", "=", "DeviceActor.request"), ("state", "=", "RUNNING")])
+        except ConnectionError:  # "Could not read 'dashboard' from GCS": not registered yet
+            unreachable += 1
+            if unreachable > 30:
+                raise
+            continue
         if any(task.node_id == node.node_id for task in running):
             return
         time.sleep(0.2)
