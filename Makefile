@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 DATA ?= data
 ARGS ?=
+# TensorBoard listens on this address; TB_HOST=0.0.0.0 serves it on every interface
+TB_HOST ?= localhost
 
 .PHONY: install data test lint format search tensorboard clean bench help
 
@@ -17,7 +19,7 @@ help:
 	@echo "make scenes       build the detection scenes $(DATA)/scenes-300 from the Imagenette photos"
 	@echo "make lint         ruff"
 	@echo "make bench        the benchmarks under experiments/ (slow, needs a quiet machine)"
-	@echo "make tensorboard  serve runs under outputs/"
+	@echo "make tensorboard  serve runs under outputs/ on $(TB_HOST) (TB_HOST=0.0.0.0: all interfaces)"
 	@echo "make clean        remove caches and outputs (keeps $(VENV) and $(DATA))"
 
 $(STAMP): setup.cfg setup.py
@@ -69,7 +71,7 @@ bench: install data
 	$(PY) experiments/bench_accuracy_oracle.py
 
 tensorboard: install
-	$(VENV)/bin/tensorboard --logdir outputs --bind_all
+	$(VENV)/bin/tensorboard --logdir outputs --host $(TB_HOST)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
