@@ -11,6 +11,8 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
+import time
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -148,3 +150,29 @@ def test_a_claimed_key_is_measured_by_one_process_only(tmp_path: Path) -> None:
         proc.join()
         assert proc.exitcode == 0
     assert measured.count(True) == 1 and store.get("latency", {"model": "shared"}) == {"by": measured.index(True)}
+    assert list(path.with_name(path.name + ".claims").iterdir()) == []  # each claim removed its lock file
+
+
+def test_claims_stay_exclusive_while_their_lock_files_come_and_go(tmp_path: Path) -> None:
+    """Threads claim one key over and over: each release unlinks the lock file a waiter may
+    already have opened, and never do two threads hold the claim at once."""
+    store = MeasurementStore(tmp_path / "measurements.sqlite")
+    holders: list[int] = []
+    overlaps: list[list[int]] = []
+
+    def hammer(who: int) -> None:
+        for _ in range(200):
+            with store.claim("latency", {"model": "shared"}):
+                holders.append(who)
+                time.sleep(0)  # let another thread run while this one holds the claim
+                if holders != [who]:
+                    overlaps.append(list(holders))
+                holders.remove(who)
+
+    threads = [threading.Thread(target=hammer, args=(who,)) for who in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []
+    assert list((tmp_path / "measurements.sqlite.claims").iterdir()) == []

@@ -43,6 +43,25 @@ def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()
 
 
+def _lock_linked(path: Path) -> int:
+    """An fd holding an exclusive ``flock`` on the file that is at ``path`` now, created if absent.
+
+    Holders remove the file before they release it, so a lock taken on a file already unlinked
+    (or replaced by a newer one) guards nothing: such a lock is dropped and taken again on the
+    file now at ``path``. Only the holder of the linked file's lock unlinks it, so whoever holds
+    the lock on the file linked at ``path`` holds the claim alone."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            now, held = os.stat(path), os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 class MeasurementStore:
     """Records of measurements by ``(kind, key dict)``, in one SQLite file safe across processes.
 
@@ -89,16 +108,19 @@ class MeasurementStore:
         key waits until this hold ends, then finds the record by :meth:`get` instead of measuring
         it again; other keys go on. The pattern: ``with store.claim(kind, key): record =
         store.get(kind, key); if record is None: measure, store.put(kind, key, ...)``. An
-        exclusive ``flock`` on ``<store>.claims/<kind>-<key hash>`` (released if the holder dies).
+        exclusive ``flock`` on ``<store>.claims/<kind>-<key hash>`` (released if the holder dies);
+        the holder removes that file when its hold ends, so no lock file outlives its claim
+        (a holder that dies leaves it, and the next claim of the key reuses and removes it).
         Hold one claim at a time, and never claim while holding the machine lock: the holder of a
         claim may be waiting for it."""
         folder = self.path.with_name(self.path.name + ".claims")
         folder.mkdir(exist_ok=True)
-        fd = os.open(folder / f"{kind}-{key_hash(key)}", os.O_RDWR | os.O_CREAT, 0o666)
+        path = folder / f"{kind}-{key_hash(key)}"
+        fd = _lock_linked(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
+            path.unlink(missing_ok=True)  # while still locked: a waiter on this file sees it gone and starts over
             os.close(fd)  # releases the flock
 
     def delete(self, kind: str, key: dict[str, Any]) -> bool:
