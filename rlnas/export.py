@@ -47,11 +47,11 @@ from torch import nn
 
 from rlnas.arch import Arch
 from rlnas.errors import UserError
-from rlnas.finalists import A0_NAME, FINALISTS_DIR, load_finalists, save_int8_ir, teacher_of
+from rlnas.finalists import A0_NAME, FINALISTS_DIR, load_finalists, save_int8_ir, teacher_of, write_int8_ir
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
 from rlnas.oracles.latency import ir_size
-from rlnas.ovtools import name_tensors, reshaped, with_image_preprocessing
+from rlnas.ovtools import with_image_preprocessing
 from rlnas.report import pareto_figure, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup
 from rlnas.search.evaluator import accuracy_target
@@ -155,28 +155,26 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int
                           input_names=["input"], output_names=list(output_names), dynamic_axes=dynamic)
 
 
-def export_int8_ir(model: nn.Module, accuracy: Any, calib_images: int, path: Path,
-                   verify_images: int | None, normalisation: tuple[list[float], list[float]] | None = None,
+def export_int8_ir(setup: RunSetup, model: nn.Module, calib_images: int, path: Path, verify_images: int | None,
+                   normalisation: tuple[list[float], list[float]] | None = None,
                    quantized: Any = None) -> tuple[int, dict[str, float] | None]:
     """Quantize ``model`` as the accuracy oracle does (its task's conversion, NNCF with
-    ``calib_images`` real calibration images), save it with a static batch-1 input named
-    ``input`` and outputs named by the task, then (unless ``verify_images == 0``) score the saved
-    IR with the oracle's INT8 evaluation on ``verify_images`` validation images (None: the
-    oracle's evaluation set). With ``normalisation`` (mean, std), a second IR beside it,
-    ``<name>_uint8.xml``, takes uint8 NHWC images and normalises them inside the graph.
+    ``calib_images`` real calibration images), save it as the finalists' IRs are saved
+    (:func:`~rlnas.finalists.write_int8_ir`: static batch-1 input ``input``, outputs named by the
+    task), then (unless ``verify_images == 0``) score the saved IR with the oracle's INT8
+    evaluation on ``verify_images`` validation images (None: the oracle's evaluation set). With
+    ``normalisation`` (mean, std), a second IR beside it, ``<name>_uint8.xml``, takes uint8 NHWC
+    images and normalises them inside the graph.
 
     ``quantized``: an INT8 ``ov.Model`` of ``model`` made already (the finalist's, quantized with
     accuracy control), written instead of quantizing anew.
 
     :returns: the IR size in bytes and the scores (keys of the task's ``metrics``) or None.
     """
-    resolution = accuracy.data.resolution
+    accuracy = setup.accuracy
     if quantized is None:
         quantized = accuracy.quantize(model, calib_images)
-    reshaped(quantized, [1, 3, resolution, resolution])
-    name_tensors(quantized, "input", accuracy.pipeline.output_names)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    write_int8_ir(setup, quantized, path)
     if normalisation is not None:
         ov.save_model(with_image_preprocessing(quantized, *normalisation), str(path.with_name(f"{path.stem}_uint8.xml")),
                       compress_to_fp16=False)
@@ -313,7 +311,7 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     quantized = None  # a finalist ships the very IR that was scored and confirmed
     if finals and finals["finalists"]:
         quantized = ov.Core().read_model(next(f for f in finals["finalists"] if f["name"] == finals["chosen"])["ir_path"])
-    verify = _write_artefacts(cfg, out, model, chosen.arch, meta, accuracy, task, found, quantized)
+    verify = _write_artefacts(cfg, out, setup, model, chosen.arch, task, found, quantized)
     if not finals or not finals["finalists"]:
         notes += _timing_notes(found, latency, out / "model.xml", chosen)
     if found["exported_ir_int8"]:
@@ -419,10 +417,11 @@ def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: Task, f
     return model
 
 
-def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, meta: dict[str, Any],
-                     accuracy: Any, task: Task, found: dict[str, Any], quantized: Any = None) -> int:
+def _write_artefacts(cfg: DictConfig, out: Path, setup: RunSetup, model: nn.Module, arch: Arch, task: Task,
+                     found: dict[str, Any], quantized: Any = None) -> int:
     """Write arch.json, model.pt, model.onnx and the INT8 IR; record sizes and the IR's re-measured
     INT8 scores in ``found``. Returns how many validation images scored the IR."""
+    meta, accuracy = setup.meta, setup.accuracy
     pipeline, resolution = accuracy.pipeline, accuracy.data.resolution
     (out / "arch.json").write_text(json.dumps({"arch": arch.to_dict(), "family": meta["family"],
                                                "kwargs": meta["kwargs"], "task": accuracy.task,
@@ -432,7 +431,7 @@ def _write_artefacts(cfg: DictConfig, out: Path, model: nn.Module, arch: Arch, m
                 pipeline.output_names)
     verify = accuracy.eval_count if cfg.export.verify_images is None else int(cfg.export.verify_images)
     entries = task.meta(accuracy.data)
-    ir_bytes, scores = export_int8_ir(model, accuracy, int(cfg.export.calib_images), out / "model.xml", verify,
+    ir_bytes, scores = export_int8_ir(setup, model, int(cfg.export.calib_images), out / "model.xml", verify,
                                       (entries["mean"], entries["std"]), quantized)
     found.update(ir_size_bytes=ir_bytes, torch_size_bytes=torch_size_bytes(model), exported_ir_int8=scores,
                  exported_ir_acc_int8=scores[pipeline.accuracy_key] if scores else None)
