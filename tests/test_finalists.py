@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_a0, tiny_dataset
 
 from rlnas.arch import Arch
-from rlnas.data.classification import write_synthetic_imagefolder
 from rlnas.finalists import (
     Finalist,
     FinalistsConfig,
@@ -34,8 +34,6 @@ from rlnas.supernet.a0 import A0Error, build_a0, frozen_teacher, load_a0_weights
 from rlnas.supernet.train import SupernetTrainer, compose_config, train_supernet
 from rlnas.tasks import build_data
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 class Killed(Exception):
     """Stands for SIGKILL after a fine-tuning step."""
@@ -43,23 +41,13 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    cache = tmp_path_factory.mktemp("cache")
-    cfg = {"name": "tiny", "root": str(REPO / "data" / "cifar10"), "train_split": "train", "val_split": "test",
-           "holdout_split": "test", "train_limit": 96, "val_limit": 64, "store_size": 32, "num_classes": 10,
-           "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "cache_dir": str(cache)}
-    if not (REPO / "data" / "cifar10" / "train").is_dir():
-        root = write_synthetic_imagefolder(tmp_path_factory.mktemp("img") / "root", {"train": 24, "test": 16})
-        cfg.update(root=str(root), num_classes=4)
-    return cfg
+    """96 training and 64 validation images (real CIFAR-10 when data/cifar10 exists)."""
+    return tiny_dataset(tmp_path_factory, train_limit=96, val_limit=64)
 
 
 @pytest.fixture(scope="module")
 def a0_file(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> Path:
-    torch.manual_seed(0)
-    supernet = create_supernet("resnet_tiny", num_classes=dataset["num_classes"])
-    path = tmp_path_factory.mktemp("a0") / "a0.pt"
-    torch.save(supernet.extract(supernet.space.max_arch()).state_dict(), path)
-    return path
+    return tiny_a0(tmp_path_factory.mktemp("a0") / "a0.pt", dataset["num_classes"])
 
 
 def test_a0_loads_strictly_and_names_what_does_not_fit(a0_file: Path, dataset: dict, tmp_path: Path) -> None:

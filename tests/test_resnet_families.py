@@ -4,11 +4,14 @@ names, and a0's state dict says which family it is (issue 20)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torchvision
 import yaml
+from helpers import PLAIN, archs, randomize
 from torch import nn
 
 import rlnas
@@ -27,23 +30,6 @@ from rlnas.supernet.a0 import A0Error, detect_a0_family, load_a0_weights
 FAMILIES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
             "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 NUM_CLASSES = 3
-PLAIN = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
-         nn.Sequential)
-
-
-def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so that wiring or slicing mistakes show in
-    the outputs (a fresh torchvision model's BNs are identities)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
-    return net.eval()
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -103,6 +89,42 @@ def test_the_state_dict_says_which_family_it_is(family: tuple[str, nn.Module, El
     name, tv, _ = family
     assert detect_torchvision_resnet(tv.state_dict()) == (name, NUM_CLASSES)
     assert detect_a0_family(tv.state_dict()) == (name, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_max_arch_is_torchvision(name: str, num_classes: int) -> None:
+    with torch.device("meta"):
+        net = create_supernet(name, num_classes=num_classes, stem="cifar")
+        tv = getattr(torchvision.models, name)(num_classes=num_classes)
+    ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in tv.state_dict().items()}
+    assert ours == theirs
+    assert net.count_params(net.space.max_arch()) == count_params(tv)
+    assert net.num_classes == num_classes and net.task == "classification"
+
+
+def test_torchvision_weights_give_torchvision_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    tv = randomize(torchvision.models.resnet50(num_classes=7))
+    path = tmp_path / "resnet50.pth"
+    torch.save(tv.state_dict(), path)
+    net = create_supernet("resnet50", num_classes=7, stem="imagenet")
+    assert net.load_torchvision_weights(path) == []
+    net.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), tv(x), atol=1e-5)
+    other = create_supernet("resnet_tiny")
+    with pytest.raises(ValueError, match="resnet_tiny"):
+        other.load_torchvision_weights(tv.state_dict())
+
+
+def test_torchvision_weights_with_another_head_skip_the_classifier() -> None:
+    with torch.device("meta"):
+        tv = torchvision.models.resnet50(num_classes=1000)
+        net = create_supernet("resnet50", num_classes=10)
+    assert net.load_torchvision_weights(tv.state_dict()) == ["fc.weight", "fc.bias"]
 
 
 # ----------------------------------------------------------------------------- a0 of another family
@@ -167,10 +189,8 @@ def test_basic_block_sub_networks_equal_the_supernet(stem: str) -> None:
     net = randomize(ElasticResNet(BASIC_TINY, num_classes=5, stem=stem), seed=4)
     assert net.layer1[0].downsample is None and net.layer2[0].downsample is not None
     x = torch.randn(2, 3, 32, 32)
-    rng = np.random.default_rng(5)
-    archs = [net.space.max_arch(), net.space.min_arch()] + [net.space.sample(rng) for _ in range(12)]
     keys = set()
-    for arch in archs:
+    for arch in archs(net.space, n_random=12, seed=5):
         with net.active(arch):
             expected = net(x)
         plain = net.extract(arch).eval()

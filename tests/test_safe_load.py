@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_dataset, tiny_network
 from omegaconf import OmegaConf
 
 from rlnas.convert import main as convert_main
@@ -35,7 +36,6 @@ from rlnas.supernet.finetune import FineTune, FineTuneOptions
 from rlnas.supernet.train import compose_config, train_supernet
 from rlnas.tasks import build_data, get_task
 
-REPO = Path(__file__).resolve().parent.parent
 FAMILY = "resnet_tiny"
 
 
@@ -58,17 +58,8 @@ def crafted(path: Path, marker: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """64 real CIFAR-10 training images when data/cifar10 exists, else a generated ImageFolder."""
-    cache = tmp_path_factory.mktemp("cache")
-    cfg = {"name": "tiny", "root": str(REPO / "data" / "cifar10"), "train_split": "train", "val_split": "test",
-           "holdout_split": "test", "train_limit": 64, "val_limit": 32, "store_size": 32, "num_classes": 10,
-           "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "cache_dir": str(cache)}
-    if not (REPO / "data" / "cifar10" / "train").is_dir():
-        from rlnas.data.classification import write_synthetic_imagefolder
-
-        root = write_synthetic_imagefolder(tmp_path_factory.mktemp("img") / "root", {"train": 16, "test": 8})
-        cfg.update(root=str(root), num_classes=4)
-    return cfg
+    """64 training and 32 validation images (real CIFAR-10 when data/cifar10 exists)."""
+    return tiny_dataset(tmp_path_factory, train_limit=64, val_limit=32)
 
 
 def train_config(out: Path, dataset: dict):
@@ -85,12 +76,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> Path:
     out = tmp_path_factory.mktemp("train")
     train_supernet(train_config(out, dataset))
     return out
-
-
-def tiny_network(num_classes: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    supernet = create_supernet(FAMILY, num_classes=num_classes)
-    return supernet.extract(supernet.space.max_arch()).eval()
 
 
 def finetune(dataset: dict, out: Path) -> FineTune:
