@@ -32,7 +32,8 @@ from tabulate import tabulate
 
 from rlnas.data.detection import build_detection_data
 from rlnas.oracles.device import list_profiles, load_profile
-from rlnas.oracles.latency import LatencyOracle, QuantizationConfig
+from rlnas.oracles.irbuild import QuantizationConfig
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.spaces import create_supernet
 from rlnas.spaces.ssd import ElasticSSD  # noqa: F401  (registers the SSD families until __init__ imports it)

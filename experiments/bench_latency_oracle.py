@@ -21,7 +21,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from rlnas.oracles.device import DeviceProfileError, load_profile
-from rlnas.oracles.latency import LatencyOracle, structural_key
+from rlnas.oracles.irbuild import structural_key
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.ratios import TimingConfig
 
 STAGES = ("build", "convert", "quantize", "save", "compile", "measure")

@@ -41,7 +41,7 @@ import rlnas
 from rlnas.arch import Arch
 from rlnas.finalists import save_int8_ir
 from rlnas.oracles.device import RELEVANT_FLAGS, host_cpu_flags, host_cpu_model, runnable_profiles
-from rlnas.oracles.latency import LAYER_CLASSES
+from rlnas.oracles.profiling import LAYER_CLASSES
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.pipeline import run_search
 from rlnas.runsetup import build_setup

@@ -73,10 +73,11 @@ from rlnas.errors import UserError
 from rlnas.export import compose_run_config
 from rlnas.finalists import combine_passes
 from rlnas.oracles.device import DeviceProfile, host_cpu_model, load_profile
-from rlnas.oracles.latency import LatencyOracle, ir_content_key
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.latency_results import Confirmation
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore
+from rlnas.ovtools import ir_content_key
 from rlnas.runsetup import load_profile as run_profile
 from rlnas.runsetup import plain
 from rlnas.search.history import read_history

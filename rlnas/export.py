@@ -50,8 +50,7 @@ from rlnas.errors import UserError
 from rlnas.finalists import A0_NAME, FINALISTS_DIR, load_finalists, save_int8_ir, teacher_of, write_int8_ir
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
-from rlnas.oracles.latency import ir_size
-from rlnas.ovtools import with_image_preprocessing
+from rlnas.ovtools import ir_size, with_image_preprocessing
 from rlnas.report import pareto_figure, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup
 from rlnas.search.evaluator import accuracy_target

@@ -1,5 +1,6 @@
-"""OpenVINO helpers shared by both oracles, the finalists and detection: conversion from PyTorch,
-NNCF INT8 quantization, CPU compilation with an explicit precision hint, what ran, versions.
+"""OpenVINO helpers shared by both oracles, the finalists, the export and detection: conversion
+from PyTorch, NNCF INT8 quantization and its calibration samples, CPU compilation with an explicit
+precision hint, what ran, versions, IR files (atomic saving, size, content identity, inputs).
 
 Conversion goes through OpenVINO's TorchScript decoder with one trace and no trace check (see
 :func:`convert`): ``ov.convert_model(module, example_input=...)`` traces with the check on, which
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -97,13 +99,38 @@ def convert_to_openvino(model: nn.Module, resolution: int) -> Any:
     return reshaped(ov_model, [-1, 3, resolution, resolution])
 
 
-def quantize_int8(ov_model: Any, calibration: list[np.ndarray]) -> Any:
-    """INT8 ``ov.Model`` by NNCF post-training quantization (CPU target, default preset, fast bias
-    correction) over calibration batches; statistics are taken per sample, not per batch."""
+def quantize_int8(ov_model: Any, calibration: list[np.ndarray], bias_correction: bool = True,
+                  inplace_statistics: bool = True, target_device: str = "CPU") -> Any:
+    """INT8 ``ov.Model`` by NNCF post-training quantization (default preset) over calibration
+    batches; statistics are taken per sample, not per batch. The defaults are NNCF's (bias
+    correction on, statistics computed inside the calibration graph); the latency oracle's random
+    calibration tensors turn bias correction off (:class:`~rlnas.oracles.irbuild.QuantizationConfig`)."""
     batched = max(len(a) for a in calibration) > 1
+    advanced = AdvancedQuantizationParameters(batchwise_statistics=batched, disable_bias_correction=not bias_correction,
+                                              inplace_statistics=inplace_statistics)
     return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration),
-                         target_device=nncf.TargetDevice.CPU,
-                         advanced_parameters=AdvancedQuantizationParameters(batchwise_statistics=batched))
+                         target_device=nncf.TargetDevice[target_device], advanced_parameters=advanced)
+
+
+def calibration_samples(calibration: Iterable | None, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+    """Up to ``count`` single-image float32 arrays of ``shape`` (batch 1): from ``calibration``
+    (tensors, arrays, or (input, label) pairs, split into images) or, when None, seeded random
+    normal data."""
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
+    arrays: list[np.ndarray] = []
+    for item in calibration:
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        arr = item.detach().cpu().numpy() if hasattr(item, "detach") else np.asarray(item)
+        arr = arr.astype(np.float32).reshape(-1, *shape[1:])
+        arrays.extend(arr[i:i + 1] for i in range(len(arr)))
+        if len(arrays) >= count:
+            break
+    if not arrays:
+        raise ValueError("calibration iterable is empty")
+    return arrays[:count]
 
 
 def quantize_int8_with_accuracy_control(ov_model: Any, calibration: list[np.ndarray],
@@ -188,6 +215,43 @@ def save_ir(ov_model: Any, path: Path, compress_to_fp16: bool) -> None:
     finally:
         for leftover in (tmp, tmp.with_suffix(".bin")):
             leftover.unlink(missing_ok=True)
+
+
+def ir_size(xml: Path) -> int:
+    """Bytes on disk of an IR (.xml + .bin)."""
+    return sum(p.stat().st_size for p in (xml, xml.with_suffix(".bin")) if p.is_file())
+
+
+def check_ir_files(xml_path: str | os.PathLike, what: str = "IR") -> Path:
+    """The absolute path of an IR .xml whose .bin exists beside it; ValueError if the path is not
+    a .xml, FileNotFoundError naming the missing file."""
+    xml = Path(xml_path).expanduser().absolute()
+    if xml.suffix != ".xml":
+        raise ValueError(f"{what} must be an OpenVINO IR .xml (with its .bin beside it), got {xml}")
+    for path in (xml, xml.with_suffix(".bin")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist (an IR is a .xml with its .bin beside it)")
+    return xml
+
+
+def ir_content_key(xml: Path) -> str:
+    """``"ir:" + sha256`` of the .xml then the .bin contents: the identity of an IR file pair."""
+    digest = hashlib.sha256()
+    for path in (xml, xml.with_suffix(".bin")):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return "ir:" + digest.hexdigest()
+
+
+def ir_inputs(xml: Path, what: str = "IR") -> list[Any]:
+    """The ``ov.PartialShape`` of each input of an IR, read by OpenVINO in this process (weights
+    are memory-mapped, not loaded); ValueError when OpenVINO cannot read it."""
+    try:
+        model = _core().read_model(str(xml))
+    except Exception as err:
+        raise ValueError(f"OpenVINO cannot read {what} {xml}: {type(err).__name__}: {err}") from err
+    return [port.get_partial_shape() for port in model.inputs]
 
 
 def name_tensors(ov_model: Any, input_name: str, output_names: Iterable[str]) -> Any:

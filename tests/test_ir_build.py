@@ -10,7 +10,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from rlnas.oracles.latency import QuantizationConfig, build_ir
+from rlnas.oracles.irbuild import QuantizationConfig, build_ir
 from rlnas.ovtools import convert_to_openvino, quantize_int8, reshaped, save_ir
 from rlnas.spaces import create_supernet
 

@@ -20,7 +20,8 @@ from rlnas.oracles.device import (
     kernels_above,
     missing_flags,
 )
-from rlnas.oracles.latency import LatencyOracle, check_input_shape
+from rlnas.oracles.irbuild import check_input_shape
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.latency_results import LatencyResult
 from rlnas.oracles.ratios import TimingConfig, ratio_estimates
 

@@ -57,8 +57,9 @@ from rlnas.oracles.device import (
     host_cpu_flags,
     host_cpu_model,
 )
-from rlnas.oracles.latency import LatencyOracle, ir_content_key
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.worker_client import DEFAULT_LOCK_PATH, WorkerClient, WorkerCrashed, WorkerError
+from rlnas.ovtools import ir_content_key
 from rlnas.supernet import load_supernet
 from rlnas.supernet.checkpoint import atomic_save, load_file
 from rlnas.supernet.finetune import FineTune, FineTuneOptions

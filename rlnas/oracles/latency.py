@@ -1,12 +1,12 @@
 """The measured latency oracle: PyTorch module -> OpenVINO IR (INT8 via NNCF) -> timed in a worker.
 
-Pipeline of :meth:`LatencyOracle.measure` on a cache miss: ``ov.convert_model`` with a static
-input shape, ``nncf.quantize`` on the ``ov.Model`` (never on the torch model: slower and far more
-memory), IR saved under ``cache_dir/ir/<key>.xml``, then compiled and timed by the profile's
-worker process, interleaved with a reference model so that the result carries a ratio taken
-under the same machine conditions. :meth:`LatencyOracle.measure_ir` times an existing IR as is
-by the same path (store, lock, worker, reference). Results, failures included, go to the
-measurement store.
+Pipeline of :meth:`LatencyOracle.measure` on a cache miss: the IR is built
+(:mod:`rlnas.oracles.irbuild`) and saved under ``cache_dir/ir/<key>.xml``, then compiled and timed
+by the profile's worker process, interleaved with a reference model so that the result carries a
+ratio taken under the same machine conditions. :meth:`LatencyOracle.measure_ir` times an existing
+IR as is by the same path (store, lock, worker, reference). Results, failures included, go to the
+measurement store. Per-layer times come from OpenVINO's performance counters
+(:mod:`rlnas.oracles.profiling`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,21 @@ from rlnas.oracles.device import (
     kernels_above,
     load_profile,
 )
+from rlnas.oracles.irbuild import (
+    IR_VARIANT,
+    PRECISIONS,
+    IRBuildError,
+    ModelLike,
+    QuantizationConfig,
+    build_ir,
+    build_model,
+    check_input_shape,
+    check_precision,
+    ir_measure_shape,
+    structural_key,
+)
 from rlnas.oracles.latency_results import Confirmation, LatencyResult
+from rlnas.oracles.profiling import classify_layer_times, kernel_totals
 from rlnas.oracles.ratios import (
     RATIO_METHODS,
     TimingConfig,
@@ -52,7 +66,7 @@ from rlnas.oracles.worker_client import (
     WorkerError,
     WorkerTimeout,
 )
-from rlnas.ovtools import convert, library_versions, quiet, save_ir
+from rlnas.ovtools import check_ir_files, ir_content_key, ir_inputs, ir_size, library_versions
 from rlnas.timing import StageTimer
 
 #: Bump when the timing protocol changes what a number means; old cache entries are then ignored.
@@ -61,99 +75,8 @@ PROTOCOL_VERSION = 2  # 2: the confirmation's order alternates for two models to
 KIND = "latency"
 #: Store kind of N-way confirmation measurements.
 CONFIRM_KIND = "confirmation"
-PRECISIONS = ("int8", "fp32", "fp16", "bf16")
-#: The IR each precision runs: bf16 is an f32 IR run with a bf16 hint.
-_IR_VARIANT = {"int8": "int8", "fp32": "fp32", "fp16": "fp16", "bf16": "fp32"}
-
-ModelLike = Any  # torch.nn.Module, or a zero-argument callable building one (built only on a miss)
-
-
-LAYER_CLASSES = ("stem", "conv1x1", "conv3x3", "grouped", "fc", "other")
-
-
-def classify_layer_times(nodes: dict[str, dict[str, Any]], layers: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Per-layer-class milliseconds from :meth:`LatencyOracle.layer_times`' raw counters: an
-    executed node is the class of the first conv/FC layer fused into it (by weight shape)."""
-    convs = [name for name, layer in layers.items() if layer["type"] != "MatMul"]
-    stem = convs[0] if convs else None
-    out = dict.fromkeys(LAYER_CLASSES, 0.0)
-    for name, node in nodes.items():
-        kind = "other"
-        for original in [name, *node.get("fused", [])]:
-            owner = next((n for n in layers if original == n or original.startswith(n + "/")), None)
-            if owner is None:
-                continue
-            layer, original = layers[owner], owner
-            weights = layer["weights"]
-            if original == stem:
-                kind = "stem"
-            elif layer["type"] == "MatMul":
-                kind = "fc"
-            elif layer["type"] == "GroupConvolution":
-                kind = "grouped"
-            else:
-                kind = "conv1x1" if weights[-1] == weights[-2] == 1 else "conv3x3"
-            break
-        out[kind] += node["us"] / 1000.0
-    return out
-
-
-def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """``(1, C, H, W)`` from ``(C, H, W)`` or ``(1, C, H, W)`` of positive ints; else ValueError."""
-    try:
-        dims = tuple(int(d) for d in shape)
-        ok = all(int(d) == d for d in shape) and len(dims) in (3, 4) and all(d > 0 for d in dims)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"input_shape must be (1, C, H, W) or (C, H, W) of positive ints, got {shape!r}")
-    dims = (1, *dims) if len(dims) == 3 else dims
-    if dims[0] != 1:
-        raise ValueError(f"input_shape batch must be 1 (single-image latency), got {shape!r}")
-    return dims
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
-    return precision
-
-
-def structural_key(model: Any) -> str:
-    """A model identity from its module tree (repr) and parameter/buffer shapes, not weights."""
-    parts = [repr(model)]
-    parts += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
-    parts += [f"{n}:{tuple(b.shape)}" for n, b in model.named_buffers()]
-    return "struct:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
-class QuantizationConfig:
-    """NNCF settings.
-
-    With real calibration data ``subset_size`` samples are used and bias correction is on (unless
-    ``bias_correction`` says otherwise). With random tensors (latency only) ``random_subset_size``
-    samples and no bias correction: the data only sets quantizer ranges, never the timed graph.
-    ``inplace_statistics=None`` picks by resolution: NNCF's in-graph statistics make its
-    calibration model compile for ~3 s (ResNet-50), which only pays off on large activations
-    (measured: 32 px 4.9 s in-place vs ~2 s not; 224 px 9.3 s vs 15.3 s, 32 samples, loaded VM).
-    """
-
-    subset_size: int = 32
-    random_subset_size: int = 8
-    bias_correction: bool | None = None
-    inplace_statistics: bool | None = None
-    inplace_min_pixels: int = 96 * 96
-    target_device: str = "CPU"
-    quiet: bool = True
-
-    def samples(self, calibrated: bool) -> int:
-        return self.subset_size if calibrated else self.random_subset_size
-
-    def inplace(self, shape: Sequence[int]) -> bool:
-        if self.inplace_statistics is not None:
-            return self.inplace_statistics
-        return int(np.prod(shape[2:])) >= self.inplace_min_pixels
+#: The IR built and stages timed when an existing IR is measured as is.
+_REUSED = {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}
 
 
 class LatencyOracle:
@@ -247,26 +170,23 @@ class LatencyOracle:
         shape = ir_measure_shape(xml, ir_inputs(xml), input_shape)
         if model_key is None:
             model_key = ir_content_key(xml)
-        reused = {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}
         return self._measure_cached(model_key, shape, precision, hint, force, retry_failed,
-                                    lambda: (xml, dict(reused), True))
+                                    lambda: (xml, dict(_REUSED), True))
 
     def confirm(self, irs: dict[str, str | os.PathLike], reference: str, timing: TimingConfig | None = None,
                 precision: str = "int8", force: bool = False, repeat: int = 0) -> Confirmation:
         """Time every IR of ``irs`` (name -> .xml, static single-input IRs) in the same
         interleaved rounds, with ratios to ``irs[reference]``: the confirmation measurement of
-        finalists (more rounds than the search: pass a longer ``timing``). Cached by the IRs'
-        contents, the profile, the timing and ``repeat`` (the pass number: passes 1, 2, ... are
-        new measurements of the same IRs); raises WorkerError & co. when timing fails."""
+        finalists (more rounds than the search: pass a longer ``timing``). Cached by
+        :meth:`confirm_key`: the IRs' contents, the profile, the timing and ``repeat`` (the pass
+        number: passes 1, 2, ... are new measurements of the same IRs); raises WorkerError & co.
+        when timing fails."""
         if reference not in irs:
             raise ValueError(f"reference {reference!r} is not among the IRs {sorted(irs)}")
         timing = timing or self.timing
         xmls = {name: check_ir_files(path) for name, path in irs.items()}
         shapes = {name: list(ir_measure_shape(xml, ir_inputs(xml), None)) for name, xml in xmls.items()}
-        key = {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
-               "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
-               "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
-               "timing": asdict(timing), **({"repeat": repeat} if repeat else {})}
+        key = self.confirm_key(xmls, shapes, reference, timing, precision, repeat)
         with self.store.claim(CONFIRM_KIND, key):  # another process confirming the same IRs: wait, then read
             record = None if force else self.store.get(CONFIRM_KIND, key)
             if record is not None:
@@ -274,6 +194,14 @@ class LatencyOracle:
             result = self._confirm_new(xmls, shapes, reference, timing, precision)
             self.store.put(CONFIRM_KIND, key, result.to_dict())
             return result
+
+    def confirm_key(self, xmls: dict[str, Path], shapes: dict[str, list[int]], reference: str, timing: TimingConfig,
+                    precision: str, repeat: int = 0) -> dict[str, Any]:
+        """Everything that changes the numbers of one confirmation."""
+        return {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
+                "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
+                "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
+                "timing": asdict(timing), **({"repeat": repeat} if repeat else {})}
 
     def _confirm_new(self, xmls: dict[str, Path], shapes: dict[str, list[int]], reference: str,
                      timing: TimingConfig, precision: str) -> Confirmation:
@@ -320,11 +248,7 @@ class LatencyOracle:
         long ran at which ISA. The node types are the counters' (``ReduceMean``), which may be
         finer than ``layer_kernels``' runtime layer types (``Reduce``). Timed under the
         machine-wide lock."""
-        times: dict[str, float] = {}
-        for node in self._perf_counters(xml_path, iters, precision)["nodes"].values():
-            kernel = f"{node['node_type']}:{node['exec_type']}"
-            times[kernel] = times.get(kernel, 0.0) + node["us"] / 1000.0
-        return dict(sorted(times.items(), key=lambda item: -item[1]))
+        return kernel_totals(self._perf_counters(xml_path, iters, precision)["nodes"])
 
     def _above_cap(self, layer_kernels: dict[str, int]) -> list[str]:
         """What ran above the profile's cap; nothing for an uncapped profile (the ISA of whichever
@@ -349,7 +273,7 @@ class LatencyOracle:
 
     def ir_path(self, model_key: str, input_shape: Sequence[int], precision: str) -> Path:
         """Where the IR of (model, shape, precision) is cached; it does not depend on the profile."""
-        variant = _IR_VARIANT[check_precision(precision)]
+        variant = IR_VARIANT[check_precision(precision)]
         ident = {"model": model_key, "input_shape": list(check_input_shape(input_shape)), "variant": variant,
                  "openvino": self.versions["openvino"], "ir_format": 1}
         if variant == "int8":
@@ -365,7 +289,7 @@ class LatencyOracle:
         if path.is_file() and path.with_suffix(".bin").is_file():
             return path, {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}, True
         with machinelock.shared(self.lock_path):  # conversion and NNCF: never beside a timing run
-            stages = build_ir(model, check_input_shape(input_shape), _IR_VARIANT[precision], path, calibration,
+            stages = build_ir(model, check_input_shape(input_shape), IR_VARIANT[precision], path, calibration,
                               self.quantization)
         return path, stages, False
 
@@ -507,145 +431,3 @@ class LatencyOracle:
             result.ratio_rel_error = rel_error if math.isfinite(rel_error) else None
             result.ratio, result.ratio_method = result.ratio_estimates[self.ratio_method], self.ratio_method
 
-
-# ---------------------------------------------------------------------- existing IRs
-
-
-def check_ir_files(xml_path: str | os.PathLike, what: str = "IR") -> Path:
-    """The absolute path of an IR .xml whose .bin exists beside it; ValueError if the path is not
-    a .xml, FileNotFoundError naming the missing file."""
-    xml = Path(xml_path).expanduser().absolute()
-    if xml.suffix != ".xml":
-        raise ValueError(f"{what} must be an OpenVINO IR .xml (with its .bin beside it), got {xml}")
-    for path in (xml, xml.with_suffix(".bin")):
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} file {path} does not exist (an IR is a .xml with its .bin beside it)")
-    return xml
-
-
-def ir_content_key(xml: Path) -> str:
-    """``"ir:" + sha256`` of the .xml then the .bin contents: the identity of an IR file pair."""
-    digest = hashlib.sha256()
-    for path in (xml, xml.with_suffix(".bin")):
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return "ir:" + digest.hexdigest()
-
-
-def ir_inputs(xml: Path, what: str = "IR") -> list[Any]:
-    """The ``ov.PartialShape`` of each input of an IR, read by OpenVINO in this process (weights
-    are memory-mapped, not loaded); ValueError when OpenVINO cannot read it."""
-    import openvino as ov
-
-    try:
-        model = ov.Core().read_model(str(xml))
-    except Exception as err:
-        raise ValueError(f"OpenVINO cannot read {what} {xml}: {type(err).__name__}: {err}") from err
-    return [port.get_partial_shape() for port in model.inputs]
-
-
-def ir_measure_shape(xml: Path, inputs: list[Any], input_shape: Sequence[int] | None) -> tuple[int, ...]:
-    """The (1, C, H, W) shape to time a one-input IR at, given :func:`ir_inputs`: its static
-    shape, or ``input_shape`` if it fits; else ValueError."""
-    import openvino as ov
-
-    if len(inputs) != 1:
-        raise ValueError(f"IR {xml} has {len(inputs)} inputs; measure_ir times one-input IRs")
-    partial = inputs[0]
-    if input_shape is None:
-        if partial.is_dynamic:
-            raise ValueError(f"IR {xml} has a dynamic input {partial}: pass input_shape")
-        dims = [d.get_length() for d in partial]
-        try:
-            return check_input_shape(dims)
-        except ValueError as err:
-            raise ValueError(f"IR {xml} input {partial}: {err}") from None
-    shape = check_input_shape(input_shape)
-    if not partial.compatible(ov.PartialShape(list(shape))):
-        raise ValueError(f"input_shape {tuple(input_shape)} does not fit the input {partial} of IR {xml}")
-    return shape
-
-
-# ---------------------------------------------------------------------- IR building
-
-
-def build_model(model: ModelLike) -> Any:
-    """The module itself, or what a zero-argument builder returns."""
-    import torch
-
-    if isinstance(model, torch.nn.Module):
-        return model
-    if callable(model):
-        return model()
-    raise TypeError(f"model must be a torch.nn.Module or a callable returning one, got {type(model).__name__}")
-
-
-class IRBuildError(RuntimeError):
-    """Conversion, quantization or saving failed; ``stage_seconds`` says how far it got."""
-
-    def __init__(self, message: str, stage_seconds: dict[str, float]) -> None:
-        super().__init__(message)
-        self.stage_seconds = stage_seconds
-
-
-def ir_size(xml: Path) -> int:
-    """Bytes on disk of an IR (.xml + .bin)."""
-    return sum(p.stat().st_size for p in (xml, xml.with_suffix(".bin")) if p.is_file())
-
-
-def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path, calibration: Iterable | None,
-             quant: QuantizationConfig) -> dict[str, float]:
-    """Build ``model`` (if a builder), convert it to an IR at ``path`` (variant int8, fp32 or
-    fp16); return stage seconds. Raises IRBuildError naming the failed stage."""
-    stages = StageTimer()
-    try:
-        with quiet(quant.quiet):
-            with stages("build"):
-                module = build_model(model)
-            with stages("convert"):
-                ov_model = convert(module, shape)
-            if variant == "int8":
-                with stages("quantize"):
-                    ov_model = quantize(ov_model, shape, calibration, quant)
-            else:
-                stages.seconds["quantize"] = 0.0
-            with stages("save"):
-                save_ir(ov_model, path, compress_to_fp16=variant == "fp16")
-    except Exception as err:
-        raise IRBuildError(f"{stages.current} failed: {type(err).__name__}: {err}", stages.seconds) from err
-    return stages.seconds
-
-
-def calibration_arrays(calibration: Iterable | None, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
-    """Up to ``count`` float32 arrays of ``shape``: from ``calibration`` (tensors, arrays, or
-    (input, label) pairs) or random normal data when None."""
-    if calibration is None:
-        rng = np.random.default_rng(0)
-        return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
-    arrays: list[np.ndarray] = []
-    for item in calibration:
-        if isinstance(item, (tuple, list)):
-            item = item[0]
-        arr = item.detach().cpu().numpy() if hasattr(item, "detach") else np.asarray(item)
-        arr = arr.astype(np.float32).reshape(-1, *shape[1:])
-        arrays.extend(arr[i:i + 1] for i in range(len(arr)))
-        if len(arrays) >= count:
-            break
-    if not arrays:
-        raise ValueError("calibration iterable is empty")
-    return arrays[:count]
-
-
-def quantize(ov_model: Any, shape: tuple[int, ...], calibration: Iterable | None, quant: QuantizationConfig) -> Any:
-    """``nncf.quantize`` on the ov.Model (INT8, CPU target)."""
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-
-    calibrated = calibration is not None
-    data = calibration_arrays(calibration, shape, quant.samples(calibrated))
-    bias_correction = quant.bias_correction if quant.bias_correction is not None else calibrated
-    advanced = AdvancedQuantizationParameters(disable_bias_correction=not bias_correction,
-                                              inplace_statistics=quant.inplace(shape))
-    return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data),
-                         target_device=nncf.TargetDevice[quant.target_device], advanced_parameters=advanced)

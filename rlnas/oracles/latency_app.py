@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from rlnas import machinelock
 from rlnas.errors import ConfigError
 from rlnas.oracles.device import DeviceProfile, load_profile, profile_from_config
-from rlnas.oracles.latency import PRECISIONS, LatencyOracle, QuantizationConfig
+from rlnas.oracles.irbuild import PRECISIONS, QuantizationConfig
+from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.latency_results import LatencyResult
 from rlnas.oracles.ratios import TimingConfig, percentile
 from rlnas.oracles.worker_client import DEFAULT_LOCK_PATH
