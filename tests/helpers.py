@@ -14,7 +14,7 @@ from torch import nn
 
 import rlnas
 from rlnas.arch import Arch
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.spaces import create_supernet
 
 REPO = rlnas.REPO_DIR

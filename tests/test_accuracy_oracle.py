@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlnas.arch import Arch
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.oracles.accuracy import AccuracyOracle, dynamic_batch_top1
 from rlnas.oracles.store import MeasurementStore
 from rlnas.ovtools import compile_cpu, convert_to_openvino, int8_primitive_count, quantize_int8

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 
 from rlnas import api
 from rlnas.arch import Arch
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.export import ExportError
 from rlnas.search.history import read_history
 from rlnas.supernet import load_supernet

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rlnas.data import DatasetError, classification
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data import DatasetError, loading
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.tasks import build_data
 
 
@@ -64,9 +64,9 @@ def test_a_decompression_bomb_header_is_refused(root: Path, tmp_path: Path) -> N
 
 def test_the_cap_is_checked_before_decoding(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_png(root / "train" / "class0" / "wide.png", 40, 25)
-    monkeypatch.setattr(classification, "MAX_IMAGE_PIXELS", 999)
+    monkeypatch.setattr(loading, "MAX_IMAGE_PIXELS", 999)
     assert "40x25 (0.001 megapixels), above the cap of 0.000999 megapixels" in refused(root, tmp_path)
-    monkeypatch.setattr(classification, "MAX_IMAGE_PIXELS", 1000)  # at the cap: decoded like any other
+    monkeypatch.setattr(loading, "MAX_IMAGE_PIXELS", 1000)  # at the cap: decoded like any other
     assert build(root, tmp_path).train.images.shape == (5, 3, 8, 8)
 
 

@@ -9,7 +9,7 @@ import torch
 
 import rlnas
 from rlnas.data import DatasetError, DatasetSpec, resolve_path
-from rlnas.data.classification import square, write_synthetic_imagefolder
+from rlnas.data.loading import square, write_synthetic_imagefolder
 from rlnas.tasks import build_data
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlnas.arch import InvalidArchError
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.oracles.accuracy import AccuracyOracle
 from rlnas.oracles.store import MeasurementStore
 from rlnas.spaces import create_supernet

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import rlnas
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.oracles.device import host_cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))

@@ -23,7 +23,7 @@ from ray.util.state import list_actors, list_tasks
 from torch import nn
 
 import rlnas
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.distributed.ray_backend import RemoteFineTune, RemoteLatencyOracle, device_resource
 from rlnas.oracles.device import load_profile, runnable_profiles
 from rlnas.oracles.ratios import TimingConfig

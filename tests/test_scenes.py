@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import rlnas
-from rlnas.data.classification import DatasetError
 from rlnas.data.detection import build_detection_data
 from rlnas.data.scenes import SPLITS, SceneSpec, annotation_path, build_scenes, ellipse_alpha, tangent_pixels
+from rlnas.data.spec import DatasetError
 from rlnas.detection.boxes import postprocess
 from rlnas.detection.evaluate import validation_items
 from rlnas.detection.loss import MultiBoxLoss

@@ -31,7 +31,7 @@ def data_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     common = ["dataset=tiny", "dataset.train_limit=128", "dataset.val_limit=64", f"dataset.cache_dir={cache}"]
     if (REPO / "data" / "cifar10" / "train").is_dir():
         return common
-    from rlnas.data.classification import write_synthetic_imagefolder
+    from rlnas.data.loading import write_synthetic_imagefolder
 
     root = write_synthetic_imagefolder(tmp_path_factory.mktemp("tiny") / "root", {"train": 32, "test": 16})
     return [*common, f"dataset.root={root}", "dataset.num_classes=4"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from rlnas.data.classification import write_synthetic_imagefolder
+from rlnas.data.loading import write_synthetic_imagefolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import train_a0  # noqa: E402

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from rlnas.data.classification import DatasetError, resolve_path
+from rlnas.data.spec import DatasetError, resolve_path
 from rlnas.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -53,7 +53,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from rlnas.data.classification import DatasetError, checked_image_bytes
+from rlnas.data.loading import checked_image_bytes
+from rlnas.data.spec import DatasetError
 
 SPLITS = ("train", "val", "holdout")
 SPLIT_CODES = {"train": 0, "val": 1, "holdout": 2}

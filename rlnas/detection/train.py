@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from rlnas.arch import Arch
-from rlnas.data.classification import resolve_path
 from rlnas.data.detection import DetectionData, Target, build_detection_data
+from rlnas.data.spec import resolve_path
 from rlnas.detection.evaluate import evaluate_detection, recalibrate
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.spaces.base import Supernet

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlnas.data.classification import resolve_path
+from rlnas.data.spec import resolve_path
 from rlnas.errors import UserError
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 import rlnas
 from rlnas import machinelock
 from rlnas.arch import Arch
-from rlnas.data.classification import ClassificationData, build_classification_data, resolve_path
+from rlnas.data.classification import ClassificationData, build_classification_data
+from rlnas.data.spec import resolve_path
 from rlnas.errors import ConfigError
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
