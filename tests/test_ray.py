@@ -24,7 +24,9 @@ from torch import nn
 
 import rlnas
 from rlnas.data.loading import write_synthetic_imagefolder
-from rlnas.distributed.ray_backend import RemoteFineTune, RemoteLatencyOracle, device_resource
+from rlnas.distributed.cluster import device_resource
+from rlnas.distributed.device_actor import RemoteLatencyOracle
+from rlnas.distributed.finetune_actor import RemoteFineTune
 from rlnas.oracles.device import load_profile, runnable_profiles
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore
