@@ -17,12 +17,12 @@ from torch import Tensor
 
 from rlnas.data.augment import augment_batch, seeded_generator
 from rlnas.data.loading import load_split
-from rlnas.data.spec import DatasetError, DatasetSpec, ImageSet, resolve_path
+from rlnas.data.spec import DatasetError, DatasetSpec, EvalSplits, ImageSet, resolve_path
 
 
-class ClassificationData:
+class ClassificationData(EvalSplits[ImageSet]):
     """Train and validation splits in memory, with augmented training batches and cached
-    evaluation tensors.
+    evaluation tensors; :meth:`eval_set` names the evaluation splits.
 
     :param spec: the dataset description.
     :param resolution: input side length the networks see.
@@ -31,8 +31,7 @@ class ClassificationData:
     """
 
     task = "classification"
-    #: evaluation image sets by name
-    SPLITS = ("val", "holdout")
+    HOLDOUT_HINT = "set dataset.holdout_split (a folder, or val_split's own folder to split it in two)"
 
     def __init__(self, spec: DatasetSpec, resolution: int, train: ImageSet, val: ImageSet,
                  holdout: ImageSet | None = None) -> None:
@@ -102,19 +101,6 @@ class ClassificationData:
         out = F.interpolate(x.float(), size=(self.resolution,) * 2, mode="bilinear",
                             antialias=keep > self.resolution, align_corners=False)
         return out.round().clamp(0, 255).to(torch.uint8)
-
-    def eval_set(self, split: str = "val") -> ImageSet:
-        """The evaluation image set ``split`` (``val`` or ``holdout``).
-
-        :raises DatasetError: an unknown name, or held-out images the dataset does not have.
-        """
-        if split not in self.SPLITS:
-            raise DatasetError(f"evaluation split {split!r}; choose one of {self.SPLITS}")
-        images = getattr(self, split)
-        if images is None:
-            raise DatasetError(f"dataset {self.name!r} has no held-out images: set dataset.holdout_split "
-                               "(a folder, or val_split's own folder to split it in two)")
-        return images
 
     def eval_images(self, split: str = "val", limit: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
         """Images of ``split`` (``val``/``holdout``), eval-transformed uint8, with labels; cached.

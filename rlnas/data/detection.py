@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from rlnas.data.spec import DatasetError, resolve_path
+from rlnas.data.spec import DatasetError, EvalSplits, resolve_path
 from rlnas.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -172,15 +172,16 @@ def detection_collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[tor
 
 
 @dataclass
-class DetectionData:
+class DetectionData(EvalSplits[DetectionDataset]):
     """The datasets of one detection experiment.
 
     ``train`` is augmented; ``calib`` is the training images without augmentation (BN
     recalibration and INT8 calibration); ``val`` is what mAP is measured on (what a search selects
-    on); ``holdout`` (None when the dataset has none) is what reports state.
+    on); ``holdout`` (None when the dataset has none) is what reports state; :meth:`eval_set`
+    names the last two.
     """
 
-    SPLITS = ("val", "holdout")
+    HOLDOUT_HINT = "set dataset.holdout_annotations (format coco) or dataset.holdout_split (format yolo)"
 
     name: str
     train: DetectionDataset
@@ -203,16 +204,6 @@ class DetectionData:
                 "train_images": len(self.train), "val_images": len(self.val),
                 "holdout_images": len(self.holdout) if self.holdout is not None else 0, "resolution": self.image_size,
                 "mean": list(MEAN), "std": list(STD), "val_is_train": self.val is self.calib}
-
-    def eval_set(self, split: str = "val") -> DetectionDataset:
-        """The evaluation images of ``split`` (``val`` or ``holdout``)."""
-        if split not in self.SPLITS:
-            raise DatasetError(f"evaluation split {split!r}; choose one of {self.SPLITS}")
-        images = getattr(self, split)
-        if images is None:
-            raise DatasetError(f"dataset {self.name!r} has no held-out images: set dataset.holdout_annotations "
-                               "(format coco) or dataset.holdout_split (format yolo)")
-        return images
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per epoch (the last partial batch is dropped)."""

@@ -1,7 +1,7 @@
 """What every dataset shares: the error a user sees for a dataset that cannot be loaded, the
-one rule of every configured data path (:func:`resolve_path`), and for classification, what a
-``conf/dataset/*.yaml`` says (:class:`DatasetSpec`) and one split of decoded images
-(:class:`ImageSet`).
+one rule of every configured data path (:func:`resolve_path`), the evaluation splits by name
+(:class:`EvalSplits`), and for classification, what a ``conf/dataset/*.yaml`` says
+(:class:`DatasetSpec`) and one split of decoded images (:class:`ImageSet`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -144,6 +144,35 @@ class ImageSet:
         cut = n - max(1, min(n - 1, round(fraction * n)))
         first, second = perm[:cut].sort().values, perm[cut:].sort().values
         return self.take(first, f"split {seed}: {cut}/{n}"), self.take(second, f"split {seed}: {n - cut}/{n}")
+
+
+EvalImages = TypeVar("EvalImages")
+
+
+class EvalSplits(Generic[EvalImages]):
+    """A dataset's evaluation images by name: ``val`` (what a search selects on) and ``holdout``
+    (what reports state; None where the dataset has none). A subclass holds both attributes and a
+    ``name``, and says in ``HOLDOUT_HINT`` how its config gets held-out images."""
+
+    #: evaluation image sets by name
+    SPLITS = ("val", "holdout")
+    #: how to configure held-out images, the end of the error when a dataset has none
+    HOLDOUT_HINT = "set dataset.holdout_split"
+    name: str
+    val: EvalImages
+    holdout: EvalImages | None
+
+    def eval_set(self, split: str = "val") -> EvalImages:
+        """The evaluation images ``split`` (``val`` or ``holdout``).
+
+        :raises DatasetError: an unknown name, or held-out images the dataset does not have.
+        """
+        if split not in self.SPLITS:
+            raise DatasetError(f"evaluation split {split!r}; choose one of {self.SPLITS}")
+        images = getattr(self, split)
+        if images is None:
+            raise DatasetError(f"dataset {self.name!r} has no held-out images: {self.HOLDOUT_HINT}")
+        return images
 
 
 def _to_plain(cfg: Any) -> Any:
