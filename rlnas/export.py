@@ -50,8 +50,9 @@ from rlnas.errors import UserError
 from rlnas.finalists import A0_NAME, FINALISTS_DIR, load_finalists, save_int8_ir, teacher_of, write_int8_ir
 from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.device import host_cpu_model
+from rlnas.oracles.profiling import images_per_second, metric_config
 from rlnas.ovtools import ir_size, with_image_preprocessing
-from rlnas.report import pareto_figure, write_report
+from rlnas.report import pareto_figure, time_label, write_report
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup
 from rlnas.search.evaluator import accuracy_target
 from rlnas.search.history import read_history
@@ -234,7 +235,11 @@ LATENCY_NOTE = ("latency: OpenVINO INT8, batch 1, on the profile (median). Absol
                 "network come from different moments; the speed-up uses the ratio timed alongside a0 "
                 "(interleaved rounds), robust to machine load. Throughput: OpenVINO's throughput mode "
                 "(PERFORMANCE_HINT THROUGHPUT, the plugin's streams and requests) on the profile's threads, a0's "
-                "and the exported IR measured in alternation")
+                "and the exported IR timed in interleaved rounds")
+THROUGHPUT_NOTE = ("latency.metric=throughput: the search, the confirmation and the speed-up time OpenVINO's "
+                   "throughput mode (PERFORMANCE_HINT THROUGHPUT on the profile's threads and precision hint, the "
+                   "plugin's streams and requests), as the median time per image (1000 / images per second) in "
+                   "interleaved rounds alongside a0; every latency and ratio of this report is that time")
 
 
 def _choice_reason(finals: dict[str, Any]) -> str:
@@ -320,13 +325,14 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     base = {**_numbers(baseline), "torch_size_bytes": torch_size_bytes(supernet.extract(baseline.arch))}
     profile_notes, throughput = _profile_artefacts(out, setup, run_dir)
     notes += profile_notes
-    notes += [LATENCY_NOTE, task.usage(model, accuracy.data.resolution)]
+    latency_metric = latency.metric if latency is not None else "latency"
+    notes += [LATENCY_NOTE if latency_metric == "latency" else THROUGHPUT_NOTE, task.usage(model, accuracy.data.resolution)]
     summary = {
         "setup": {"model": meta["family"], "task": accuracy.task, "dataset": cfg.dataset.name,
                   "device profile": cfg.device.name, "tau": float(cfg.tau), "supernet checkpoint": meta.get("path"),
                   "a0": str(setup.a0.path) if setup.a0 else None, "run": str(run_dir),
                   "candidates measured": len(candidates), "host cpu": host_cpu_model()},
-        "metric": pipeline.metric, "metrics": dict(pipeline.metrics),
+        "metric": pipeline.metric, "metrics": dict(pipeline.metrics), "latency_metric": latency_metric,
         "a0": _a0_numbers(setup, finals), "baseline": base, "found": found, "target": target,
         "feasible_found": bool(found.get("feasible")), "finalists": finals,
         "speedup": _speedup(found, chosen), "throughput": throughput,
@@ -341,31 +347,35 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
 
 
 def _profile_artefacts(out: Path, setup: RunSetup, run_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    """``benchmark_app_config.json`` (the profile's CPU properties) and the frames per second of
-    the reference's (a0, else the maximal subnet) and the exported IR in OpenVINO's throughput
-    mode, measured in alternation: the report's notes and its ``throughput`` entry (``fps`` per
-    IR, or ``None`` and the reason it was not measured)."""
+    """``benchmark_app_config.json`` (the profile's CPU properties in the search's latency metric)
+    and the throughput-mode images per second of the reference (a0, else the maximal subnet) and
+    of the exported IR: the report's notes and its ``throughput`` entry (``fps`` per IR, or
+    ``None`` and the reason it was not measured)."""
     latency = setup.latency
     if latency is None:
         return [], {"fps": None, "reason": "no latency oracle"}
     profile = latency.profile
-    (out / "benchmark_app_config.json").write_text(json.dumps(
-        {"CPU": profile.compile_config(profile.inference_precision)}, indent=2) + "\n")
+    config = metric_config(profile.compile_config(profile.inference_precision), latency.metric)
+    (out / "benchmark_app_config.json").write_text(json.dumps({"CPU": config}, indent=2) + "\n")
     env = " ".join(f"{k}={v}" for k, v in profile.env().items())
-    notes = [f"reproduce the profile's latency: `{env + ' ' if env else ''}benchmark_app -m model.xml -d CPU "
-             f"-load_config benchmark_app_config.json -nireq 1` ({profile.isa or 'native'} ISA, {profile.threads} "
-             f"threads, INFERENCE_PRECISION_HINT {profile.inference_precision}); model_uint8.xml takes uint8 NHWC "
-             "images and normalises them inside the graph"]
+    requests = " -nireq 1" if latency.metric == "latency" else ""
+    notes = [f"reproduce the profile's {time_label(latency.metric)}: `{env + ' ' if env else ''}benchmark_app -m "
+             f"model.xml -d CPU -load_config benchmark_app_config.json{requests}` ({profile.isa or 'native'} ISA, "
+             f"{profile.threads} threads, INFERENCE_PRECISION_HINT {profile.inference_precision}); model_uint8.xml "
+             "takes uint8 NHWC images and normalises them inside the graph"]
     reference = "a0" if setup.a0 is not None else "maximal subnet"
     a0_ir = run_dir / FINALISTS_DIR / A0_NAME / "model.xml"
     if not a0_ir.is_file():
         a0_ir = save_int8_ir(setup, teacher_of(setup)[0], out / "reference" / "a0.xml", int(setup.cfg.export.calib_images))
     try:
-        fps = latency.throughput({reference: a0_ir, "exported": out / "model.xml"})
+        timed = latency.confirm({reference: a0_ir, "exported": out / "model.xml"}, reference, metric="throughput")
     except Exception as err:  # the artefacts exist either way; the throughput is a report figure
         log.warning("throughput not measured: %s", err)
         return notes, {"fps": None, "reason": f"{type(err).__name__}: {err}"}
-    return notes, {"fps": fps, "profile": profile.name, "threads": profile.threads}
+    return notes, {"fps": images_per_second(timed.latency_ms), "ratio": timed.ratio, "rounds": timed.rounds,
+                   "infer_requests": timed.infer_requests, "streams": timed.streams,
+                   "inference_precision": timed.inference_precision, "profile": profile.name,
+                   "threads": profile.threads}
 
 
 def _finalist_numbers(row: dict[str, Any]) -> dict[str, Any]:

@@ -223,10 +223,15 @@ def load_profile(cfg: DictConfig, check_host: bool = True):
         raise SetupError(str(err)) from err
 
 
+def latency_metric(cfg: DictConfig) -> str:
+    """``latency.metric``: what the search's latency ratios time (batch-1 latency unless set)."""
+    return str(cfg.latency.get("metric", "latency"))
+
+
 def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, Any], store: Any, profile: Any,
                          a0: A0 | None = None, backend: Any = None) -> LatencyOracle:
-    """The latency oracle of ``cfg.latency`` on ``profile``, with a0 (else the maximal subnet) as
-    the interleaved reference."""
+    """The latency oracle of ``cfg.latency`` on ``profile`` timing ``latency.metric``, with a0
+    (else the maximal subnet) as the interleaved reference."""
     if a0 is not None:
         reference, key = (lambda: a0.model), f"{model_id(meta)}:{a0.key}"
     else:
@@ -234,7 +239,7 @@ def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, An
         reference, key = (lambda: supernet.extract(top).eval()), f"{model_id(meta)}:{top.to_json()}"
     build = instantiate(cfg.latency, _partial_=True)
     kwargs = {"profile": profile, "store": store, "cache_dir": Path(cfg.cache_dir), "reference": reference,
-              "reference_key": key}
+              "reference_key": key, "metric": latency_metric(cfg)}
     if backend is None:
         return build(**kwargs)
     try:
@@ -333,6 +338,8 @@ def build_setup(cfg: DictConfig) -> RunSetup:
     context = {"model": model_id(meta), "checkpoint_id": meta["checkpoint_id"], "dataset": data.identity()
                if hasattr(data, "identity") else str(cfg.dataset.name), "device": profile.key(),
                "accuracy": plain(cfg.accuracy), "a0": a0.sha256 if a0 else None}
+    if latency_metric(cfg) != "latency":  # only then: the logs of latency runs keep their context
+        context["latency_metric"] = latency_metric(cfg)
     if predicted:
         context["oracle"] = plain(cfg.oracle)  # only here: measured runs' logs keep their context
         accuracy, latency = build_surrogate_oracles(cfg, supernet, json.loads(json.dumps(context, default=str)))

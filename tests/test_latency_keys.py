@@ -72,3 +72,17 @@ def test_confirmation_key_is_unchanged(tmp_path, ir_pair):
                    "openvino": "OV", "protocol": PROTOCOL_VERSION, "timing": asdict(timing), "repeat": 2}
     assert "repeat" not in oracle.confirm_key({"a0": ir_pair}, {"a0": [1, 3, 8, 8]}, "a0", timing, "int8")
 
+
+def test_throughput_keys_add_the_metric_and_share_the_irs(tmp_path, ir_pair):
+    latency, throughput = pinned_oracle(tmp_path), pinned_oracle(tmp_path, metric="throughput")
+    key = latency.cache_key("net:abc", SHAPE, "int8")
+    assert "metric" not in key
+    assert throughput.cache_key("net:abc", SHAPE, "int8") == {**key, "metric": "throughput"}
+    assert throughput.ir_path("net:abc", SHAPE, "int8") == latency.ir_path("net:abc", SHAPE, "int8")
+    args = ({"a0": ir_pair}, {"a0": [1, 3, 8, 8]}, "a0", TimingConfig(), "int8")
+    assert latency.confirm_key(*args, metric="throughput") == {**latency.confirm_key(*args), "metric": "throughput"}
+
+
+def test_unknown_metric_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="metric"):
+        pinned_oracle(tmp_path, metric="fps")

@@ -270,3 +270,27 @@ def test_surrogate_backend(ws):
     assert {kind: len(after.records(kind)) for kind in ("latency", "accuracy")} == counts  # nothing measured
     other = search(ws, "oracle=surrogate", f"oracle.table={table}", "device=kabylake_avx2", f"run_dir={root / 'r3'}")
     assert other.returncode == 2 and "another device" in other.stdout + other.stderr
+
+
+def test_search_with_the_throughput_metric(ws, tmp_path):
+    """``latency.metric=throughput``: the search's ratios, the finalists' confirmation and the
+    export's speed-up time OpenVINO's throughput mode; the records, the run log, the progress bar
+    and the report say so. Its own store: no record of another metric can answer it."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    result = search(ws, "budget=2", "finalists.k=1", "finalists.confirm_passes=1", "++latency.metric=throughput",
+                    "logging.progress=true", f"run_dir={run}", cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "throughput, unconfirmed" in result.stderr  # the progress bar names the metric
+    latency = MeasurementStore(cache / "measurements.sqlite").items("latency")
+    assert latency and all(k["metric"] == "throughput" and r["metric"] == "throughput" for k, r in latency)
+    history = read_history(run / "evaluations.jsonl")
+    assert len(history) == 3 and all(ctx["latency_metric"] == "throughput" for _, ctx, _ in history)
+    assert all(m.latency_metric == "throughput" and m.latency_ratio > 0 for _, _, m in history)
+    report = json.loads((run / "export" / "report.json").read_text())
+    assert report["latency_metric"] == "throughput" and report["speedup"] > 0
+    assert [r["metric"] for r in report["finalists"]["confirmation"]["runs"]] == ["throughput"]
+    assert set(report["throughput"]["fps"]) == {"a0", "exported"} and min(report["throughput"]["fps"].values()) > 0
+    config = json.loads((run / "export" / "benchmark_app_config.json").read_text())["CPU"]
+    assert config["PERFORMANCE_HINT"] == "THROUGHPUT" and "NUM_STREAMS" not in config
+    markdown = (run / "export" / "report.md").read_text()
+    assert "time per image in throughput mode" in markdown and "latency.metric=throughput" in markdown

@@ -5,8 +5,8 @@ Pipeline of :meth:`LatencyOracle.measure` on a cache miss: the IR is built
 by the profile's worker process, interleaved with a reference model so that the result carries a
 ratio taken under the same machine conditions. :meth:`LatencyOracle.measure_ir` times an existing
 IR as is by the same path (store, lock, worker, reference). Results, failures included, go to the
-measurement store. Per-layer times come from OpenVINO's performance counters
-(:mod:`rlnas.oracles.profiling`).
+measurement store. What is timed is the oracle's ``metric`` (:mod:`rlnas.oracles.profiling`):
+batch-1 latency, or OpenVINO's throughput mode as time per image.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from rlnas.oracles.irbuild import (
     structural_key,
 )
 from rlnas.oracles.latency_results import Confirmation, LatencyResult
-from rlnas.oracles.profiling import classify_layer_times, kernel_totals
+from rlnas.oracles.profiling import check_metric, classify_layer_times, kernel_totals, metric_config
 from rlnas.oracles.ratios import (
     RATIO_METHODS,
     TimingConfig,
@@ -75,12 +75,13 @@ PROTOCOL_VERSION = 2  # 2: the confirmation's order alternates for two models to
 KIND = "latency"
 #: Store kind of N-way confirmation measurements.
 CONFIRM_KIND = "confirmation"
-#: The IR built and stages timed when an existing IR is measured as is.
+#: The build stages' seconds when an IR is reused or measured as is.
 _REUSED = {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}
 
 
 class LatencyOracle:
-    """Measured OpenVINO latency of PyTorch models on one device profile, cached.
+    """Measured OpenVINO latency (or throughput-mode time per image) of PyTorch models on one
+    device profile, cached.
 
     :param profile: a DeviceProfile or a profile name from conf/device/.
     :param store: a MeasurementStore or its path (default ``cache_dir/measurements.sqlite``).
@@ -97,6 +98,10 @@ class LatencyOracle:
     :param lock_path: machine-wide lock held while timing (None = no lock).
     :param retry_failed: re-measure models whose stored result is a failure.
     :param check_host: refuse a profile this host cannot run (off where another machine times).
+    :param metric: what is timed (:data:`~rlnas.oracles.profiling.METRICS`): ``latency`` (single
+        images, one stream) or ``throughput`` (OpenVINO's throughput mode on the profile's
+        threads, as time per image); either way a ratio is candidate / reference time, lower is
+        faster. Part of the cache keys except for ``latency`` (whose keys predate the choice).
     """
 
     def __init__(self, profile: DeviceProfile | str, store: MeasurementStore | str | Path | None = None,
@@ -104,7 +109,8 @@ class LatencyOracle:
                  timing: TimingConfig | None = None, quantization: QuantizationConfig | None = None,
                  ratio_method: str = "median_round_p10", timeout_s: float = 600.0,
                  lock_path: str | None = DEFAULT_LOCK_PATH, retry_failed: bool = False,
-                 check_host: bool = True) -> None:
+                 check_host: bool = True, metric: str = "latency") -> None:
+        self.metric = check_metric(metric)
         if isinstance(profile, str):
             profile = load_profile(profile, check_host=check_host)
         self.profile = profile.validate() if check_host else profile
@@ -130,7 +136,8 @@ class LatencyOracle:
     def measure(self, model: ModelLike, input_shape: Sequence[int], precision: str = "int8",
                 model_key: str | None = None, calibration: Iterable | None = None,
                 force: bool = False, retry_failed: bool | None = None) -> LatencyResult:
-        """Latency of ``model`` at ``input_shape``; a stored result is returned unless ``force``.
+        """Latency (the oracle's metric) of ``model`` at ``input_shape``; a stored result is
+        returned unless ``force``.
 
         ``model`` may be a zero-argument callable returning the module: it is only called when
         the IR must be built. A model that fails to convert, quantize, compile or run gives a
@@ -174,65 +181,59 @@ class LatencyOracle:
                                     lambda: (xml, dict(_REUSED), True))
 
     def confirm(self, irs: dict[str, str | os.PathLike], reference: str, timing: TimingConfig | None = None,
-                precision: str = "int8", force: bool = False, repeat: int = 0) -> Confirmation:
+                precision: str = "int8", force: bool = False, repeat: int = 0,
+                metric: str | None = None) -> Confirmation:
         """Time every IR of ``irs`` (name -> .xml, static single-input IRs) in the same
         interleaved rounds, with ratios to ``irs[reference]``: the confirmation measurement of
-        finalists (more rounds than the search: pass a longer ``timing``). Cached by
-        :meth:`confirm_key`: the IRs' contents, the profile, the timing and ``repeat`` (the pass
-        number: passes 1, 2, ... are new measurements of the same IRs); raises WorkerError & co.
-        when timing fails."""
+        finalists (more rounds than the search: pass a longer ``timing``), in ``metric`` (default:
+        the oracle's, so finalists are confirmed in the search's metric). Cached by
+        :meth:`confirm_key`: the IRs' contents, the profile, the timing, the metric and ``repeat``
+        (the pass number: passes 1, 2, ... are new measurements of the same IRs); raises
+        WorkerError & co. when timing fails."""
         if reference not in irs:
             raise ValueError(f"reference {reference!r} is not among the IRs {sorted(irs)}")
         timing = timing or self.timing
+        metric = check_metric(metric or self.metric)
         xmls = {name: check_ir_files(path) for name, path in irs.items()}
         shapes = {name: list(ir_measure_shape(xml, ir_inputs(xml), None)) for name, xml in xmls.items()}
-        key = self.confirm_key(xmls, shapes, reference, timing, precision, repeat)
+        key = self.confirm_key(xmls, shapes, reference, timing, precision, repeat, metric)
         with self.store.claim(CONFIRM_KIND, key):  # another process confirming the same IRs: wait, then read
             record = None if force else self.store.get(CONFIRM_KIND, key)
             if record is not None:
                 return dataclasses.replace(Confirmation.from_dict(record), cached=True)
-            result = self._confirm_new(xmls, shapes, reference, timing, precision)
+            result = self._confirm_new(xmls, shapes, reference, timing, precision, metric)
             self.store.put(CONFIRM_KIND, key, result.to_dict())
             return result
 
     def confirm_key(self, xmls: dict[str, Path], shapes: dict[str, list[int]], reference: str, timing: TimingConfig,
-                    precision: str, repeat: int = 0) -> dict[str, Any]:
-        """Everything that changes the numbers of one confirmation."""
+                    precision: str, repeat: int = 0, metric: str = "latency") -> dict[str, Any]:
+        """Everything that changes the numbers of one confirmation (a latency one's key carries no
+        metric: it predates the choice)."""
         return {"models": {name: ir_content_key(xml) for name, xml in xmls.items()}, "reference": reference,
                 "shapes": shapes, "precision": check_precision(precision), "profile": self.profile.key(),
                 "cpu": self.timing_cpu(), "openvino": self.versions["openvino"], "protocol": PROTOCOL_VERSION,
-                "timing": asdict(timing), **({"repeat": repeat} if repeat else {})}
+                "timing": asdict(timing), **({"repeat": repeat} if repeat else {}), **_metric_entry(metric)}
 
     def _confirm_new(self, xmls: dict[str, Path], shapes: dict[str, list[int]], reference: str,
-                     timing: TimingConfig, precision: str) -> Confirmation:
-        config = self.profile.compile_config(self._hint(precision))
+                     timing: TimingConfig, precision: str, metric: str) -> Confirmation:
+        config = metric_config(self.profile.compile_config(self._hint(precision)), metric)
         order = [reference] + [name for name in xmls if name != reference]
-        msg = {"op": "confirm", "timing": asdict(timing), "lock_path": self.lock_path,
+        msg = {"op": "confirm", "timing": asdict(timing), "lock_path": self.lock_path, "mode": metric,
                "models": {name: {"path": str(xmls[name]), "config": config, "shape": shapes[name]} for name in order}}
         timer = StageTimer()
         reply = self.worker.request(msg, max(self.timeout_s, 2 * timing.max_time_s + 60 * len(order)))
         rounds = reply["rounds"]
         return Confirmation(
-            reference=reference, rounds=len(rounds[reference]), profile=self.profile.name,
+            reference=reference, rounds=len(rounds[reference]), profile=self.profile.name, metric=metric,
             latency_ms={n: statistics.median(t for r in rounds[n] for t in r) for n in order},
             ratio={n: float(np.median(round_ratios(rounds[n], rounds[reference]))) for n in order},
             ratio_ci={n: bootstrap_ratio_ci(rounds[n], rounds[reference]) for n in order},
             kernels=reply["kernels"], inference_precision=reply["inference_precision"],
             above_cap={n: self._above_cap(k) for n, k in reply.get("layer_kernels", {}).items()},
+            streams=reply.get("streams", {}), infer_requests=reply.get("infer_requests", {}),
             orders=reply["orders"], timed_from=reply.get("timed_from"), timed_to=reply.get("timed_to"),
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": timer.total()})
-
-    def throughput(self, irs: dict[str, str | os.PathLike], seconds: float = 3.0, repeats: int = 3,
-                   precision: str = "int8") -> dict[str, float]:
-        """Median frames per second of each IR in OpenVINO's throughput mode on this profile
-        (its threads, ISA cap and precision hint; the plugin picks streams and requests), the IRs
-        measured in alternation. For reports: the search needs only latency."""
-        msg = {"op": "throughput", "models": {n: str(check_ir_files(p)) for n, p in irs.items()},
-               "config": self.profile.compile_config(self._hint(precision)), "seconds": seconds,
-               "repeats": repeats, "lock_path": self.lock_path}
-        reply = self.worker.request(msg, self.timeout_s + 2 * seconds * repeats * len(irs))
-        return {name: statistics.median(values) for name, values in reply["fps"].items()}
 
     def layer_times(self, xml_path: str | os.PathLike, iters: int = 200, precision: str = "int8") -> dict[str, float]:
         """Mean per-inference time (ms) of an IR's layers on this profile by layer class, from
@@ -263,12 +264,13 @@ class LatencyOracle:
             return self.worker.request(msg, self.timeout_s)
 
     def cache_key(self, model_key: str, input_shape: Sequence[int], precision: str) -> dict[str, Any]:
-        """Everything that changes the number of one measurement."""
+        """Everything that changes the number of one measurement (the metric only when it is not
+        ``latency``, whose keys predate the choice)."""
         return {
             "model": model_key, "input_shape": list(check_input_shape(input_shape)),
             "precision": check_precision(precision), "profile": self.profile.key(), "cpu": self.timing_cpu(),
             "openvino": self.versions["openvino"], "nncf": self.versions["nncf"],
-            "protocol": PROTOCOL_VERSION, "reference": self._reference_id,
+            "protocol": PROTOCOL_VERSION, "reference": self._reference_id, **_metric_entry(self.metric),
         }
 
     def ir_path(self, model_key: str, input_shape: Sequence[int], precision: str) -> Path:
@@ -287,7 +289,7 @@ class LatencyOracle:
         """Build (or reuse) the IR: returns its path, stage seconds and whether it was reused."""
         path = self.ir_path(model_key, input_shape, precision)
         if path.is_file() and path.with_suffix(".bin").is_file():
-            return path, {"build": 0.0, "convert": 0.0, "quantize": 0.0, "save": 0.0}, True
+            return path, dict(_REUSED), True
         with machinelock.shared(self.lock_path):  # conversion and NNCF: never beside a timing run
             stages = build_ir(model, check_input_shape(input_shape), IR_VARIANT[precision], path, calibration,
                               self.quantization)
@@ -379,7 +381,7 @@ class LatencyOracle:
 
     def _measure_new(self, prepare: Callable[[], tuple[Path, dict[str, float], bool]], model_key: str,
                      shape: tuple[int, ...], precision: str, hint: str) -> LatencyResult:
-        base = LatencyResult(status="failed", precision=precision, isa=self.profile.effective_isa(),
+        base = LatencyResult(status="failed", precision=precision, metric=self.metric, isa=self.profile.effective_isa(),
                              versions=dict(self.versions, protocol=str(PROTOCOL_VERSION)), model_key=model_key,
                              input_shape=shape, profile=self.profile.name, measured_at=time.time())
         timer = StageTimer()
@@ -392,11 +394,11 @@ class LatencyOracle:
         with timer("reference"):
             ref_ir = self._reference_ir(shape, precision)
         base.stage_seconds = {**stages, "reference": timer.seconds["reference"]}
-        config, dims = self.profile.compile_config(hint), list(shape)
+        config, dims = metric_config(self.profile.compile_config(hint), self.metric), list(shape)
         # "shape": the worker reshapes an IR with a dynamic input to it (static IRs are run as is)
         msg = {"op": "measure", "cand": {"path": str(ir), "config": config, "shape": dims},
                "ref": {"path": str(ref_ir), "config": config, "shape": dims} if ref_ir else None,
-               "timing": asdict(self.timing), "lock_path": self.lock_path}
+               "timing": asdict(self.timing), "lock_path": self.lock_path, "mode": self.metric}
         try:
             reply = self.worker.request(msg, self.timeout_s)
         except (WorkerError, WorkerCrashed, WorkerTimeout) as err:
@@ -415,6 +417,7 @@ class LatencyOracle:
         result.p10_ms, result.p90_ms = percentile(cand, 10), percentile(cand, 90)
         result.iterations, result.rounds = len(cand), len(reply["cand_rounds"])
         result.inference_precision = reply["inference_precision"]
+        result.streams, result.infer_requests = reply.get("streams"), reply.get("infer_requests")
         result.kernels = reply["kernels"]
         result.layer_kernels = reply.get("layer_kernels", {})
         result.above_cap = self._above_cap(result.layer_kernels)
@@ -431,3 +434,7 @@ class LatencyOracle:
             result.ratio_rel_error = rel_error if math.isfinite(rel_error) else None
             result.ratio, result.ratio_method = result.ratio_estimates[self.ratio_method], self.ratio_method
 
+
+def _metric_entry(metric: str) -> dict[str, str]:
+    """The metric's part of a cache key: nothing for ``latency`` (its keys predate the choice)."""
+    return {} if metric == "latency" else {"metric": metric}

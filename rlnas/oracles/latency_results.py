@@ -14,7 +14,11 @@ from rlnas.oracles.store import StoredResult
 class LatencyResult(StoredResult):
     """One latency measurement (or a failure and its reason) of a model on a device profile.
 
-    ``latency_ms`` is the median single-image latency, ``p10_ms``/``p90_ms`` its percentiles.
+    ``metric`` says what was timed (:mod:`rlnas.oracles.profiling`): ``latency``, where
+    ``latency_ms`` is the median single-image latency, or ``throughput``, where it is the median
+    time per image in OpenVINO's throughput mode (1000 / images per second), with ``streams``
+    and ``infer_requests`` the plugin's choice (1 and 1 for latency); ``p10_ms``/``p90_ms`` are
+    its percentiles.
     ``ratio`` is a robust estimate of candidate/reference latency from interleaved rounds
     (``ratio_estimates`` holds every estimator; ``ratio_method`` says which one ``ratio`` is) and
     ``ref_latency_ms`` the reference's median in those same rounds; ``ratio_rel_error`` is the
@@ -44,6 +48,9 @@ class LatencyResult(StoredResult):
     ir_path: str | None = None
     ir_size_bytes: int | None = None
     precision: str = "int8"
+    metric: str = "latency"
+    streams: int | None = None
+    infer_requests: int | None = None
     inference_precision: str | None = None
     isa: str | None = None
     kernels: dict[str, int] = field(default_factory=dict)
@@ -79,7 +86,8 @@ class Confirmation(StoredResult):
     ``ratio[name]`` is the median over rounds of the per-round ratio of the model's 10th-percentile
     time to the reference's (the search's estimator), ``ratio_ci[name]`` its 95 % bootstrap
     confidence interval over rounds (paired: both times of a ratio come from the same round),
-    ``latency_ms`` each model's median. ``above_cap[name]`` lists the ``<layer type>:<kernel>``
+    ``latency_ms`` each model's median time per image in ``metric`` (as :class:`LatencyResult`'s;
+    ``streams`` and ``infer_requests`` per model). ``above_cap[name]`` lists the ``<layer type>:<kernel>``
     that ran above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
     ``orders`` is the order the models ran in, round by round (:func:`~rlnas.oracles.worker.round_order`).
     ``timed_from``/``timed_to``: the wall clock at the start and end of the timed section, under
@@ -95,6 +103,9 @@ class Confirmation(StoredResult):
     kernels: dict[str, dict[str, int]] = field(default_factory=dict)
     above_cap: dict[str, list[str]] = field(default_factory=dict)
     inference_precision: dict[str, str] = field(default_factory=dict)
+    metric: str = "latency"
+    streams: dict[str, int] = field(default_factory=dict)
+    infer_requests: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     orders: list[list[str]] = field(default_factory=list)
     timed_from: float | None = None

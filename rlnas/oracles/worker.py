@@ -6,10 +6,16 @@ replies on a private copy of the original stdout (fd 1 itself is pointed at stde
 anything OpenVINO prints cannot corrupt the protocol). The worker never imports torch.
 
 Requests: ``{"op": "ping"}``, ``{"op": "measure", "cand": {"path", "config", "shape"}, "ref": ...|null,
-"timing", "lock_path"}`` (see :meth:`_Worker.measure`), ``{"op": "confirm", "models": {name: {"path",
-"config", "shape"}}, "timing", "lock_path"}`` (N models in interleaved rounds, see
+"timing", "lock_path", "mode"}`` (see :meth:`_Worker.measure`), ``{"op": "confirm", "models": {name:
+{"path", "config", "shape"}}, "timing", "lock_path", "mode"}`` (N models in interleaved rounds, see
 :meth:`_Worker.confirm`), ``{"op": "perf", "path", "config", "iters"}`` (per-layer times, see
 :meth:`_Worker.perf`), ``{"op": "shutdown"}``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
+
+``mode`` (default ``latency``) says how a block of inferences is timed: ``latency`` runs one request
+synchronously, one sample per inference (:func:`_block`); ``throughput`` keeps the compiled model's
+optimal number of requests in flight, one sample per wave of that many completions, as time per
+image (:class:`_ThroughputBlocks`). A sample counts as one of :class:`TimingConfig`'s iterations. The
+client sends the compile properties of its mode (:func:`rlnas.oracles.profiling.metric_config`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ import sys
 import time
 import traceback
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from rlnas import machinelock
 from rlnas.oracles.ratios import TimingConfig, ratio_rel_error
+
+#: ``block(n, skip)``: time ``n + skip`` samples of one model, return the last ``n`` (ms per image).
+Blocks = Callable[[int, int], list[float]]
 
 
 class _Worker:
@@ -75,24 +84,32 @@ class _Worker:
             req.set_tensor(port, self.ov.Tensor(data))
         return req
 
+    def blocks(self, compiled: Any, mode: str) -> Blocks:
+        """How a block of ``compiled`` is timed in ``mode`` (see the module doc)."""
+        if mode == "latency":
+            request = self.request(compiled)
+            return lambda n, skip: _block(request, n, skip)
+        if mode == "throughput":
+            return _ThroughputBlocks(self.ov, compiled, self.request(compiled))
+        raise ValueError(f"unknown mode {mode!r}; valid: latency, throughput")
+
     def measure(self, msg: dict[str, Any]) -> dict[str, Any]:
         cand, compile_s = self.compile(msg["cand"]["path"], msg["cand"]["config"], msg["cand"].get("shape"))
         ref = None
         if msg.get("ref"):
             ref, ref_compile_s = self.compile(msg["ref"]["path"], msg["ref"]["config"], msg["ref"].get("shape"))
             compile_s += ref_compile_s
-        timing = TimingConfig(**msg.get("timing", {}))
+        timing, mode = TimingConfig(**msg.get("timing", {})), msg.get("mode", "latency")
         held, rounds, measure_s = _timed_rounds(
-            self.request(cand), self.request(ref) if ref is not None else None, timing, msg.get("lock_path"))
+            self.blocks(cand, mode), self.blocks(ref, mode) if ref is not None else None, timing, msg.get("lock_path"))
         return {
             "cand_rounds": rounds["cand"], "ref_rounds": rounds["ref"],
             "compile_s": compile_s, "measure_s": measure_s, **held,
             "kernels": kernel_summary(cand), "layer_kernels": kernel_summary(cand, by_layer=True),
             "inference_precision": precision_name(cand.get_property("INFERENCE_PRECISION_HINT")),
             "threads": int(cand.get_property("INFERENCE_NUM_THREADS")),
-            "streams": int(cand.get_property("NUM_STREAMS")),
+            "streams": int(cand.get_property("NUM_STREAMS")), "infer_requests": infer_requests(cand, mode),
         }
-
 
     def confirm(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Time N models in interleaved rounds: every round runs one block of each model, in
@@ -106,33 +123,17 @@ class _Worker:
             start = time.perf_counter()
             compiled[name] = self.core.compile_model(model, "CPU", spec["config"])
             compile_s += time.perf_counter() - start
-        timing = TimingConfig(**msg.get("timing", {}))
-        requests = {name: self.request(c) for name, c in compiled.items()}
-        held, rounds, orders, measure_s = _interleaved_rounds(requests, timing, msg.get("lock_path"),
-                                                              lead=next(iter(requests)))
+        timing, mode = TimingConfig(**msg.get("timing", {})), msg.get("mode", "latency")
+        blocks = {name: self.blocks(c, mode) for name, c in compiled.items()}
+        held, rounds, orders, measure_s = _interleaved_rounds(blocks, timing, msg.get("lock_path"),
+                                                              lead=next(iter(blocks)))
         return {"rounds": rounds, "orders": orders, "compile_s": compile_s, "measure_s": measure_s, **held,
                 "kernels": {name: kernel_summary(c) for name, c in compiled.items()},
                 "layer_kernels": {name: kernel_summary(c, by_layer=True) for name, c in compiled.items()},
                 "inference_precision": {name: precision_name(c.get_property("INFERENCE_PRECISION_HINT"))
-                                        for name, c in compiled.items()}}
-
-
-    def throughput(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Frames per second of each IR in OpenVINO's throughput mode (``PERFORMANCE_HINT:
-        THROUGHPUT``, the plugin's optimal number of async requests), measured ``repeats`` times in
-        alternation for ``seconds`` each, under the lock."""
-        config = {**msg["config"], "PERFORMANCE_HINT": "THROUGHPUT"}
-        config.pop("NUM_STREAMS", None)
-        compiled = {name: self.core.compile_model(self.core.read_model(path), "CPU", config)
-                    for name, path in msg["models"].items()}
-        fps: dict[str, list[float]] = {name: [] for name in compiled}
-        with _machine_lock(msg.get("lock_path")):
-            for _ in range(int(msg.get("repeats", 3))):
-                for name, model in compiled.items():
-                    fps[name].append(_async_fps(self.ov, model, self.request, float(msg.get("seconds", 3.0))))
-        return {"fps": fps, "nireq": {n: int(c.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-                                      for n, c in compiled.items()},
-                "streams": {n: int(c.get_property("NUM_STREAMS")) for n, c in compiled.items()}}
+                                        for name, c in compiled.items()},
+                "streams": {name: int(c.get_property("NUM_STREAMS")) for name, c in compiled.items()},
+                "infer_requests": {name: infer_requests(c, mode) for name, c in compiled.items()}}
 
     def perf(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Per-layer times (OpenVINO ``PERF_COUNT``) of one IR: ``iters`` inferences after a
@@ -163,22 +164,38 @@ class _Worker:
                 "iters": iters}
 
 
-def _async_fps(ov: Any, compiled: Any, request: Any, seconds: float) -> float:
-    """Completed inferences per second with the optimal number of requests in flight."""
-    queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-    inputs = request(compiled)
-    for i in range(len(queue)):
-        for port in compiled.inputs:
-            queue[i].set_tensor(port, inputs.get_tensor(port))
-    for _ in range(2 * len(queue)):  # warm-up
-        queue.start_async()
-    queue.wait_all()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        queue.start_async()
-        done += 1
-    queue.wait_all()
-    return done / (time.perf_counter() - start)
+class _ThroughputBlocks:
+    """Blocks of one compiled model in throughput mode: its optimal number of requests (``nireq``)
+    kept in flight, all on the same random input. A block fills the queue, then times waves of
+    ``nireq`` new starts (each start waits for a request to complete, so a wave is ``nireq``
+    completions in the steady state) and drains it; a sample is a wave's time per image (ms)."""
+
+    def __init__(self, ov: Any, compiled: Any, inputs: Any) -> None:
+        self.queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        for i in range(len(self.queue)):
+            for port in compiled.inputs:
+                self.queue[i].set_tensor(port, inputs.get_tensor(port))
+
+    def __call__(self, n: int, skip: int) -> list[float]:
+        size = len(self.queue)
+        for _ in range(size):  # the fill: not timed, every request busy afterwards
+            self.queue.start_async()
+        times = []
+        start = time.perf_counter()
+        for i in range(n + skip):
+            for _ in range(size):
+                self.queue.start_async()
+            now = time.perf_counter()
+            if i >= skip:
+                times.append((now - start) * 1e3 / size)
+            start = now
+        self.queue.wait_all()
+        return times
+
+
+def infer_requests(compiled: Any, mode: str) -> int:
+    """How many requests a block of ``mode`` keeps in flight."""
+    return int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if mode == "throughput" else 1
 
 
 def precision_name(value: Any) -> str:
@@ -229,20 +246,20 @@ def round_order(names: list[str], r: int) -> list[str]:
     return order[::-1] if r % 2 else order
 
 
-def _timed_rounds(cand: Any, ref: Any | None, timing: TimingConfig,
+def _timed_rounds(cand: Blocks, ref: Blocks | None, timing: TimingConfig,
                   lock_path: str | None) -> tuple[dict[str, float], dict[str, list[list[float]]], float]:
     """Warm up and time interleaved rounds of (reference, candidate) under the machine-wide lock.
 
     Returns (the hold as :func:`_interleaved_rounds` gives it, {"cand": [...], "ref": [...]}
     block times per round, seconds measured); the reference's times are empty without a reference.
     """
-    requests = {"ref": ref, "cand": cand} if ref is not None else {"cand": cand}
-    held, rounds, _, measured = _interleaved_rounds(requests, timing, lock_path, "cand", "ref" if ref else None)
+    blocks = {"ref": ref, "cand": cand} if ref is not None else {"cand": cand}
+    held, rounds, _, measured = _interleaved_rounds(blocks, timing, lock_path, "cand", "ref" if ref is not None else None)
     rounds.setdefault("ref", [])
     return held, rounds, measured
 
 
-def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig, lock_path: str | None,
+def _interleaved_rounds(blocks: dict[str, Blocks], timing: TimingConfig, lock_path: str | None,
                         lead: str, ref: str | None = None
                         ) -> tuple[dict[str, float], dict[str, list[list[float]]], list[list[str]], float]:
     """Warm up, then time rounds of one block per model in :func:`round_order` under the lock,
@@ -250,18 +267,18 @@ def _interleaved_rounds(requests: dict[str, Any], timing: TimingConfig, lock_pat
     ``lock_wait_s`` and the wall-clock ``timed_from``/``timed_to`` of the timed section, both
     taken while the lock is held alone, so that the spans of all timings on a machine are
     disjoint; block times per model and round; the order of each round; seconds measured)."""
-    names = list(requests)
+    names = list(blocks)
     with _machine_lock(lock_path) as waited:
         held_from = time.time()  # wall clock (comparable across processes), the lock held alone
         start = time.perf_counter()
         for name in names:
-            _block(requests[name], timing.warmup_iters, 0)
+            blocks[name](timing.warmup_iters, 0)
         rounds: dict[str, list[list[float]]] = {name: [] for name in names}
         orders: list[list[str]] = []
         while not _done(rounds[lead], rounds[ref] if ref else [], time.perf_counter() - start, timing):
             orders.append(round_order(names, len(orders)))
             for name in orders[-1]:
-                rounds[name].append(_block(requests[name], timing.block_iters, timing.block_skip))
+                rounds[name].append(blocks[name](timing.block_iters, timing.block_skip))
         measured = time.perf_counter() - start
         held = {"lock_wait_s": waited.seconds, "timed_from": held_from, "timed_to": time.time()}
     return held, rounds, orders, measured
@@ -302,10 +319,8 @@ def _serve(proto: IO[str]) -> None:
                 reply({"ok": True, **worker.confirm(msg)})
             elif op == "perf":
                 reply({"ok": True, **worker.perf(msg)})
-            elif op == "throughput":
-                reply({"ok": True, **worker.throughput(msg)})
             else:
-                reply({"ok": False, "error": f"unknown op {op!r}; valid: ping, measure, confirm, perf, throughput, shutdown"})
+                reply({"ok": False, "error": f"unknown op {op!r}; valid: ping, measure, confirm, perf, shutdown"})
         except Exception as err:  # a bad model must not kill the worker
             reply({"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
 

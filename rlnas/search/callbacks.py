@@ -122,7 +122,8 @@ def _arch_text(m: Measurement) -> str:
 
 
 class ProgressBar:
-    """tqdm bar of unique evaluations / budget with the best feasible ratio so far."""
+    """tqdm bar of unique evaluations / budget with the best feasible ratio so far, labelled with
+    what the ratio times (the latency oracle's metric)."""
 
     def __init__(self, evaluator: Evaluator, desc: str = "search") -> None:
         from tqdm.auto import tqdm
@@ -136,7 +137,8 @@ class ProgressBar:
         self.bar.update(evaluator.unique_evaluations - self.bar.n)
         best = evaluator.best_feasible()
         # the search's own timing of the best candidate: the exported speed-up comes from the confirmation
-        self.bar.set_postfix(best_search_ratio=f"{best.latency_ratio:.3f} (unconfirmed)" if best else "-",
+        ratio = f"{best.latency_ratio:.3f} ({evaluator.latency_metric}, unconfirmed)" if best else "-"
+        self.bar.set_postfix(best_search_ratio=ratio,
                              cache_hits=evaluator.stats.oracle_cache_hits, refresh=False)
 
     def close(self) -> None:

@@ -199,6 +199,12 @@ class Evaluator:
         return accuracy_target(self.tau, None, self.baseline.acc_fp32)
 
     @property
+    def latency_metric(self) -> str:
+        """What the latency ratios time: the latency oracle's metric (batch-1 latency for an
+        oracle that names none, e.g. the surrogate)."""
+        return getattr(self.latency_oracle, "metric", "latency")
+
+    @property
     def unique_evaluations(self) -> int:
         return len(self.history)
 
@@ -398,6 +404,7 @@ class Evaluator:
         if lat is None:
             return m
         m.latency_ms, m.ref_latency_ms = _num(lat.latency_ms), _num(lat.ref_latency_ms)
+        m.latency_metric = getattr(lat, "metric", "latency")
         m.latency_ratio = _num(getattr(lat, "ratio", None))
         if m.latency_ratio is None and self._baseline is not None and m.latency_ms:
             m.latency_ratio = m.latency_ms / self._baseline.latency_ms

@@ -14,7 +14,9 @@ from rlnas.oracles.store import StoredResult
 class Measurement(StoredResult):
     """Everything measured about one architecture (INT8 numbers from OpenVINO on the profile).
 
-    ``latency_ratio`` is ``Lat(a) / Lat(a0)`` with a0 timed alongside by the latency oracle;
+    ``latency_ratio`` is ``Lat(a) / Lat(a0)`` with a0 timed alongside by the latency oracle, in
+    ``latency_metric`` (:mod:`rlnas.oracles.profiling`: batch-1 latency, or the time per image in
+    OpenVINO's throughput mode, when ``latency_ms`` is that time too);
     ``feasible`` is ``acc_int8 >= tau * acc_fp32(a0)``; ``cached`` says both oracles answered
     from the store; ``stage_seconds`` holds the oracles' timings (``accuracy/...``,
     ``latency/...``) and ``evaluator/profile``.
@@ -26,6 +28,7 @@ class Measurement(StoredResult):
     latency_ms: float | None = None
     ref_latency_ms: float | None = None
     latency_ratio: float | None = None
+    latency_metric: str = "latency"
     acc_fp32: float | None = None
     acc_int8: float | None = None
     feasible: bool = False
