@@ -422,7 +422,8 @@ def test_confirmation_times_n_models_in_the_same_rounds(oracle, int8_result, tmp
     assert 2 / 3 < c.ratio["a0_copy"] < 3 / 2  # the same network timed in the same rounds as a0
     assert c.ratio["shallow"] < c.ratio["deep"]
     # a ratio is candidate / a0 (not a0 / candidate): the ratios order the networks as their latencies do
-    distinct = ["a0", "shallow", "deep"]
+    # (a0 and the deep network: about twice apart; the shallow one times within noise of a0 at 16 px)
+    distinct = ["a0", "deep"]
     assert sorted(distinct, key=c.ratio.get) == sorted(distinct, key=c.latency_ms.get), (c.ratio, c.latency_ms)
     for name in irs:
         low, high = c.ratio_ci[name]
