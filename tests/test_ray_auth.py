@@ -1,24 +1,27 @@
-"""The embedded Ray of ``backend=ray`` is safe by default: a client without its token (or with a
-wrong one) cannot connect to it, let alone run a task, while one with the token can; the token
-is never logged and goes away with the cluster. And Ray is an optional extra: without it every
-module but the Ray backend imports, and ``backend=ray`` is one line naming the install command."""
+"""The embedded Ray of ``backend=ray`` is safe by default: none of its processes listens on an
+address other than the loopback one; a client without its token (or with a wrong one) cannot
+connect to it, let alone run a task, while one with the token can; the token is never logged and
+goes away with the cluster. And Ray is an optional extra: without it every module but the Ray
+backend's imports, and ``backend=ray`` is one line naming the install command."""
 
 from __future__ import annotations
 
 import configparser
 import contextlib
+import ipaddress
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 
 import rlnas
 from rlnas.distributed import RAY_INSTALL, RayNotInstalled, require_ray
-from rlnas.distributed.cluster import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV
+from rlnas.distributed.cluster import AUTH_MODE_ENV, LOOPBACK_ENV, TOKEN_ENV, TOKEN_PATH_ENV, ray_constants
 from rlnas.distributed.ray_backend import RayBackend
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,18 +37,20 @@ print("RESULT", ray.get(ray.remote(lambda: 6 * 7).remote(), timeout=60))
 
 def client(address: str, home: Path, **auth: str) -> subprocess.CompletedProcess:
     """Run :data:`CLIENT` with only the Ray authentication settings given (its own empty home, so
-    no ``~/.ray/auth_token`` either); one connection attempt, not Ray's twenty."""
+    no ``~/.ray/auth_token`` either); one connection attempt, not Ray's twenty. The client runs in
+    Ray's one-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``): otherwise Ray replaces the
+    ``127.0.0.1`` of the address by the machine's own address, where nothing listens."""
     env = {k: v for k, v in os.environ.items() if k not in (AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV)}
-    env.update(HOME=str(home), RAY_NUM_REDIS_GET_RETRIES="1", **auth)
+    env.update(HOME=str(home), RAY_NUM_REDIS_GET_RETRIES="1", **{LOOPBACK_ENV: "0"}, **auth)
     return subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True, text=True,
                           timeout=120)
 
 
 @pytest.fixture(autouse=True)
 def no_auth_settings(monkeypatch, tmp_path):
-    """No Ray authentication settings of the caller's, and a home without ``~/.ray``."""
+    """No Ray authentication or network settings of the caller's, and a home without ``~/.ray``."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in (AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV):
+    for name in (AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, LOOPBACK_ENV):
         monkeypatch.delenv(name, raising=False)
     assert not ray.is_initialized()
 
@@ -60,6 +65,39 @@ def embedded_ray():
     finally:
         backend.stop()
     assert not ray.is_initialized()
+
+
+def listening(process: psutil.Process) -> list[tuple[str, str, int]]:
+    """``(process name, address, port)`` of each TCP socket ``process`` listens on."""
+    try:
+        return [(process.name(), c.laddr.ip, c.laddr.port) for c in process.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN]
+    except psutil.NoSuchProcess:  # ended since it was listed: it listens on nothing
+        return []
+
+
+def is_loopback(address: str) -> bool:
+    """``127.0.0.1``, ``::1`` and ``::ffff:127.0.0.1`` (an IPv4 loopback bound by a dual-stack socket)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (ip.ipv4_mapped or ip).is_loopback if isinstance(ip, ipaddress.IPv6Address) else ip.is_loopback
+
+
+def test_embedded_ray_listens_on_the_loopback_address_only():
+    me = psutil.Process()
+    others = {p.pid for p in me.children(recursive=True)}
+    own = set(listening(me))
+    with embedded_ray() as address:
+        assert LOOPBACK_ENV not in os.environ and ray_constants.ENABLE_RAY_CLUSTER  # only for the start
+        assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker process runs, with its own server
+        started = [p for p in me.children(recursive=True) if p.pid not in others]
+        found = [s for p in started for s in listening(p)] + sorted(set(listening(me)) - own)  # + the driver's
+        (node,) = ray.nodes()
+    names = {name for name, _, _ in found}
+    assert {"gcs_server", "raylet"} <= names, found
+    ports = {port for _, _, port in found}
+    assert int(address.rsplit(":", 1)[1]) in ports and node["NodeManagerPort"] in ports, (address, node, found)
+    assert not [s for s in found if not is_loopback(s[1])], found
+    assert address.rsplit(":", 1)[0] == node["NodeManagerAddress"] == "127.0.0.1"
 
 
 def refused(result: subprocess.CompletedProcess) -> bool:

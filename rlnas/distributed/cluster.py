@@ -1,23 +1,28 @@
 """The Ray cluster of ``backend=ray``: Ray imported behind the install check, the embedded
-cluster's start (token authentication), and what every actor kind shares (the node's identity
-and directory, the lost-node error, the dataset config sent to a node).
+cluster's start (token authentication, loopback address only), and what every actor kind shares
+(the node's identity and directory, the lost-node error, the dataset config sent to a node).
 
 Ray is imported here alone: the other modules of this package take ``ray`` from here, so that
 importing any of them without Ray raises :class:`~rlnas.distributed.RayNotInstalled`, one line
 naming the install command, instead of a bare ImportError.
 
 **Safety of the embedded Ray** (no ``address``): it always uses Ray's token authentication, with
-a random token of its own unless the user gave one (:func:`token_auth_env`), and no dashboard:
-a client without the token cannot connect, let alone run code. A cluster of the user's needs the
-token too (``RAY_AUTH_MODE=token`` on every node and the driver): ``docs/ray.md``.
+a random token of its own unless the user gave one (:func:`token_auth_env`), no dashboard, and
+every one of its servers (GCS, raylet, object manager, workers, agents, metrics) listens on the
+loopback address alone (:func:`loopback_node`): nothing on the network can reach it, and a local
+client without the token cannot connect. A cluster of the user's needs the token too
+(``RAY_AUTH_MODE=token`` on every node and the driver): ``docs/ray.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import secrets
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +34,14 @@ from rlnas.oracles.worker_client import WorkerCrashed
 
 try:  # the optional extra: without it, one line saying how to install it
     import ray
+    import ray._private.ray_constants as ray_constants  # Ray-internal: see loopback_node
 except ImportError as err:
     require_ray()  # not installed at all
     raise RayNotInstalled(f"backend=ray needs Ray, which cannot be imported ({err}): {RAY_INSTALL}") from err
 require_ray(ray.__version__)
 
-__all__ = ["AUTH_MODE_ENV", "NODE_DIR", "RESOURCE_PREFIX", "TOKEN_ENV", "TOKEN_PATH_ENV",
-           "NodeLost", "device_resource", "node_dataset", "node_info", "ray", "restore_env",
+__all__ = ["AUTH_MODE_ENV", "LOOPBACK_ENV", "NODE_DIR", "RESOURCE_PREFIX", "TOKEN_ENV", "TOKEN_PATH_ENV",
+           "NodeLost", "device_resource", "loopback_node", "node_dataset", "node_info", "ray", "restore_env",
            "start_embedded", "stop_embedded", "token_auth_env", "write_atomic"]
 
 #: Prefix of the custom resource a node advertises for a device profile.
@@ -45,6 +51,9 @@ NODE_DIR = Path(tempfile.gettempdir()) / "rlnas-ray"
 #: Ray's switch for token authentication and its two ways of taking the token: the value, or a
 #: file holding it (https://docs.ray.io/en/latest/ray-security/token-auth.html).
 AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+#: Ray's switch between a cluster of machines (1, Linux's default) and one machine on the loopback
+#: address (0, the default on macOS and Windows); read into ``ray_constants.ENABLE_RAY_CLUSTER``.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def device_resource(profile: str) -> str:
@@ -85,13 +94,19 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def start_embedded(num_cpus: int | None, resources: dict[str, float],
                    **options: Any) -> dict[str, str | None]:
-    """Start a local Ray for this run only, with token authentication (:func:`token_auth_env`)
-    and the dashboard's host ``127.0.0.1``. ``options``: the rest of ``ray.init``'s. Returns what
-    :func:`stop_embedded` puts back."""
+    """Start a local Ray for this run only: token authentication (:func:`token_auth_env`), every
+    server on the loopback address (:func:`loopback_node`), the dashboard's host ``127.0.0.1``.
+    ``options``: the rest of ``ray.init``'s. Returns what :func:`stop_embedded` puts back.
+
+    :raises RuntimeError: the node address Ray chose is not a loopback address (the cluster is
+        stopped again: it would listen on the network).
+    """
     saved = token_auth_env()
     try:
-        ray.init(address="local", num_cpus=num_cpus, resources=resources, dashboard_host="127.0.0.1",
-                 **options)
+        with loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, resources=resources, dashboard_host="127.0.0.1",
+                     **options)
+        _check_loopback(ray.util.get_node_ip_address())
     except BaseException:
         stop_embedded(saved)
         raise
@@ -103,6 +118,36 @@ def stop_embedded(saved: dict[str, str | None]) -> None:
     if ray.is_initialized():
         ray.shutdown()
     restore_env(saved)
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Within it, a Ray started here takes the loopback address as its node address, and then
+    every server of it listens on the loopback address alone (Ray 2.60: the GCS, raylet, object
+    manager and worker gRPC servers bind ``127.0.0.1`` when the node address is ``127.0.0.1``,
+    else ``0.0.0.0``; the agents and metrics endpoints follow the node address too).
+
+    Asking for it in ``ray.init(_node_ip_address="127.0.0.1")`` does not work: Ray replaces a
+    loopback node address by the machine's own (``services.resolve_ip_for_localhost``) unless it
+    runs in its one-machine mode, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS and
+    Windows. Ray reads that variable once, when it is imported, into
+    ``ray_constants.ENABLE_RAY_CLUSTER``: both are set here for the start alone (the processes Ray
+    starts inherit the variable) and put back after, so that a later connection to a cluster of
+    machines from this process is unaffected."""
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        restore_env({LOOPBACK_ENV: saved_env}, reload_auth=False)
+
+
+def _check_loopback(address: str) -> None:
+    if not ipaddress.ip_address(address).is_loopback:
+        raise RuntimeError(f"the embedded Ray took {address} as its node address, not a loopback address: "
+                           "its servers would listen on the network, so it was stopped (docs/ray.md)")
 
 
 # -- token authentication of the embedded Ray -----------------------------------------------------------
@@ -123,14 +168,16 @@ def token_auth_env() -> dict[str, str | None]:
     return saved
 
 
-def restore_env(saved: dict[str, str | None]) -> None:
-    """Put back what :func:`token_auth_env` changed (after the embedded Ray stopped)."""
+def restore_env(saved: dict[str, str | None], reload_auth: bool = True) -> None:
+    """Put back the environment variables of ``saved`` (None: unset); by default, have Ray read
+    its authentication settings again (after :func:`token_auth_env`)."""
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    _reload_ray_auth()
+    if reload_auth:
+        _reload_ray_auth()
 
 
 def _reload_ray_auth() -> None:
