@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import search_data_overrides, tiny_a0
 
-import rlnas
-from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.oracles.device import host_cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -23,26 +21,14 @@ import latency_agreement  # noqa: E402
 SHORT = ["--timing", "min_rounds=3", "--timing", "min_time_s=0", "--timing", "max_time_s=5"]
 
 
-def _tiny_a0(path: Path) -> Path:
-    from rlnas.spaces import create_supernet
-
-    torch.manual_seed(0)
-    supernet = create_supernet("resnet_tiny", num_classes=10)
-    torch.save(supernet.extract(supernet.space.max_arch()).state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A finished tiny search (random agent, budget 4, no export) with its own store."""
     root = tmp_path_factory.mktemp("agreement")
     overrides = ["experiment=tiny", "device=host", "logging.progress=false", "logging.tensorboard=false",
                  "accuracy.fp32_images=0", "agent=random", "budget=4", "export.enabled=false",
-                 f"a0.checkpoint={_tiny_a0(root / 'a0.pt')}", f"supernet.dir={root / 'supernets'}",
-                 f"cache_dir={root / 'cache'}", f"run_dir={root / 'run'}"]
-    if not (rlnas.REPO_DIR / "data" / "cifar10" / "train").is_dir():
-        images = write_synthetic_imagefolder(root / "images", {"train": 26, "test": 13}, num_classes=10)
-        overrides.append(f"dataset.root={images}")
+                 f"a0.checkpoint={tiny_a0(root / 'a0.pt')}", f"supernet.dir={root / 'supernets'}",
+                 f"cache_dir={root / 'cache'}", f"run_dir={root / 'run'}", *search_data_overrides(root)]
     proc = subprocess.run([str(Path(sys.executable).parent / "rlnas-search"), *overrides], cwd=root,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]

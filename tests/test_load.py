@@ -14,16 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import search_data_overrides, tiny_a0
 from torch import nn
 
-import rlnas
 from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.oracles.store import MeasurementStore, canonical_json, key_hash
 
 pytestmark = pytest.mark.slow
-REPO = rlnas.REPO_DIR
 SEEDS, BUDGET = (0, 1, 2), 4  # seeds whose first BUDGET one-edit neighbours of a0 overlap (checked below)
 BIN = Path(sys.executable).parent
 
@@ -39,30 +37,6 @@ print(find_or_train_supernet(cfg, int(data.num_classes), load_a0(cfg, int(data.n
 """
 
 
-def _image_folder(root: Path) -> Path:
-    """10 classes of random 32x32 PNGs in train/ and test/ (used when data/cifar10 is absent)."""
-    from torchvision.io import write_png
-
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 26), ("test", 13)):
-        for c in range(10):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                write_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen), str(folder / f"{i}.png"))
-    return root
-
-
-def _tiny_a0(path: Path) -> Path:
-    """A resnet_tiny "user model" for 10 classes (its untrained maximal network)."""
-    from rlnas.spaces import create_supernet
-
-    torch.manual_seed(0)
-    supernet = create_supernet("resnet_tiny", num_classes=10)
-    torch.save(supernet.extract(supernet.space.max_arch()).state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, list[Path]]:
     """The supernet trained once, then three searches started together on one cache directory
@@ -70,11 +44,10 @@ def runs(tmp_path_factory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("load")
     lock = root / "machine.lock"
     overrides = ["experiment=tiny", f"supernet.dir={root / 'supernets'}", "device=host", "logging.progress=false",
-                 "logging.tensorboard=false", "accuracy.fp32_images=0", f"a0.checkpoint={_tiny_a0(root / 'a0.pt')}",
+                 "logging.tensorboard=false", "accuracy.fp32_images=0", f"a0.checkpoint={tiny_a0(root / 'a0.pt')}",
                  "agent=evolution", "agent.init=a0", f"budget={BUDGET}", "export.enabled=false", "finalists.k=0",
-                 f"+latency.lock_path={lock}", f"+accuracy.lock_path={lock}", f"cache_dir={root / 'cache'}"]
-    if not (REPO / "data" / "cifar10" / "train").is_dir():
-        overrides.append(f"dataset.root={_image_folder(root / 'images')}")
+                 f"+latency.lock_path={lock}", f"+accuracy.lock_path={lock}", f"cache_dir={root / 'cache'}",
+                 *search_data_overrides(root)]
     trained = subprocess.run([sys.executable, "-c", TRAIN, *overrides], cwd=root, capture_output=True, text=True,
                              timeout=900)
     assert trained.returncode == 0, trained.stderr[-3000:]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import search_data_overrides, tiny_a0
 
 import rlnas
 from rlnas.oracles.store import MeasurementStore
@@ -24,31 +25,6 @@ pytestmark = pytest.mark.slow
 REPO = rlnas.REPO_DIR
 
 
-def _image_folder(root: Path) -> Path:
-    """10 classes of random 32x32 PNGs in train/ and test/ (used when data/cifar10 is absent)."""
-    from torchvision.io import write_png
-
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 26), ("test", 13)):
-        for c in range(10):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                write_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen), str(folder / f"{i}.png"))
-    return root
-
-
-def _tiny_a0(path: Path) -> Path:
-    """A resnet_tiny "user model" for 10 classes: trained a few steps so that its accuracy as
-    deployed differs from the supernet's maximal subnet after elastic training."""
-    from rlnas.spaces import create_supernet
-
-    torch.manual_seed(0)
-    supernet = create_supernet("resnet_tiny", num_classes=10)
-    torch.save(supernet.extract(supernet.space.max_arch()).state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """The workspace of the module's tests: the overrides of every run (the supernet is trained
@@ -56,9 +32,7 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     # fp32_images=0: candidates skip the FP32 pass (acc_fp32 None), as the full experiments do
     overrides = ["experiment=tiny", f"supernet.dir={root / 'supernets'}", "device=host", "logging.progress=false",
-                 "accuracy.fp32_images=0", f"a0.checkpoint={_tiny_a0(root / 'a0.pt')}"]
-    if not (REPO / "data" / "cifar10" / "train").is_dir():
-        overrides.append(f"dataset.root={_image_folder(root / 'images')}")
+                 "accuracy.fp32_images=0", f"a0.checkpoint={tiny_a0(root / 'a0.pt')}", *search_data_overrides(root)]
     return root, overrides
 
 
