@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlnas.errors import ConfigError
+from rlnas.rules import FieldError, check_fields, integer, number, ruled
 
 RATIO_METHODS = ("median_round_p10", "median_round_median", "p10", "median", "min")
 
@@ -32,32 +32,24 @@ class TimingConfig:
     start of each block are run but not recorded (cold caches after switching models).
     """
 
-    warmup_iters: int = 10
-    block_iters: int = 10
-    block_skip: int = 1
-    min_rounds: int = 5
-    max_rounds: int = 10_000
-    min_iters: int = 50
-    min_time_s: float = 1.0
-    max_time_s: float = 60.0
-    target_rel_error: float | None = None
+    warmup_iters: int = ruled(10, integer(0))
+    block_iters: int = ruled(10, integer(1))
+    block_skip: int = ruled(1, integer(0))
+    min_rounds: int = ruled(5, integer(1))
+    max_rounds: int = ruled(10_000, integer(1))
+    min_iters: int = ruled(50, integer(1))
+    min_time_s: float = ruled(1.0, number(0, note="seconds"))
+    max_time_s: float = ruled(60.0, number(0, low_open=True, note="seconds"))
+    target_rel_error: float | None = ruled(None, number(0, low_open=True, null="no such condition"))
 
     def __post_init__(self) -> None:
-        at_least = {"warmup_iters": 0, "block_iters": 1, "block_skip": 0, "min_rounds": 1, "max_rounds": 1,
-                    "min_iters": 1}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name}={value!r}: an integer >= {low}")
+        check_fields(self)
         if self.block_skip >= self.block_iters:
-            raise ConfigError(f"block_skip={self.block_skip} must be below block_iters={self.block_iters}")
+            raise FieldError("block_skip", self.block_skip, f"below block_iters ({self.block_iters})")
         if self.max_rounds < self.min_rounds:
-            raise ConfigError(f"max_rounds={self.max_rounds} must be >= min_rounds={self.min_rounds}")
-        if not 0 <= self.min_time_s <= self.max_time_s or self.max_time_s <= 0:
-            raise ConfigError(f"min_time_s={self.min_time_s}, max_time_s={self.max_time_s}: need "
-                              "0 <= min_time_s <= max_time_s and max_time_s > 0")
-        if self.target_rel_error is not None and not self.target_rel_error > 0:
-            raise ConfigError(f"target_rel_error={self.target_rel_error}: null or a number > 0")
+            raise FieldError("max_rounds", self.max_rounds, f">= min_rounds ({self.min_rounds})")
+        if self.min_time_s > self.max_time_s:
+            raise FieldError("min_time_s", self.min_time_s, f"<= max_time_s ({self.max_time_s})")
 
 
 def round_ratios(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> list[float]:

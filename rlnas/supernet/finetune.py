@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rlnas import machinelock
+from rlnas.rules import check_fields, integer, number, ruled
 from rlnas.supernet.checkpoint import atomic_save, load_file
 from rlnas.supernet.train import kd_loss, sgd, to_device
 
@@ -29,23 +30,29 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FineTuneOptions:
-    """How one network is fine-tuned (``cfg.finalists``' training fields).
+    """How one network is fine-tuned (the training fields of ``cfg.finalists``: its
+    :class:`~rlnas.schema.FinalistsConfig` extends this class, so each default is written here once).
 
-    :param epochs: epochs over the training images (fractions allowed).
+    :param epochs: epochs over the training images (fractions allowed; 0: no fine-tuning).
     :param lr: peak SGD learning rate (5 % warm-up, cosine to 0); ``weight_decay`` on weights only.
     :param kd_alpha: loss = ``kd_alpha`` * KD(teacher) + (1 - ``kd_alpha``) * CE(labels, smoothing).
+    :param kd_temperature: the distillation temperature.
     :param checkpoint_every: optimizer steps between resumable checkpoints.
+    :param progress: a tqdm bar.
     """
 
-    epochs: float = 1.0
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    kd_alpha: float = 0.8
-    kd_temperature: float = 1.0
-    label_smoothing: float = 0.1
-    checkpoint_every: int = 50
+    epochs: float = ruled(1.0, number(0, note="0: no fine-tuning"))
+    lr: float = ruled(0.01, number(0, low_open=True))
+    weight_decay: float = ruled(5e-4, number(0))
+    batch_size: int = ruled(128, integer(1))
+    kd_alpha: float = ruled(0.8, number(0, 1))
+    kd_temperature: float = ruled(1.0, number(0, low_open=True))
+    label_smoothing: float = ruled(0.1, number(0, 1, high_open=True))
+    checkpoint_every: int = ruled(50, integer(1))
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def classification_kd(options: FineTuneOptions) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
