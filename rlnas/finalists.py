@@ -31,7 +31,7 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,95 +41,22 @@ import torch
 from torch import nn
 
 from rlnas.arch import Arch
-from rlnas.errors import ConfigError
 from rlnas.oracles.latency_results import Confirmation
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup
+from rlnas.schema import FinalistsConfig
 from rlnas.search.measurement import Measurement
 from rlnas.stats import accuracy_interval, bound_test, pack_bits, unpack_bits
 from rlnas.supernet.a0 import frozen_teacher
 from rlnas.supernet.checkpoint import weights_hash
-from rlnas.supernet.finetune import FineTune, FineTuneOptions
+from rlnas.supernet.finetune import FineTune
 
 log = logging.getLogger("rlnas.finalists")
 
 FINALISTS_DIR = "finalists"
 FINALISTS_JSON = "finalists.json"
 A0_NAME = "a0"
-RANKINGS = ("objective", "latency")
-QUANTIZATIONS = ("ptq", "accuracy_control")
-
-
-@dataclass(frozen=True)
-class FinalistsConfig:
-    """``cfg.finalists``.
-
-    :param k: how many candidates to fine-tune and confirm (0: none; the export then takes the
-        search's best feasible candidate as measured).
-    :param margin: candidates up to this much accuracy below the target may be finalists.
-    :param rank: how the eligible candidates are ordered: ``objective`` (the reward's, so a hard
-        reward puts every feasible one first) or ``latency`` (the fastest first: near-misses that
-        fine-tuning may lift over the target compete with feasible ones on speed alone).
-    :param epochs: fine-tuning epochs over the training images (fractions allowed; 0: no tuning).
-    :param lr: peak SGD learning rate (5 % warm-up, cosine to 0); ``weight_decay`` on weights only.
-    :param kd_alpha: loss = ``kd_alpha`` * KD(a0) + (1 - ``kd_alpha``) * CE(labels, smoothing).
-    :param checkpoint_every: fine-tuning steps between resumable checkpoints.
-    :param confidence: with which the chosen finalist must meet the bound on validation images
-        (one-sided, split over the finalists compared; :func:`rlnas.stats.bound_test`).
-    :param confirm_timing: :class:`TimingConfig` of the confirmation (longer than the search's).
-    :param confirm_passes: confirmation passes (each a full interleaved measurement of a0 and the
-        finalists); a finalist's confirmed ratio is its median over them.
-    :param quantization: how each fine-tuned finalist becomes INT8: ``ptq`` (NNCF post-training
-        quantization on ``calib_images`` real images, as the search measured) or
-        ``accuracy_control`` (``nncf.quantize_with_accuracy_control``: then quantizers are
-        reverted to FP32 until the INT8 top-1 on the *validation* images is at most ``max_drop``
-        below the FP32 model's; slower, classification only). Its INT8 model is the one scored,
-        confirmed and exported.
-    :param max_drop: the absolute accuracy drop ``accuracy_control`` allows.
-    """
-
-    k: int = 3
-    margin: float = 0.01
-    rank: str = "objective"
-    epochs: float = 1.0
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    kd_alpha: float = 0.8
-    kd_temperature: float = 1.0
-    label_smoothing: float = 0.1
-    checkpoint_every: int = 50
-    calib_images: int = 300
-    confidence: float = 0.9
-    confirm_timing: dict[str, Any] = field(default_factory=lambda: {"min_rounds": 30, "min_time_s": 20.0,
-                                                                   "max_time_s": 240.0})
-    confirm_passes: int = 3
-    quantization: str = "ptq"
-    max_drop: float = 0.01
-    progress: bool = True
-
-    def tuning(self) -> FineTuneOptions:
-        """The fine-tuning fields, as :class:`~rlnas.supernet.finetune.FineTune` takes them."""
-        return FineTuneOptions(**{f.name: getattr(self, f.name) for f in fields(FineTuneOptions)})
-
-    def __post_init__(self) -> None:
-        if self.k < 0 or self.epochs < 0 or self.margin < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ConfigError("finalists: k, epochs and margin must be >= 0, lr > 0, batch_size >= 1")
-        if not 0 < self.confidence < 1:
-            raise ConfigError(f"finalists.confidence={self.confidence}: a probability in (0, 1)")
-        if self.confirm_passes < 1:
-            raise ConfigError(f"finalists.confirm_passes={self.confirm_passes}: at least 1 confirmation pass")
-        if self.rank not in RANKINGS:
-            raise ConfigError(f"finalists.rank={self.rank!r}: valid are {', '.join(RANKINGS)}")
-        if self.quantization not in QUANTIZATIONS:
-            raise ConfigError(f"finalists.quantization={self.quantization!r}: valid are {', '.join(QUANTIZATIONS)}")
-        if not 0 < self.max_drop <= 1:
-            raise ConfigError(f"finalists.max_drop={self.max_drop}: an accuracy drop in (0, 1]")
-        if not (self.kd_temperature > 0 and 0 <= self.kd_alpha <= 1 and 0 <= self.label_smoothing < 1
-                and self.weight_decay >= 0 and self.checkpoint_every >= 1 and self.calib_images >= 1):
-            raise ConfigError("finalists: kd_temperature must be > 0, kd_alpha in [0, 1], label_smoothing in "
-                              "[0, 1), weight_decay >= 0, checkpoint_every and calib_images >= 1")
 
 
 @dataclass

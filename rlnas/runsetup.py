@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import rlnas
+import rlnas.schema  # noqa: F401  (registers the search config's schema with Hydra: composing "config" needs it)
 from rlnas.data import DatasetError
 from rlnas.errors import UserError
 from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult

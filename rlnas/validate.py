@@ -1,111 +1,77 @@
 """Up-front validation of composed configs: every command checks its config once, before it
 builds or writes anything, and a bad value is one line naming the key, the value and what is valid.
 
-Names (a family, a device profile, a dataset, an agent) are checked where they are resolved, with
-their registries' messages; this module checks the numbers and the choices among fixed values.
+The ``rlnas-search`` config has a schema (:mod:`rlnas.schema`): its types, defaults and per-field
+rules live there, and :func:`check_search` applies it and adds what involves two sections (the
+confirmation's timing: ``latency.timing`` with ``finalists.confirm_timing`` over it). The
+``rlnas-train-supernet`` config has no schema: :data:`TRAIN_RULES` checks it. Names (a family, a
+device profile, a dataset, an agent) are checked where they are resolved, with their registries'
+messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import fields, is_dataclass
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from rlnas.errors import ConfigError
-from rlnas.finalists import FinalistsConfig
 from rlnas.oracles.ratios import TimingConfig
+from rlnas.rules import FieldError, Rule, UnknownKeyError, integer, number, one_of
+from rlnas.schema import check as check_schema
+from rlnas.schema import rules, typed
 
-Rule = tuple[str, Callable[[Any], bool], str]
+#: the rules of ``rlnas-search`` (and the export, finalists and experiments built on its config),
+#: by key: what the schema (:mod:`rlnas.schema`) declares
+SEARCH_RULES: list[tuple[str, Rule]] = list(rules())
 
-
-def _int(low: int | None = None, optional: bool = False) -> Callable[[Any], bool]:
-    def check(v: Any) -> bool:
-        if v is None:
-            return optional
-        return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
-
-    return check
-
-
-def _num(low: float | None = None, high: float | None = None, low_open: bool = False,
-         optional: bool = False) -> Callable[[Any], bool]:
-    def check(v: Any) -> bool:
-        if v is None:
-            return optional
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return False
-        if low is not None and (v <= low if low_open else v < low):
-            return False
-        return high is None or v <= high
-
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[Any], bool]:
-    return lambda v: v in choices
-
-
-#: rules of ``rlnas-search`` (and the export, finalists and experiments built on its config)
-SEARCH_RULES: list[Rule] = [
-    ("budget", _int(1), "an integer >= 1 (unique architectures measured)"),
-    ("tau", _num(0, 1, low_open=True), "a number in (0, 1] (feasible iff Acc_INT8 >= tau * Acc_FP32(a0))"),
-    ("resolution", _int(8), "an integer >= 8 (pixels)"),
-    ("threads", _int(1), "an integer >= 1"),
-    ("seed", _int(0), "an integer >= 0"),
-    ("accuracy.recal_images", _int(0), "an integer >= 0 (0: keep the supernet's BN statistics)"),
-    ("accuracy.calib_images", _int(1), "an integer >= 1"),
-    ("accuracy.eval_images", _int(1, optional=True), "null (the whole split) or an integer >= 1"),
-    ("accuracy.fp32_images", _int(0, optional=True), "null (same as INT8), 0 (skip) or an integer >= 1"),
-    ("accuracy.batch_size", _int(1), "an integer >= 1"),
-    ("accuracy.inference_precision", _one_of("f32", "bf16", "f16"), "one of f32, bf16, f16"),
-    ("latency.timeout_s", _num(0, low_open=True), "a number of seconds > 0"),
-    ("latency.quantization.random_subset_size", _int(1), "an integer >= 1"),
-    ("latency.timing.min_rounds", _int(1), "an integer >= 1"),
-    ("latency.timing.max_time_s", _num(0, low_open=True), "a number of seconds > 0"),
-    ("finalists.k", _int(0), "an integer >= 0 (0: no finalists)"),
-    ("finalists.margin", _num(0), "a number >= 0"),
-    ("finalists.rank", _one_of("objective", "latency"), "one of objective, latency"),
-    ("finalists.confidence", _num(0, 1, low_open=True), "a probability in (0, 1)"),
-    ("finalists.epochs", _num(0), "a number >= 0 (0: no fine-tuning)"),
-    ("finalists.lr", _num(0, low_open=True), "a number > 0"),
-    ("finalists.batch_size", _int(1), "an integer >= 1"),
-    ("finalists.kd_alpha", _num(0, 1), "a number in [0, 1]"),
-    ("finalists.checkpoint_every", _int(1), "an integer >= 1"),
-    ("finalists.calib_images", _int(1), "an integer >= 1"),
-    ("finalists.quantization", _one_of("ptq", "accuracy_control"), "one of ptq, accuracy_control"),
-    ("finalists.max_drop", _num(0, 1, low_open=True), "a number in (0, 1]"),
-    ("export.finetune_epochs", _int(0), "an integer >= 0"),
-    ("export.finetune_lr", _num(0, low_open=True), "a number > 0"),
-    ("export.finetune_batch_size", _int(1), "an integer >= 1"),
-    ("export.kd_temperature", _num(0, low_open=True), "a number > 0"),
-    ("export.onnx_opset", _int(7), "an integer >= 7"),
-    ("export.calib_images", _int(1), "an integer >= 1"),
-    ("export.verify_images", _int(0, optional=True), "null (the evaluation set), 0 (skip) or an integer >= 1"),
-    ("logging.pareto_every", _int(1), "an integer >= 1"),
-    ("supernet.max_seconds", _num(0, low_open=True, optional=True), "null or a number of seconds > 0"),
-]
-
-#: rules of ``rlnas-train-supernet``
-TRAIN_RULES: list[Rule] = [
-    ("resolution", _int(8), "an integer >= 8 (pixels)"),
-    ("threads", _int(1), "an integer >= 1"),
-    ("seed", _int(0), "an integer >= 0"),
-    ("max_seconds", _num(0, low_open=True, optional=True), "null or a number of seconds > 0"),
-    ("checkpoint.every_steps", _int(0), "an integer >= 0 (0: only at epoch ends)"),
-    ("eval.recal_images", _int(0), "an integer >= 0"),
-    ("recipe.batch_size", _int(1), "an integer >= 1"),
-    ("recipe.lr", _num(0, low_open=True), "a number > 0"),
-    ("recipe.kd_alpha", _num(0, 1), "a number in [0, 1]"),
-    ("recipe.kd_temperature", _num(0, low_open=True), "a number > 0"),
-    ("accelerator", _one_of("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
-    ("recipe.num_random", _int(0), "an integer >= 0"),
-    ("recipe.train_images", _int(1, optional=True), "null (all) or an integer >= 1"),
+#: the rules of ``rlnas-train-supernet``, whose config has no schema
+TRAIN_RULES: list[tuple[str, Rule]] = [
+    ("resolution", integer(8, note="pixels")),
+    ("threads", integer(1)),
+    ("seed", integer(0)),
+    ("max_seconds", number(0, low_open=True, null="", note="seconds")),
+    ("checkpoint.every_steps", integer(0, note="0: only at epoch ends")),
+    ("eval.recal_images", integer(0)),
+    ("recipe.batch_size", integer(1)),
+    ("recipe.lr", number(0, low_open=True)),
+    ("recipe.kd_alpha", number(0, 1)),
+    ("recipe.kd_temperature", number(0, low_open=True)),
+    ("accelerator", one_of("auto", "cpu", "cuda")),
+    ("recipe.num_random", integer(0)),
+    ("recipe.train_images", integer(1, null="all")),
 ]
 
 
-def _get(cfg: DictConfig, key: str) -> tuple[bool, Any]:
-    node: Any = cfg
+def one_line(err: Exception) -> ConfigError:
+    """An error of Hydra or OmegaConf (a value of the wrong type, an unknown key, a missing group
+    option) as one line: the key, the value and what was expected, when the error names them."""
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__ or err
+    if not isinstance(cause, OmegaConfBaseException) or not getattr(cause, "full_key", None):
+        return ConfigError(_joined(str(err)))
+    key, text = cause.full_key, " ".join(str(cause).splitlines()[0].split())
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError):
+        schema = cause.object_type
+        if isinstance(schema, type) and is_dataclass(schema):
+            return UnknownKeyError(key, (f.name for f in fields(schema) if f.name != "_target_"))
+        return ConfigError(f"{key} is not a key of the config: {text}")
+    value = getattr(cause, "value", None)
+    shown = f"={value!r}" if value is not None and not OmegaConf.is_config(value) else ""
+    return ConfigError(f"{key}{shown} is not valid: {text}")
+
+
+def _joined(message: str) -> str:
+    """Hydra's message on one line: its paragraphs joined by '; ', each list in one (the config
+    search path left out)."""
+    message = message.split("Config search path")[0]
+    paragraphs = [[line.strip() for line in part.splitlines() if line.strip()] for part in message.split("\n\n")]
+    return "; ".join(lines[0] + (" " + ", ".join(lines[1:]) if lines[1:] else "") for lines in paragraphs if lines)
+
+
+def _get(cfg: DictConfig, key: str) -> tuple[bool, object]:
+    node: object = cfg
     for part in key.split("."):
         if not OmegaConf.is_config(node) or part not in node:
             return False, None
@@ -113,45 +79,39 @@ def _get(cfg: DictConfig, key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def check(cfg: DictConfig, rules: Iterable[Rule]) -> DictConfig:
+def check(cfg: DictConfig, rules: Iterable[tuple[str, Rule]]) -> DictConfig:
     """Raise :class:`ConfigError` for the first value that breaks a rule; keys absent from the
     config are not checked (a group that does not apply)."""
-    for key, ok, valid in rules:
+    for key, rule in rules:
         present, value = _get(cfg, key)
-        if present and not ok(value):
-            raise ConfigError(f"{key}={value!r} is not valid: {key} must be {valid}")
+        if present and not rule.ok(value):
+            raise FieldError(key, value, rule.valid)
     return cfg
 
 
-#: groups of the ``rlnas-search`` config that a dataclass reads: it checks their keys and ranges
-SEARCH_SCHEMAS: dict[str, Callable[[DictConfig], Any]] = {
-    "latency.timing": lambda cfg: TimingConfig(**_plain(cfg.latency.timing)),
-    "finalists": lambda cfg: FinalistsConfig(**_plain(cfg.finalists)),
-    "finalists.confirm_timing": lambda cfg: TimingConfig(**{**_plain(cfg.latency.timing),
-                                                            **_plain(cfg.finalists.confirm_timing)}),
-}
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
-
-
-def check_schemas(cfg: DictConfig, schemas: dict[str, Callable[[DictConfig], Any]]) -> DictConfig:
-    """Build each group's dataclass from the config: an unknown key or a value out of range is a
-    :class:`ConfigError` naming the group."""
-    for key, build in schemas.items():
-        if not _get(cfg, key)[0]:
-            continue
-        try:
-            build(cfg)
-        except (ConfigError, TypeError) as err:
-            raise ConfigError(f"{key}: {err}") from None
-    return cfg
+def _check_confirm_timing(cfg: DictConfig) -> None:
+    """The confirmation times with ``latency.timing`` and ``finalists.confirm_timing`` over it."""
+    timing = {k: v for k, v in OmegaConf.to_container(cfg.latency.timing, resolve=True).items() if k != "_target_"}
+    confirm = OmegaConf.to_container(cfg.finalists.confirm_timing, resolve=True)
+    for key in confirm:
+        if key not in timing:
+            raise UnknownKeyError(f"finalists.confirm_timing.{key}", timing)
+    try:
+        TimingConfig(**{**timing, **confirm})
+    except FieldError as err:
+        raise err.at("finalists.confirm_timing.") from None
 
 
 def check_search(cfg: DictConfig) -> DictConfig:
-    """The ``rlnas-search`` config (also what export and the finalists read)."""
-    return check_schemas(check(cfg, SEARCH_RULES), SEARCH_SCHEMAS)
+    """The ``rlnas-search`` config (also what export and the finalists read), typed by the schema
+    and checked against its rules: returns it typed (Hydra's own node aside)."""
+    try:
+        cfg = typed(cfg)
+    except OmegaConfBaseException as err:
+        raise one_line(err) from None
+    check_schema(cfg)
+    _check_confirm_timing(cfg)
+    return cfg
 
 
 def check_train(cfg: DictConfig) -> DictConfig:

@@ -17,7 +17,10 @@ from omegaconf import OmegaConf
 import rlnas
 from rlnas.data import DatasetError, DatasetSpec
 from rlnas.oracles.device import profile_from_config
+from rlnas.oracles.latency import QuantizationConfig
+from rlnas.oracles.ratios import TimingConfig
 from rlnas.runsetup import plain, supernet_train_config
+from rlnas.schema import ExportCommandConfig, FinalistsConfig, SearchConfig
 from rlnas.spaces import get_space
 from rlnas.supernet.recipe import Recipe
 from rlnas.tasks import get_task
@@ -27,6 +30,8 @@ CONF = rlnas.CONF_DIR
 ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
 #: groups the search config places elsewhere than at their own name
 PACKAGES = {"train_options": "supernet.train"}
+#: the root configs with a schema
+SCHEMAS = {"config": SearchConfig, "export": ExportCommandConfig}
 GROUP_OPTIONS = sorted((g.name, p.stem) for g in CONF.iterdir() if g.is_dir() for p in g.glob("*.yaml"))
 
 
@@ -41,20 +46,33 @@ def test_root_configs_compose(root, tmp_path):
     required = {"export": [f"run={tmp_path}"]}  # its one mandatory value: the run to export
     cfg = _compose(root, required.get(root, []))
     OmegaConf.resolve(cfg)  # every interpolation resolves, hydra's included
-    assert cfg.hydra.run.dir
+    assert cfg.hydra.job.config_name == root and cfg.hydra.run.dir
+    if root in SCHEMAS:  # typed by rlnas/schema.py
+        assert OmegaConf.get_type(cfg) is SCHEMAS[root]
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes(group, option):
     key = f"{group}@{PACKAGES[group]}" if group in PACKAGES else group
     cfg = _compose("config", [f"{key}={option}"])
-    if group == "experiment":
-        assert "experiment" in cfg.hydra.runtime.choices
-    else:
-        assert OmegaConf.select(cfg, PACKAGES.get(group, group)) is not None
+    assert cfg.hydra.runtime.choices[key] == option
+    if group != "experiment":  # the option's own keys and values are in its place
+        path = CONF / group / f"{option}.yaml"
+        place = "" if "@package _global_" in path.read_text() else PACKAGES.get(group, group)
+        placed = _leaves(OmegaConf.to_container(OmegaConf.select(cfg, place) if place else cfg))
+        for leaf, value in _leaves(OmegaConf.to_container(OmegaConf.load(path))).items():
+            assert placed[leaf] == value, f"{group}={option}: {leaf}"
+    assert OmegaConf.get_type(cfg) is SearchConfig
     OmegaConf.resolve(cfg)
     if group in ("agent", "reward", "backend", "oracle") and cfg[group]:  # empty: the local / measured default
         _check_instantiated(cfg[group])
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    """A nested dict's leaves by dotted key (lists are leaves)."""
+    if not isinstance(node, dict) or not node:
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
 
 
 #: config keys an object keeps under another name
@@ -145,7 +163,10 @@ def _search_builds(cfg) -> dict:
     schemas, the device profile (its fields; whether this host runs it is not the config's
     business), the recipe and the supernet's training config, the dataset's task and spec, the
     model's search space and every ``_target_``."""
-    check_search(cfg)
+    typed = check_search(cfg)
+    assert isinstance(instantiate(typed.latency.timing), TimingConfig)
+    assert isinstance(instantiate(typed.latency.quantization), QuantizationConfig)
+    assert FinalistsConfig(**plain(typed.finalists)).tuning().lr == typed.finalists.lr
     profile = profile_from_config(plain(cfg.device), check_host=False)
     profile.check_fields()
     recipe = Recipe.from_config(cfg.recipe)

@@ -1,0 +1,154 @@
+"""One typed config (issue 20): the schema (rlnas/schema.py) types the composed ``rlnas-search``
+config, each default and each range is written once, and a bad value is one line."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import fields
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import rlnas
+from rlnas.errors import ConfigError
+from rlnas.finalists import FinalistsConfig as FinalistsFromStage
+from rlnas.oracles.accuracy import AccuracyOracle
+from rlnas.oracles.latency import LatencyOracle, QuantizationConfig
+from rlnas.oracles.profiling import METRICS
+from rlnas.oracles.ratios import TimingConfig
+from rlnas.rules import FieldError, rule_of
+from rlnas.schema import FinalistsConfig, SearchConfig, typed
+from rlnas.supernet.finetune import FineTuneOptions
+from rlnas.validate import SEARCH_RULES, check_search, one_line
+
+
+def _compose(*overrides: str, config: str = "config"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
+        return compose(config_name=config, overrides=list(overrides))
+
+
+# -- defaults written once ---------------------------------------------------------------------------
+
+
+def test_finalists_fine_tuning_defaults_are_fine_tune_options_by_construction() -> None:
+    assert FinalistsFromStage is FinalistsConfig and issubclass(FinalistsConfig, FineTuneOptions)
+    tuning = {f.name for f in fields(FineTuneOptions)}
+    assert not tuning & set(vars(FinalistsConfig)["__annotations__"]), "FinalistsConfig redeclares a fine-tuning field"
+    assert FinalistsConfig().tuning() == FineTuneOptions()
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+
+
+def test_config_yaml_sets_only_what_differs_from_the_schema() -> None:
+    shipped = yaml.safe_load((rlnas.CONF_DIR / "config.yaml").read_text())
+    own = _leaves({k: v for k, v in shipped.items() if k not in ("defaults", "hydra")})
+    defaults = OmegaConf.structured(SearchConfig)
+    for key, value in own.items():
+        assert OmegaConf.select(defaults, key, default="<absent>") != value, f"config.yaml repeats {key}'s default"
+    assert set(own) == {"finalists.progress"}
+
+
+def test_the_oracles_settings_default_to_their_constructors() -> None:
+    cfg = _compose()
+    for node, oracle in ((cfg.accuracy, AccuracyOracle), (cfg.latency, LatencyOracle)):
+        params = inspect.signature(oracle).parameters
+        for key in node:
+            if key not in ("_target_", "timing", "quantization"):
+                assert node[key] == params[key].default, f"{oracle.__name__}({key}=...)"
+    assert instantiate(cfg.latency.timing) == TimingConfig()
+    assert instantiate(cfg.latency.quantization) == QuantizationConfig()
+
+
+def test_a_range_is_the_dataclass_field_s_rule() -> None:
+    rules = dict(SEARCH_RULES)
+    for spec in fields(TimingConfig):
+        assert rules[f"latency.timing.{spec.name}"] is rule_of(spec)
+    for spec in fields(FineTuneOptions):
+        if rule_of(spec) is not None:
+            assert rules[f"finalists.{spec.name}"] is rule_of(spec)
+    with pytest.raises(FieldError) as built:
+        TimingConfig(min_rounds=0)
+    with pytest.raises(FieldError) as checked:
+        check_search(_compose("latency.timing.min_rounds=0"))
+    assert str(checked.value) == str(built.value.at("latency.timing."))
+
+
+# -- a typed config ----------------------------------------------------------------------------------
+
+
+def test_the_composed_config_is_typed() -> None:
+    cfg = _compose("experiment=quick")
+    assert OmegaConf.get_type(cfg) is SearchConfig and cfg.budget == 16
+    assert OmegaConf.get_type(_compose("run=/x", config="export")).__name__ == "ExportCommandConfig"
+    assert _compose("budget=7").budget == 7
+    with pytest.raises(ConfigCompositionException):
+        _compose("budget=abc")
+    with pytest.raises(ConfigCompositionException):
+        _compose("latency.timing.min_rounds=2.5")
+
+
+def test_latency_metric_is_latency_or_throughput() -> None:
+    assert METRICS == ("latency", "throughput")
+    assert check_search(_compose()).latency.metric == "latency"
+    assert check_search(_compose("latency.metric=throughput")).latency.metric == "throughput"
+    with pytest.raises(ConfigError, match=r"^latency\.metric='bogus' is not valid: .*one of latency, throughput$"):
+        check_search(_compose("latency.metric=bogus"))
+
+
+def test_the_accuracy_node_keeps_the_keys_of_a_run_s_identity() -> None:
+    """``accuracy`` is in a run log's context and a surrogate table's: the schema adds no key to it."""
+    assert set(_compose().accuracy) == {"_target_", "recal_images", "calib_images", "eval_images", "fp32_images",
+                                        "batch_size", "inference_precision"}
+
+
+def test_an_oracle_node_takes_another_parameter_of_its_oracle() -> None:
+    cfg = check_search(_compose("+latency.lock_path=/tmp/x.lock", "+accuracy.lock_path=/tmp/x.lock"))
+    assert instantiate(cfg.accuracy, _partial_=True).keywords["lock_path"] == "/tmp/x.lock"
+    assert instantiate(cfg.latency, _partial_=True).keywords["lock_path"] == "/tmp/x.lock"
+    with pytest.raises(ConfigError, match=r"^accuracy\.bogus is not a key of the config \(valid keys there: recal_"):
+        check_search(_compose("+accuracy.bogus=1"))
+    with pytest.raises(ConfigError, match=r"^latency\.timing\.bogus is not a key"):
+        check_search(_compose("+latency.timing.bogus=1"))
+
+
+def test_a_saved_config_gets_its_types_back() -> None:
+    """``rlnas-export`` reads ``<run>/.hydra/config.yaml``: plain YAML, typed by the check (an old
+    run without ``latency.metric`` gets the default)."""
+    saved = OmegaConf.to_container(_compose("experiment=tiny"))
+    del saved["latency"]["metric"]
+    cfg = check_search(OmegaConf.create(saved))
+    assert OmegaConf.get_type(cfg) is SearchConfig and cfg.latency.metric == "latency"
+    saved["budget"] = "abc"
+    with pytest.raises(ConfigError, match=r"^budget='abc' is not valid: .*Integer$"):
+        check_search(OmegaConf.create(saved))
+    saved["budget"], saved["finalists"]["typo"] = 3, 1
+    with pytest.raises(ConfigError, match=r"^finalists\.typo is not a key"):
+        check_search(OmegaConf.create(saved))
+
+
+def test_typed_leaves_hydra_s_own_node_out() -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    assert "hydra" in cfg and "hydra" not in typed(cfg)
+
+
+def test_hydra_s_messages_become_one_line() -> None:
+    for override, says in (("budget=abc", "budget='abc' is not valid: Value 'abc'"),
+                           ("agent=nope", "Available options in 'agent': evolution, ppo"),
+                           ("nokey=1", "nokey is not a key of the config (valid keys there: model, dataset")):
+        with pytest.raises(ConfigCompositionException) as raised:
+            _compose(override)
+        line = str(one_line(raised.value))
+        assert "\n" not in line and says in line and "search path" not in line
