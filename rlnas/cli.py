@@ -16,12 +16,13 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,11 +33,13 @@ from rlnas.export import export_command
 from rlnas.oracles import latency_app, profiles_app
 from rlnas.pipeline import run_search
 from rlnas.tasks import get_task
-from rlnas.validate import check_search, check_train
+from rlnas.validate import check_search, check_train, one_line
 
 log = logging.getLogger("rlnas")
 
 _failed_jobs: list[str] = []
+#: Hydra raises its errors instead of printing them while this environment variable is set
+FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
 def _version_requested() -> bool:
@@ -46,10 +49,28 @@ def _version_requested() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def hydra_errors_raised() -> Iterator[None]:
+    """Hydra prints an error of its own (a config that does not compose: a value of the wrong type,
+    an unknown key or group option) over several lines and exits 1; with ``HYDRA_FULL_ERROR`` it
+    raises it instead, for :func:`console` to say in one line. (An error of the task itself then
+    keeps its whole traceback.)"""
+    previous = os.environ.get(FULL_ERROR)
+    os.environ[FULL_ERROR] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(FULL_ERROR, None)
+        else:
+            os.environ[FULL_ERROR] = previous
+
+
 def console(prog: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
     """Wrap a console entry point: ``--version``; a reader that closes the pipe early
     (``rlnas-search --help | head``) ends it quietly; a :class:`~rlnas.errors.UserError` raised
-    before the app runs is one line and exit 2."""
+    before the app runs, or a config Hydra cannot compose from the overrides, is one line and
+    exit 2."""
 
     def wrap(fn: Callable[[], Any]) -> Callable[[], None]:
         @functools.wraps(fn)
@@ -57,12 +78,16 @@ def console(prog: str) -> Callable[[Callable[[], Any]], Callable[[], None]]:
             if _version_requested():
                 return
             try:
-                fn()
+                with hydra_errors_raised():
+                    fn()
             except BrokenPipeError:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
                 sys.exit(1)
             except UserError as err:
                 print(f"{prog}: {err}", file=sys.stderr)
+                sys.exit(2)
+            except (ConfigCompositionException, OverrideParseException) as err:
+                print(f"{prog}: {one_line(err)}", file=sys.stderr)
                 sys.exit(2)
 
         return entry

@@ -1,21 +1,28 @@
 """One typed config (issue 20): the schema (rlnas/schema.py) types the composed ``rlnas-search``
-config, each default and each range is written once, and a bad value is one line."""
+config, each default and each range is written once, and a bad value is one line and exit 2
+through the real command, nothing written."""
 
 from __future__ import annotations
 
 import inspect
+import logging
+import os
+import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import rlnas
+from rlnas import cli
 from rlnas.errors import ConfigError
 from rlnas.finalists import FinalistsConfig as FinalistsFromStage
 from rlnas.oracles.accuracy import AccuracyOracle
@@ -152,3 +159,53 @@ def test_hydra_s_messages_become_one_line() -> None:
             _compose(override)
         line = str(one_line(raised.value))
         assert "\n" not in line and says in line and "search path" not in line
+
+
+# -- through the real command, in this process -------------------------------------------------------
+
+
+@pytest.fixture
+def search_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``rlnas-search <overrides>`` run by its console entry point here: (exit code, stderr lines).
+    Hydra's logging setup closes every handler; absl's would close pytest's capture with it, so it
+    writes to the real stderr meanwhile. Hydra's own handlers are removed afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    absl = sys.modules.get("absl.logging")
+    if absl is not None:
+        monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def run(*overrides: str) -> tuple[int, list[str]]:
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", ["rlnas-search", "experiment=tiny", f"run_dir={tmp_path / 'run'}", *overrides])
+        with pytest.raises(SystemExit) as exited:
+            cli.search()
+        return exited.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+    yield run
+    for handler in set(root.handlers) - set(handlers):
+        handler.close()
+    root.handlers[:], root.level = handlers, level
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+    assert "HYDRA_FULL_ERROR" not in os.environ
+
+
+@pytest.mark.parametrize("override,says", [
+    ("budget=abc", "budget='abc' is not valid: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("latency.timing.min_rounds=2.5", "latency.timing.min_rounds=2.5 is not valid: Value '2.5'"),
+    ("latency.metric=bogus", "latency.metric='bogus' is not valid: latency.metric must be one of latency, throughput"),
+    ("finalists.lr=0", "finalists.lr=0.0 is not valid: finalists.lr must be a number > 0"),
+    ("+finalists.typo=1", "finalists.typo is not a key of the config (valid keys there: epochs, lr"),
+    ("latency.timing.block_skip=5", "latency.timing.block_skip=5 is not valid: latency.timing.block_skip must be "
+                                    "below block_iters (5)"),
+    ("agent=nope", "Could not find 'agent/nope'; Available options in 'agent': evolution, ppo, ppo_model, random"),
+])
+def test_a_bad_value_is_one_line_exit_2_and_nothing_written(search_command, tmp_path: Path, override: str,
+                                                            says: str) -> None:
+    code, lines = search_command(override)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("rlnas-search: ") and says in lines[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
