@@ -40,7 +40,9 @@ from typing import Any
 import openvino as ov
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
@@ -509,8 +511,15 @@ def compose_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     if not saved.is_file():
         raise ExportError(f"{saved} not found: {run_dir} is not an rlnas-search run directory. Run "
                           f"`rlnas-search run_dir={run_dir}` first, or pass the directory it printed.")
-    with initialize_config_dir(config_dir=str(saved.parent.resolve()), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    # rlnas-export is itself a Hydra app: its global Hydra is set aside while the saved config is
+    # composed, and put back after
+    outer = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(saved.parent.resolve()), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    finally:
+        restore_gh_from_backup(outer)
 
 
 def export_command(run_dir: Path, overrides: list[str]) -> dict[str, Any]:

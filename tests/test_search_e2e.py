@@ -268,3 +268,19 @@ def test_search_with_the_throughput_metric(ws, tmp_path):
     assert config["PERFORMANCE_HINT"] == "THROUGHPUT" and "NUM_STREAMS" not in config
     markdown = (run / "export" / "report.md").read_text()
     assert "time per image in throughput mode" in markdown and "latency.metric=throughput" in markdown
+
+
+def test_export_command_rewrites_a_finished_run(resumed_run):
+    """The console command ``rlnas-export run=<dir> <override>`` (a Hydra app composing the run's
+    saved config inside itself) writes the artefacts again, with the override applied."""
+    run = resumed_run.run
+    assert resumed_run.second.returncode == 0, resumed_run.second.stderr[-3000:]
+    before = json.loads((run / "export" / "report.json").read_text())
+    (run / "export" / "report.json").unlink()
+    proc = subprocess.run([str(Path(sys.executable).parent / "rlnas-export"), f"run={run}", "export.verify_images=0"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "GlobalHydra" not in proc.stderr
+    after = json.loads((run / "export" / "report.json").read_text())
+    assert after["found"]["arch"] == before["found"]["arch"]
+    assert after["found"]["exported_ir_acc_int8"] is None and before["found"]["exported_ir_acc_int8"] is not None
