@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import rlnas
 from rlnas.oracles.surrogate import Surrogate
@@ -100,6 +101,23 @@ print(json.dumps({"file": rlnas.__file__, "targets": sorted(targets), "acc_int8"
 """
 
 
+def _checkout_targets() -> set[str]:
+    targets: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            targets.update([node["_target_"]] if "_target_" in node else [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in rlnas.CONF_DIR.rglob("*.yaml"):
+        walk(OmegaConf.to_container(OmegaConf.load(path)))
+    return targets
+
+
 def test_the_surrogate_oracle_runs_from_the_installed_package(installed: Path, tmp_path: Path, supernet,
                                                               make_table) -> None:
     """``oracle=surrogate`` with the wheel alone: no checkout on the path (experiments/ only builds
@@ -111,7 +129,8 @@ def test_the_surrogate_oracle_runs_from_the_installed_package(installed: Path, t
     assert probe.returncode == 0, probe.stderr[-3000:]
     out = json.loads(probe.stdout.splitlines()[-1])
     assert out["file"].startswith(str(installed))
-    assert "rlnas.oracles.surrogate.surrogate_oracles" in out["targets"] and len(out["targets"]) >= 10
+    assert "rlnas.oracles.surrogate.surrogate_oracles" in out["targets"]
+    assert out["targets"] == sorted(_checkout_targets())  # the wheel ships every config the checkout has
     expected = Surrogate(table, supernet, 32).predict(supernet.space.min_arch())
     assert out["acc_int8"] == pytest.approx(expected["acc_int8"])
     assert out["ratio"] == pytest.approx(expected["latency_ratio"])
