@@ -4,6 +4,7 @@ hand it to rlnas: a torchvision-format state dict, with its recipe, wall time an
     .venv/bin/python experiments/train_a0.py --model resnet50 --dataset imagenette --resolution 128 \\
         --epochs 40 --out outputs/a0/resnet50-imagenette-128
     .venv/bin/python experiments/train_a0.py --model resnet18 ...        # what a user would pick instead
+    .venv/bin/python experiments/train_a0.py --model mobilenet_v2 ...    # (experiments/baselines.py compares them)
 
 Rerunning the same command resumes a killed run (the trainer's ``last.pt``, kill -9 safe) and, once
 trained, only rewrites the files. It shows a progress bar and logs to TensorBoard under
@@ -16,8 +17,9 @@ i.e. the plain torchvision network. The dataset's validation images (Imagenette:
 the train folder) are never trained on.
 
 Writes ``<out>/a0.pt`` (the state dict; ``torchvision.models.<model>(num_classes=N)`` loads it
-strictly) and ``<out>/a0.json``: the command, the recipe, training seconds, the sha256 and the
-top-1 *as deployed* (its own BN statistics, PyTorch FP32) on the validation and held-out images.
+strictly) and ``<out>/a0.json``: the command, the recipe, the family's model kwargs (e.g. its stem),
+training seconds, the sha256 and the top-1 *as deployed* (its own BN statistics, PyTorch FP32) on
+the validation and held-out images.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               if split == "val" or data.holdout is not None}
     record = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "trainer_overrides": overrides, "family": meta["family"], "num_classes": meta["num_classes"],
+              "model_kwargs": {k: v for k, v in meta["kwargs"].items() if k != "num_classes"},
               "resolution": meta["resolution"], "recipe": meta["recipe"], "precision": meta["precision"],
               "device": meta.get("device", "cpu"), "train_seconds": meta["train_seconds"], "epochs": meta["epochs"],
               "completed": meta["completed"], "dataset": meta["dataset"], "top1_as_deployed": scores,

@@ -269,7 +269,7 @@ def export_run(cfg: DictConfig, run_dir: str | Path, setup: RunSetup | None = No
     t0 = time.perf_counter()
     baseline, candidates = load_run(run_dir)
     own = setup is None
-    setup = setup or _setup_of_run(cfg, run_dir)
+    setup = setup or setup_of_run(cfg, run_dir)
     try:
         return _export(cfg, run_dir, setup, baseline, candidates, t0)
     finally:
@@ -491,7 +491,7 @@ def _time_ir(latency: Any, xml: Path) -> Any:
     return result if result.ok else None
 
 
-def _setup_of_run(cfg: DictConfig, run_dir: Path) -> RunSetup:
+def setup_of_run(cfg: DictConfig, run_dir: Path) -> RunSetup:
     """The run's setup rebuilt from its config, on the supernet it searched."""
     cfg = cfg.copy()
     cfg.supernet.checkpoint = run_supernet_path(run_dir)

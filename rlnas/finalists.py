@@ -239,6 +239,7 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
     for f in finalists:
         model = models[f.name]
         f.weights_path = str(out / f.name / "model.pt")
+        (out / f.name).mkdir(parents=True, exist_ok=True)  # not there when nothing was fine-tuned (epochs 0)
         torch.save({"state_dict": model.state_dict(), "arch": f.arch.to_dict()}, f.weights_path)
         key, ir = f"finetuned:{weights_hash(model.state_dict())}", out / f.name / "model.xml"
         if cfg.quantization == "accuracy_control":

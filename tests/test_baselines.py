@@ -1,0 +1,110 @@
+"""experiments/baselines.py: torchvision baselines (ResNet-18, MobileNetV2) scored, quantized and
+timed beside a real (tiny) search's a0 and finalist, in one confirmation; a rerun reuses the
+stored confirmation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from helpers import search_data_overrides, tiny_a0
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import baselines  # noqa: E402
+
+SHORT = ["--timing", "min_rounds=3", "--timing", "min_time_s=0", "--timing", "max_time_s=5"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished tiny search (random agent, budget 3) with one finalist (not fine-tuned), exported."""
+    root = tmp_path_factory.mktemp("baselines")
+    overrides = ["experiment=tiny", "device=host", "logging.progress=false", "logging.tensorboard=false",
+                 "accuracy.fp32_images=0", "agent=random", "budget=3", "finalists.k=1", "finalists.epochs=0",
+                 "finalists.confirm_passes=1", f"a0.checkpoint={tiny_a0(root / 'a0.pt')}",
+                 f"supernet.dir={root / 'supernets'}", f"cache_dir={root / 'cache'}", f"run_dir={root / 'run'}",
+                 *search_data_overrides(root)]
+    proc = subprocess.run([str(Path(sys.executable).parent / "rlnas-search"), *overrides], cwd=root,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Untrained torchvision ResNet-18 and MobileNetV2 state dicts for 10 classes; MobileNetV2's
+    with the ``a0.json`` that experiments/train_a0.py writes beside it."""
+    root = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)
+    resnet = root / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), resnet)
+    (root / "mnv2").mkdir()
+    mobilenet = root / "mnv2" / "a0.pt"
+    torch.save(torchvision.models.mobilenet_v2(num_classes=10).state_dict(), mobilenet)
+    (root / "mnv2" / "a0.json").write_text(json.dumps({"family": "mobilenet_v2", "resolution": 32, "epochs": 1,
+                                                       "model_kwargs": {"stem": "imagenet"}}))
+    return {"resnet18": resnet, "mobilenet_v2": mobilenet}
+
+
+@pytest.mark.slow
+def test_baselines_are_timed_beside_a0_and_the_finalists(run: Path, trained: dict[str, Path], tmp_path: Path,
+                                                         capsys) -> None:
+    out = tmp_path / "out"
+    argv = ["--run", str(run), "--baseline", str(trained["resnet18"]), "--baseline", str(trained["mobilenet_v2"]),
+            "--passes", "1", *SHORT, "--out", str(out)]
+    assert baselines.main(argv) == 0
+    first = json.loads((out / "baselines.json").read_text())
+    rows = {r["name"]: r for r in first["rows"]}
+    assert list(rows) == ["a0", "f0", "resnet18", "mobilenet_v2"]
+    assert rows["f0"]["kind"] == "finalist (chosen)" and rows["resnet18"]["kind"] == "baseline"
+    assert rows["a0"]["ratio"] == pytest.approx(1.0)
+    for r in rows.values():
+        low, high = r["holdout_int8_interval"]
+        assert 0 <= low <= r["holdout_int8"] <= high <= 1 and r["holdout_images"] > 0
+        assert r["latency_ms"] > 0 and r["ratio"] > 0 and r["speedup"] == pytest.approx(1 / r["ratio"])
+        assert Path(r["ir"]).is_file()
+    for name in ("resnet18", "mobilenet_v2"):
+        assert Path(rows[name]["ir"]) == out / name / "model.xml"
+        assert rows[name]["holdout_bound"]["images"] == rows[name]["holdout_images"]
+    assert rows["mobilenet_v2"]["kwargs"] == {"stem": "imagenet"} and rows["mobilenet_v2"]["trained"]["epochs"] == 1
+    assert rows["resnet18"]["kwargs"] == {"stem": "imagenet"}  # conf/model/resnet18.yaml's
+    assert first["confirmation"]["passes"] == 1 and first["confirmation"]["cached"] == [False]
+    assert set(first["confirmation"]["ratio"]) == set(rows)
+    assert first["summary"]["profile"]["name"] == "host"
+    printed = capsys.readouterr().out
+    assert (out / "baselines.png").stat().st_size > 1000
+    assert "INT8 held-out top-1 [95% CI]" in printed and "mobilenet_v2" in printed and "ratio to a0" in printed
+
+    # the same again: scores and the confirmation come from the run's store, the IRs are kept
+    written = {name: (out / name / "model.xml").stat().st_mtime_ns for name in ("resnet18", "mobilenet_v2")}
+    assert baselines.main(argv) == 0
+    assert written == {name: (out / name / "model.xml").stat().st_mtime_ns for name in written}
+    again = json.loads((out / "baselines.json").read_text())
+    assert again["confirmation"]["cached"] == [True]
+    assert [r["ratio"] for r in again["rows"]] == [r["ratio"] for r in first["rows"]]
+
+
+@pytest.mark.slow
+def test_a_baseline_of_another_resolution_is_one_line(run: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a0.json").write_text(json.dumps({"family": "mobilenet_v2", "resolution": 128}))
+    torch.save(torchvision.models.mobilenet_v2(num_classes=10).state_dict(), tmp_path / "a0.pt")
+    assert baselines.main(["--run", str(run), "--baseline", str(tmp_path / "a0.pt")]) == 2
+    assert "trained at 128 px, the run at 32 px" in capsys.readouterr().err
+
+
+def test_a_baseline_names_its_family(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    found = baselines.parse_baseline(str(path))  # a torchvision ResNet tells from its tensors
+    assert (found.name, found.family, found.kwargs, found.record) == ("resnet18", "resnet18", {"stem": "imagenet"}, {})
+    named = baselines.unique_names([found, baselines.parse_baseline(f"resnet18={path}")])
+    assert [b.name for b in named] == ["resnet18", "resnet18-2"]
+    with pytest.raises(baselines.BaselineError, match="unknown family 'vgg11'"):
+        baselines.parse_baseline(f"vgg11={path}")
+    with pytest.raises(baselines.BaselineError, match="does not exist"):
+        baselines.parse_baseline(str(tmp_path / "absent.pt"))
