@@ -3,21 +3,23 @@
     lr: float = ruled(0.01, number(0, low_open=True))
 
 The dataclass's ``__post_init__`` calls :func:`check_fields` (so a value built in Python is checked),
-and :mod:`rlnas.schema` checks a composed config against the same rules before anything runs. A
-value a rule refuses is a :class:`FieldError`: one line naming the key, the value and what is valid.
-This module imports nothing of rlnas but its errors: the timing worker imports it.
+and :func:`rlnas.structured.check` checks a composed config against the same rules before anything
+runs. A value a rule refuses is a :class:`FieldError`: one line naming the key, the value and what
+is valid. This module imports nothing of rlnas but its errors: the timing worker imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import Field, dataclass, field, fields
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from rlnas.errors import ConfigError
 
 #: the metadata key of a field's :class:`Rule`
 RULE = "rule"
+#: the default of a field that has none: ``ruled(REQUIRED, rule)`` must be given a value
+REQUIRED: Any = MISSING
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,22 @@ def one_of(*choices: str) -> Rule:
     return Rule(lambda value: value in choices, f"one of {', '.join(choices)}")
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def each_of(*choices: str) -> Rule:
+    """A list of fixed words (none, some or all of them)."""
+    return Rule(lambda value: _is_list(value) and all(v in choices for v in value), f"a list of {', '.join(choices)}")
+
+
+def non_empty(what: str) -> Rule:
+    """A list of at least one ``what``."""
+    return Rule(lambda value: _is_list(value) and len(value) > 0, f"a non-empty list of {what}")
+
+
 def ruled(default: Any, rule: Rule) -> Any:
-    """A dataclass field with ``default`` that accepts what ``rule`` accepts."""
+    """A dataclass field with ``default`` (:data:`REQUIRED`: none) that accepts what ``rule`` accepts."""
     return field(default=default, metadata={RULE: rule})
 
 

@@ -39,6 +39,7 @@ from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
 from rlnas.supernet import CheckpointError, load_supernet
 from rlnas.supernet.a0 import A0Error, build_a0, file_sha256, resolve_a0
+from rlnas.supernet.config import train_config
 from rlnas.tasks import TaskError, build_data, get_task
 
 log = logging.getLogger("rlnas.setup")
@@ -117,7 +118,7 @@ def recipe_config(cfg: DictConfig, a0: Path | None) -> Any:
     recipe = plain(cfg.recipe)
     if recipe.get("teacher") != "a0" or a0 is not None:
         return recipe
-    fallback = (cfg.get("a0") or {}).get("fallback_recipe") or "default"
+    fallback = cfg.a0.fallback_recipe
     path = rlnas.CONF_DIR / "recipe" / f"{fallback}.yaml"
     if not path.is_file():
         raise SetupError(f"recipe {recipe.get('name')!r} needs an a0 and a0.fallback_recipe={fallback!r} is not "
@@ -128,11 +129,10 @@ def recipe_config(cfg: DictConfig, a0: Path | None) -> Any:
 
 
 def supernet_train_config(cfg: DictConfig, a0: Path | None = None) -> DictConfig:
-    """The ``train_supernet`` config of this run's config: the same model, dataset, recipe, a0 and
-    seed, with ``supernet.train`` as its run options (both commands compose them from
-    ``conf/train_options/``)."""
+    """The ``train_supernet`` config of this run's config, typed: the same model, dataset, recipe,
+    a0 and seed, with ``supernet.train`` as its run options (both schemas' ``TrainOptions``)."""
     train = plain(cfg.supernet.train)
-    return OmegaConf.create({
+    return train_config({
         "model": plain(cfg.model), "dataset": plain(cfg.dataset), "recipe": recipe_config(cfg, a0),
         "seed": int(cfg.supernet.seed), "threads": int(cfg.threads), "resolution": int(cfg.resolution),
         "output_dir": "", "max_seconds": cfg.supernet.max_seconds, "init": plain(cfg.supernet.init),

@@ -1,17 +1,17 @@
 """Up-front validation of composed configs: every command checks its config once, before it
 builds or writes anything, and a bad value is one line naming the key, the value and what is valid.
 
-The ``rlnas-search`` config has a schema (:mod:`rlnas.schema`): its types, defaults and per-field
-rules live there, and :func:`check_search` applies it and adds what involves two sections (the
-confirmation's timing: ``latency.timing`` with ``finalists.confirm_timing`` over it). The
-``rlnas-train-supernet`` config has no schema: :data:`TRAIN_RULES` checks it. Names (a family, a
-device profile, a dataset, an agent) are checked where they are resolved, with their registries'
-messages.
+Each command's config has a schema: ``rlnas-search``'s :mod:`rlnas.schema`,
+``rlnas-train-supernet``'s :mod:`rlnas.supernet.config`. Its types, defaults and per-field rules
+live there; :func:`check_search` and :func:`check_train` type a config by it (a saved run's plain
+YAML too) and check every rule (:func:`rlnas.structured.check`), and :func:`check_search` adds what
+involves two sections (the confirmation's timing: ``latency.timing`` with
+``finalists.confirm_timing`` over it). Names (a family, a device profile, a dataset, an agent) are
+checked where they are resolved, with their registries' messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,30 +19,17 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from rlnas.errors import ConfigError
 from rlnas.oracles.ratios import TimingConfig
-from rlnas.rules import FieldError, Rule, UnknownKeyError, integer, number, one_of
-from rlnas.schema import check as check_schema
-from rlnas.schema import rules, typed
+from rlnas.rules import FieldError, Rule, UnknownKeyError
+from rlnas.schema import SearchConfig
+from rlnas.structured import check, rules, typed
+from rlnas.supernet.config import TrainSupernetConfig
 
 #: the rules of ``rlnas-search`` (and the export, finalists and experiments built on its config),
 #: by key: what the schema (:mod:`rlnas.schema`) declares
-SEARCH_RULES: list[tuple[str, Rule]] = list(rules())
+SEARCH_RULES: list[tuple[str, Rule]] = list(rules(SearchConfig))
 
-#: the rules of ``rlnas-train-supernet``, whose config has no schema
-TRAIN_RULES: list[tuple[str, Rule]] = [
-    ("resolution", integer(8, note="pixels")),
-    ("threads", integer(1)),
-    ("seed", integer(0)),
-    ("max_seconds", number(0, low_open=True, null="", note="seconds")),
-    ("checkpoint.every_steps", integer(0, note="0: only at epoch ends")),
-    ("eval.recal_images", integer(0)),
-    ("recipe.batch_size", integer(1)),
-    ("recipe.lr", number(0, low_open=True)),
-    ("recipe.kd_alpha", number(0, 1)),
-    ("recipe.kd_temperature", number(0, low_open=True)),
-    ("accelerator", one_of("auto", "cpu", "cuda")),
-    ("recipe.num_random", integer(0)),
-    ("recipe.train_images", integer(1, null="all")),
-]
+#: the rules of ``rlnas-train-supernet``, by key: what its schema (:mod:`rlnas.supernet.config`) declares
+TRAIN_RULES: list[tuple[str, Rule]] = list(rules(TrainSupernetConfig))
 
 
 def one_line(err: Exception) -> ConfigError:
@@ -70,25 +57,6 @@ def _joined(message: str) -> str:
     return "; ".join(lines[0] + (" " + ", ".join(lines[1:]) if lines[1:] else "") for lines in paragraphs if lines)
 
 
-def _get(cfg: DictConfig, key: str) -> tuple[bool, object]:
-    node: object = cfg
-    for part in key.split("."):
-        if not OmegaConf.is_config(node) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
-def check(cfg: DictConfig, rules: Iterable[tuple[str, Rule]]) -> DictConfig:
-    """Raise :class:`ConfigError` for the first value that breaks a rule; keys absent from the
-    config are not checked (a group that does not apply)."""
-    for key, rule in rules:
-        present, value = _get(cfg, key)
-        if present and not rule.ok(value):
-            raise FieldError(key, value, rule.valid)
-    return cfg
-
-
 def _check_confirm_timing(cfg: DictConfig) -> None:
     """The confirmation times with ``latency.timing`` and ``finalists.confirm_timing`` over it."""
     timing = {k: v for k, v in OmegaConf.to_container(cfg.latency.timing, resolve=True).items() if k != "_target_"}
@@ -102,18 +70,25 @@ def _check_confirm_timing(cfg: DictConfig) -> None:
         raise err.at("finalists.confirm_timing.") from None
 
 
+def checked(cfg: DictConfig, schema: type) -> DictConfig:
+    """``cfg`` typed by ``schema`` (a value of the wrong type: one line) and checked against its
+    rules; Hydra's own node aside."""
+    try:
+        cfg = typed(cfg, schema)
+    except OmegaConfBaseException as err:
+        raise one_line(err) from None
+    return check(cfg)
+
+
 def check_search(cfg: DictConfig) -> DictConfig:
     """The ``rlnas-search`` config (also what export and the finalists read), typed by the schema
     and checked against its rules: returns it typed (Hydra's own node aside)."""
-    try:
-        cfg = typed(cfg)
-    except OmegaConfBaseException as err:
-        raise one_line(err) from None
-    check_schema(cfg)
+    cfg = checked(cfg, SearchConfig)
     _check_confirm_timing(cfg)
     return cfg
 
 
 def check_train(cfg: DictConfig) -> DictConfig:
-    """The ``rlnas-train-supernet`` config."""
-    return check(cfg, TRAIN_RULES)
+    """The ``rlnas-train-supernet`` config (a composed one, a saved run's, the search's), typed by
+    its schema and checked against its rules: returns it typed."""
+    return checked(cfg, TrainSupernetConfig)

@@ -68,7 +68,9 @@ def _train_cfg(*overrides: str):
 
 
 def _bad_value(key: str) -> str:
-    """A value every rule of ``key`` refuses (a negative number, or an unknown choice)."""
+    """A value every rule of ``key`` refuses (a negative number, an unknown choice, no phases)."""
+    if key.endswith("phases"):
+        return "[]"
     return "nope" if key.endswith("precision") else ("1.5" if key in ("tau", "finalists.kd_alpha",
                                                                            "recipe.kd_alpha") else "-7")
 

@@ -22,16 +22,15 @@ from rlnas.oracles.ratios import TimingConfig
 from rlnas.runsetup import plain, supernet_train_config
 from rlnas.schema import ExportCommandConfig, FinalistsConfig, SearchConfig
 from rlnas.spaces import get_space
+from rlnas.supernet.config import TrainSupernetConfig
 from rlnas.supernet.recipe import Recipe
 from rlnas.tasks import get_task
 from rlnas.validate import check_search, check_train
 
 CONF = rlnas.CONF_DIR
 ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
-#: groups the search config places elsewhere than at their own name
-PACKAGES = {"train_options": "supernet.train"}
 #: the root configs with a schema
-SCHEMAS = {"config": SearchConfig, "export": ExportCommandConfig}
+SCHEMAS = {"config": SearchConfig, "export": ExportCommandConfig, "train_supernet": TrainSupernetConfig}
 GROUP_OPTIONS = sorted((g.name, p.stem) for g in CONF.iterdir() if g.is_dir() for p in g.glob("*.yaml"))
 
 
@@ -53,12 +52,11 @@ def test_root_configs_compose(root, tmp_path):
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes(group, option):
-    key = f"{group}@{PACKAGES[group]}" if group in PACKAGES else group
-    cfg = _compose("config", [f"{key}={option}"])
-    assert cfg.hydra.runtime.choices[key] == option
+    cfg = _compose("config", [f"{group}={option}"])
+    assert cfg.hydra.runtime.choices[group] == option
     if group != "experiment":  # the option's own keys and values are in its place
         path = CONF / group / f"{option}.yaml"
-        place = "" if "@package _global_" in path.read_text() else PACKAGES.get(group, group)
+        place = "" if "@package _global_" in path.read_text() else group
         placed = _leaves(OmegaConf.to_container(OmegaConf.select(cfg, place) if place else cfg))
         for leaf, value in _leaves(OmegaConf.to_container(OmegaConf.load(path))).items():
             assert placed[leaf] == value, f"{group}={option}: {leaf}"
@@ -69,7 +67,10 @@ def test_every_group_option_composes(group, option):
 
 
 def _leaves(node, prefix: str = "") -> dict:
-    """A nested dict's leaves by dotted key (lists are leaves)."""
+    """A nested dict's leaves by dotted key, a list's items by index (``recipe.phases.0.name``; the
+    schema adds the keys an item leaves out)."""
+    if isinstance(node, list) and node:
+        node = dict(enumerate(node))
     if not isinstance(node, dict) or not node:
         return {prefix[:-1]: node}
     return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
@@ -185,8 +186,7 @@ def _search_builds(cfg) -> dict:
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_builds_without_data(group, option):
-    key = f"{group}@{PACKAGES[group]}" if group in PACKAGES else group
-    cfg = _compose("config", [f"{key}={option}"])
+    cfg = _compose("config", [f"{group}={option}"])
     built = _search_builds(cfg)
     assert {"accuracy", "latency", "latency.quantization", "latency.timing", "agent", "reward"} <= set(built["targets"])
     if group in ("model", "dataset", "device", "recipe"):

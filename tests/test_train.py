@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from rlnas.errors import ConfigError
 from rlnas.spaces import create_supernet
 from rlnas.supernet import CheckpointError, load_supernet
-from rlnas.supernet.checkpoint import LAST_NAME, load_file
+from rlnas.supernet.checkpoint import LAST_NAME, atomic_save, load_file
 from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
 from rlnas.supernet.train import compose_config, resolve_device, to_device, train_supernet
 
@@ -89,6 +90,40 @@ def test_finished_run_returns_at_once_and_refuses_other_config(tmp_path: Path, d
         train_supernet(config(out, data_overrides, "recipe.lr=0.3"))
 
 
+def _as_saved_before_the_schema(fingerprint: dict) -> dict:
+    """A fingerprint as ``last.pt`` held it before the config was typed: the recipe without the
+    keys its YAML left to the dataclass's defaults (``teacher``; a phase's ``num_random``,
+    ``warmup``... where at their default)."""
+    defaults = {f.name: f.default for f in fields(Phase)}
+    recipe = {k: v for k, v in fingerprint["recipe"].items() if k != "teacher"}
+    recipe["phases"] = [{k: v for k, v in phase.items() if k in ("name", "epochs", "elastic") or v != defaults[k]}
+                        for phase in recipe["phases"]]
+    return {**fingerprint, "recipe": recipe}
+
+
+def test_a_run_saved_before_the_schema_resumes(tmp_path: Path, data_overrides: list[str]) -> None:
+    """A run whose ``last.pt`` holds a plain fingerprint lacking keys that have defaults now (a run
+    killed before this rlnas, e.g. a long a0 training) resumes: both sides are typed by the schema.
+    A changed value still refuses it."""
+    out = tmp_path / "old"
+
+    def kill_at_7(trainer) -> None:
+        if trainer.progress.global_step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_supernet(config(out, data_overrides), on_step=kill_at_7)
+    state = load_file(out / LAST_NAME)
+    old = _as_saved_before_the_schema(state["fingerprint"])
+    assert "teacher" not in old["recipe"] and "num_random" not in old["recipe"]["phases"][0]
+    atomic_save({**state, "fingerprint": old}, out / LAST_NAME)
+    with pytest.raises(CheckpointError, match="another config.*recipe.lr"):
+        train_supernet(config(out, data_overrides, "recipe.lr=0.3"))
+    steps: list[int] = []
+    path = train_supernet(config(out, data_overrides), on_step=lambda t: steps.append(t.progress.global_step))
+    assert steps == [7, 8] and load_supernet(path)[1]["completed"]
+
+
 def test_supernet_checkpoint_meta_and_hash(tmp_path: Path, data_overrides: list[str]) -> None:
     path = train_supernet(config(tmp_path / "m", data_overrides, "recipe.phases=[{name: all, epochs: 1, "
                                  "elastic: [depth, width, expand]}]"))
@@ -131,7 +166,7 @@ def test_recipe_schedule_phases_and_sandwich() -> None:
     assert full[1][1] == space.min_arch() and all(space.contains(a) for _, a in full)
     depth_only = phase_space(space, Phase("d", 1, ("depth",)))
     assert set(depth_only.width_choices) == {space.width_choices[-1]}
-    with pytest.raises(ValueError, match="unknown elastic"):
+    with pytest.raises(ConfigError, match=r"^elastic=\('kernel',\) is not valid: elastic must be a list of depth"):
         Phase("x", 1, ("kernel",))
 
 

@@ -12,7 +12,9 @@ reorders weights, so the optimizer's momentum is reset there.
 Everything random is a function of ``(seed, epoch, step)``, and ``last.pt`` (written atomically
 every epoch and every ``checkpoint.every_steps``) holds the model, optimizer, scheduler, progress,
 RNG states and config: rerunning the same command on the same output directory continues exactly
-where the killed run stopped. The result is ``<output_dir>/supernet.pt``.
+where the killed run stopped. The result is ``<output_dir>/supernet.pt``. The config is typed by
+its schema (:mod:`rlnas.supernet.config`); a resume compares the result-determining part of it
+(:func:`fingerprint`), typed on both sides, so a run saved before a key had a default still resumes.
 """
 
 from __future__ import annotations
@@ -62,13 +64,11 @@ from rlnas.supernet.checkpoint import (
     save_supernet,
     set_rng_state,
 )
+from rlnas.supernet.config import RESUMABLE_KEYS, train_config
 from rlnas.supernet.recipe import Phase, Recipe, phase_space, sandwich
 from rlnas.supernet.scoring import torch_top1
 
 log = logging.getLogger(__name__)
-
-#: config keys that may change between a run and its resume (they do not change the result)
-RESUMABLE_KEYS = ("threads", "accelerator", "checkpoint", "eval", "log", "max_seconds", "output_dir", "hydra")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class SupernetTrainer:
     :meth:`evaluate_arch` (validation metrics of one subnet); the loop, phases, checkpoints, resume
     and logging stay here.
 
-    :param cfg: the composed ``train_supernet`` config.
+    :param cfg: the ``train_supernet`` config, composed or plain (typed here: :func:`train_config`).
     :param on_step: called with the trainer after every optimizer step and after any checkpoint of
         that step (tests use it to simulate a kill).
     """
@@ -283,20 +283,19 @@ class SupernetTrainer:
     #: where this task's training can run (``device=auto`` picks the first the host has)
     DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
-    def __init__(self, cfg: DictConfig, on_step: Callable[[SupernetTrainer], None] | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig | Mapping[str, Any], on_step: Callable[[SupernetTrainer], None] | None = None) -> None:
+        self.cfg = cfg = train_config(cfg)
         self.on_step = on_step
         self.recipe = Recipe.from_config(cfg.recipe)
         self.out = Path(cfg.output_dir)
-        self.seed = int(cfg.get("seed") or 0)
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        self.resolution = int(cfg.get("resolution") or cfg.model.resolution)
+        self.seed = int(cfg.seed)
+        torch.set_num_threads(int(cfg.threads))
+        self.resolution = int(cfg.resolution)
         self.data = self.build_data()
         kwargs = {**_plain(cfg.model.get("kwargs") or {}), "num_classes": self.data.num_classes}
         self.model_kwargs = kwargs
         _seed_everything(self.seed)  # the initial weights come from the global RNG
-        self.device = resolve_device(str(cfg.get("accelerator") or "auto"), self.DEVICES)
+        self.device = resolve_device(str(cfg.accelerator), self.DEVICES)
         self.supernet = create_supernet(cfg.model.name, **kwargs).to(self.device)
         self.precision, self.autocast = autocast_factory(self.recipe.precision, self.device)
         if self.recipe.channels_last:
@@ -308,7 +307,7 @@ class SupernetTrainer:
         self.progress = Progress()
         self.writer: Any = None
         self.last_losses: dict[str, float] = {}
-        self.a0_path = resolve_a0((cfg.get("a0") or {}).get("checkpoint"))
+        self.a0_path = resolve_a0(cfg.a0.checkpoint)
         if self.recipe.teacher == "a0" and self.a0_path is None:
             raise A0Error(f"recipe {self.recipe.name!r} distils from a0 (recipe.teacher=a0) but no "
                           "a0.checkpoint is set")
@@ -327,28 +326,26 @@ class SupernetTrainer:
         return ds
 
     def options(self, section: str) -> dict[str, Any]:
-        """A run-option section (``checkpoint``, ``eval``, ``log``) of the config (its defaults are
-        ``rlnas/conf/train_supernet.yaml``'s, the one copy of them)."""
+        """A run-option section (``checkpoint``, ``eval``, ``log``) of the config (its defaults:
+        :class:`~rlnas.supernet.config.TrainOptions`)."""
         return _plain(self.cfg[section])
 
     def fingerprint(self) -> dict[str, Any]:
         """The config that determines the result: a resume must match it."""
-        full = _plain(self.cfg)
-        (full.get("dataset") or {}).pop("cache_dir", None)
-        return {k: v for k, v in full.items() if k not in RESUMABLE_KEYS}
+        return fingerprint(self.cfg)
 
     def init_weights(self) -> None:
-        init = self.cfg.get("init") or {}
+        init = self.cfg.init
         if self.a0_path is not None:
             load_a0_weights(self.supernet, read_state(self.a0_path), str(self.a0_path))
             log.info("maximal network initialised from a0 %s", self.a0_path)
-        elif init.get("checkpoint"):
-            path = resolve_path(init["checkpoint"])
+        elif init.checkpoint:
+            path = resolve_path(init.checkpoint)
             if not path.is_file():
-                raise FileNotFoundError(f"init.checkpoint={init['checkpoint']!r}: {path} does not exist")
+                raise FileNotFoundError(f"init.checkpoint={init.checkpoint!r}: {path} does not exist")
             state = torch.load(path, map_location="cpu", weights_only=True)
             log.info("initialised from %s (not loaded: %s)", path, load_pretrained(self.supernet, state))
-        elif init.get("torchvision"):
+        elif init.torchvision:
             import torchvision
 
             weights = torchvision.models.get_model_weights(self.cfg.model.name).DEFAULT
@@ -362,7 +359,7 @@ class SupernetTrainer:
         if not path.is_file():
             return False
         state = load_file(path)
-        diff = _diff(state.get("fingerprint", {}), self.fingerprint())
+        diff = _diff(fingerprint(state.get("fingerprint", {})), self.fingerprint())
         if diff:
             raise CheckpointError(f"{path} belongs to a run with another config ({'; '.join(diff[:5])}); "
                                   "use another output_dir or the same config")
@@ -468,7 +465,7 @@ class SupernetTrainer:
         log.info("sorted channels at the start of phase %r", phase.name)
 
     def _out_of_time(self) -> bool:
-        limit = self.cfg.get("max_seconds")
+        limit = self.cfg.max_seconds
         return bool(limit) and self.progress.elapsed >= float(limit)
 
     # -- logging / evaluation ------------------------------------------------------------------
@@ -555,16 +552,25 @@ def train_supernet(cfg: DictConfig | Mapping[str, Any],
 
     :returns: the path of ``supernet.pt``.
     """
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
     return SupernetTrainer(cfg, on_step).run()
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The ``train_supernet`` config with Hydra overrides, without running Hydra's app (for
-    callers such as the search app and tests)."""
+    """The ``train_supernet`` config with Hydra overrides, typed by its schema, without running
+    Hydra's app (for callers such as experiments and tests)."""
     with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
         return compose(config_name="train_supernet", overrides=list(overrides or []))
+
+
+def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a ``train_supernet`` config that determines the result (the keys a resume may
+    change and ``dataset.cache_dir`` aside), typed by the schema: a fingerprint saved as plain data
+    by an older rlnas, without a key that has a default now, equals the same config's today."""
+    cfg = train_config(cfg)
+    kept = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in RESUMABLE_KEYS])
+    full = _plain(kept)
+    (full.get("dataset") or {}).pop("cache_dir", None)
+    return full
 
 
 def _seed_everything(seed: int) -> None:
