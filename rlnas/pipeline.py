@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rlnas.export import ExportError, export_run, load_run, run_target, wants_finalists
 from rlnas.finalists import FinalistsConfig, run_finalists
+from rlnas.oracles.profiling import ratio_label, time_label
 from rlnas.report import result_table
 from rlnas.runsetup import HISTORY_NAME, SUPERNET_META_NAME, RunSetup, SetupError, build_setup, plain
 from rlnas.search.callbacks import ProgressBar, TensorBoardLogger
@@ -95,8 +96,9 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if a0 is not None:
             log.info("a0 %s as deployed (validation images): FP32 %.4f, INT8 %.4f; target %.4f", setup.a0.path,
                      a0.acc_fp32, a0.acc_int8, evaluator.target_accuracy)
-        log.info("maximal subnet %s: INT8 %.3f ms (ratio to a0 %.3f), FP32 acc %s, INT8 acc %.4f, target %.4f",
-                 baseline.arch.short(), baseline.latency_ms, baseline.latency_ratio or 1.0,
+        log.info("maximal subnet %s: INT8 %s %.3f ms (%s to a0 %.3f), FP32 acc %s, INT8 acc %.4f, target %.4f",
+                 baseline.arch.short(), time_label(evaluator.latency_metric), baseline.latency_ms,
+                 ratio_label(evaluator.latency_metric), baseline.latency_ratio or 1.0,
                  f"{baseline.acc_fp32:.4f}" if baseline.acc_fp32 is not None else "-", baseline.acc_int8,
                  evaluator.target_accuracy)
         clock.lap("a0 and maximal subnet")

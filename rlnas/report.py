@@ -8,6 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from rlnas.oracles.profiling import ratio_label, time_label
 from rlnas.search.measurement import Measurement
 from rlnas.search.pareto import pareto_figure, pareto_front
 
@@ -16,16 +17,6 @@ __all__ = ["comparison_rows", "pareto_figure", "pareto_front", "result_table", "
 
 def _fmt(x: Any, spec: str) -> str:
     return "-" if x is None else format(x, spec)
-
-
-def time_label(latency_metric: str) -> str:
-    """What the milliseconds of a latency metric (:mod:`rlnas.oracles.profiling`) are."""
-    return "latency" if latency_metric == "latency" else f"time per image in {latency_metric} mode"
-
-
-def ratio_label(latency_metric: str) -> str:
-    """What a ratio to a0 of a latency metric compares."""
-    return "latency ratio" if latency_metric == "latency" else f"{latency_metric} ratio (time per image)"
 
 
 def comparison_rows(baseline: Measurement, best: Measurement | None) -> list[list[str]]:

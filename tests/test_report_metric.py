@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rlnas.arch import Arch
 from rlnas.report import comparison_rows, write_report
+from rlnas.search.callbacks import _arch_text
 from rlnas.search.measurement import Measurement
 
 ARCH = Arch("resnet_tiny", (1, 1), (8, 16), ())
@@ -35,3 +36,13 @@ def test_report_names_the_metric(tmp_path):
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in throughput.splitlines()
             if line.startswith("| exported")]
     assert rows == [["exported", "2000.0", "0.500"]]
+
+
+def test_tensorboard_text_names_the_metric():
+    """The best and baseline architectures' TensorBoard text labels their ratio and time as the
+    progress bar and the result table do."""
+    latency = _arch_text(Measurement(arch=ARCH, latency_ms=0.5, latency_ratio=0.5))
+    assert "latency ratio 0.5, latency 0.5 ms" in latency
+    throughput = _arch_text(Measurement(arch=ARCH, latency_ms=0.5, latency_ratio=0.5, latency_metric="throughput"))
+    assert "throughput ratio (time per image) 0.5, time per image in throughput mode 0.5 ms" in throughput
+    assert "latency" not in throughput

@@ -255,6 +255,7 @@ def test_search_with_the_throughput_metric(ws, tmp_path):
                     "logging.progress=true", f"run_dir={run}", cache=cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "throughput, unconfirmed" in result.stderr  # the progress bar names the metric
+    assert "INT8 time per image in throughput mode" in (run / "search.log").read_text()  # and the baseline's line
     latency = MeasurementStore(cache / "measurements.sqlite").items("latency")
     assert latency and all(k["metric"] == "throughput" and r["metric"] == "throughput" for k, r in latency)
     history = read_history(run / "evaluations.jsonl")

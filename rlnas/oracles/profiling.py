@@ -24,6 +24,16 @@ METRIC_LABELS = {"latency": "batch-1 latency", "throughput": "throughput-mode ti
 LAYER_CLASSES = ("stem", "conv1x1", "conv3x3", "grouped", "fc", "other")
 
 
+def time_label(latency_metric: str) -> str:
+    """What the milliseconds of a latency metric are (the result table, the report, the logs)."""
+    return "latency" if latency_metric == "latency" else f"time per image in {latency_metric} mode"
+
+
+def ratio_label(latency_metric: str) -> str:
+    """What a ratio to a0 of a latency metric compares."""
+    return "latency ratio" if latency_metric == "latency" else f"{latency_metric} ratio (time per image)"
+
+
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ValueError(f"latency metric {metric!r} not in {METRICS}")

@@ -19,6 +19,7 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rlnas.oracles.profiling import ratio_label, time_label
 from rlnas.search.evaluator import Evaluator
 from rlnas.search.measurement import Measurement
 from rlnas.search.pareto import pareto_figure
@@ -116,7 +117,10 @@ def _total_seconds(stages: dict[str, float]) -> float:
 
 
 def _arch_text(m: Measurement) -> str:
-    return (f"`{m.arch.short()}`  \nratio {m.latency_ratio}, latency {m.latency_ms} ms, "
+    """One measured architecture as TensorBoard text; its ratio and time labelled with the latency
+    metric they are in, as the progress bar and the result table do."""
+    return (f"`{m.arch.short()}`  \n{ratio_label(m.latency_metric)} {m.latency_ratio}, "
+            f"{time_label(m.latency_metric)} {m.latency_ms} ms, "
             f"INT8 acc {m.acc_int8}, FP32 acc {m.acc_fp32}, params {m.params}, MACs {m.macs}  \n"
             f"`{m.arch.to_json()}`")
 
