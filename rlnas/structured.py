@@ -11,7 +11,7 @@ the field of the dataclass rlnas builds from the config (``ruled(default, rule)`
 
 The schemas: :mod:`rlnas.schema` (``rlnas-search``, ``rlnas-export``) and
 :mod:`rlnas.supernet.config` (``rlnas-train-supernet``). This module imports nothing of rlnas but
-its rules, so the trainer can import its schema without the search's.
+its rules and errors, so the trainer can import its schema without the search's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from rlnas.errors import ConfigError
 from rlnas.rules import RULE, FieldError, Rule, UnknownKeyError, rule_of
 
 # -- nodes -------------------------------------------------------------------------------------------
@@ -128,6 +129,14 @@ def _check_keys(cfg: DictConfig, schema: type, path: str) -> None:
             raise UnknownKeyError(f"{path}{key}", known + added)
 
 
+def _check_given(spec: Field, path: str) -> None:
+    """A mandatory value (``???``) left without one: refused where the field has a rule (a phase's
+    ``epochs``); else it is Hydra's to require (a group) or the command's (``rlnas-export``'s ``run``)."""
+    rule = rule_of(spec)
+    if rule is not None:
+        raise ConfigError(f"{path}{spec.name} has no value: give {rule.valid}")
+
+
 def _check_items(items: Any, path: str) -> None:
     """Each node of a list field (``recipe.phases[0].``...)."""
     for index, item in enumerate(items or ()):
@@ -143,6 +152,7 @@ def check(cfg: DictConfig, path: str = "") -> DictConfig:
     _check_keys(cfg, schema, path)
     for spec in fields(schema):
         if OmegaConf.is_missing(cfg, spec.name):
+            _check_given(spec, path)
             continue
         if _is_node(kinds[spec.name]):
             check(cfg[spec.name], f"{path}{spec.name}.")

@@ -309,6 +309,7 @@ def test_a_saved_train_config_gets_its_types_back() -> None:
                                              "an integer >= 1"),
     ("recipe.phases=[{name: x, epochs: 1, elastic: [kernel]}]", "recipe.phases[0].elastic=['kernel'] is not valid: "
                                                                "recipe.phases[0].elastic must be a list of depth"),
+    ("recipe.phases=[{name: x}]", "recipe.phases[0].epochs has no value: give an integer >= 1"),
     ("+recipe.typo=1", "recipe.typo is not a key of the config (valid keys there: name, phases, batch_size"),
     ("eval.val_images=0", "eval.val_images=0 is not valid: eval.val_images must be null (the whole split) or an "
                           "integer >= 1"),
