@@ -110,6 +110,12 @@ def resume_finetune_pt(path: Path, dataset: dict) -> None:
     finetune(dataset, path / "f0").run()
 
 
+def init_from_checkpoint(path: Path, dataset: dict) -> None:
+    cfg = train_config(path / "run", dataset)
+    cfg.init.checkpoint = str(crafted(path / "pretrained.pth", path / "marker"))
+    train_supernet(cfg)
+
+
 def load_a0(path: Path, dataset: dict) -> None:
     build_a0(FAMILY, {"num_classes": dataset["num_classes"]}, crafted(path / "a0.pt", path / "marker"))
 
@@ -121,6 +127,7 @@ LOADERS: dict[str, tuple[Callable[[Path, dict], None], type[Exception], str]] = 
     "last.pt": (resume_last_pt, CheckpointError, f"run/{LAST_NAME}"),
     "finetune.pt": (resume_finetune_pt, CheckpointError, "f0/finetune.pt"),
     "a0": (load_a0, A0Error, "a0.pt"),
+    "init.checkpoint": (init_from_checkpoint, CheckpointError, "pretrained.pth"),
 }
 
 

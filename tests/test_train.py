@@ -191,7 +191,7 @@ def test_init_from_a_local_checkpoint(tmp_path: Path, data_overrides: list[str])
     assert torch.equal(loaded["conv1.weight"], donor["conv1.weight"])
     assert torch.equal(loaded["layer2.0.bn3.weight"], donor["layer2.0.bn3.weight"])
     assert loaded["fc.weight"].shape[0] != 7
-    with pytest.raises(FileNotFoundError, match="init.checkpoint"):
+    with pytest.raises(CheckpointError, match="init.checkpoint"):
         train_supernet(config(tmp_path / "init2", data_overrides, "init.checkpoint=/nonexistent.pth"))
 
 

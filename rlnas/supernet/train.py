@@ -61,6 +61,7 @@ from rlnas.supernet.checkpoint import (
     atomic_save,
     load_file,
     rng_state,
+    safe_load,
     save_supernet,
     set_rng_state,
 )
@@ -342,8 +343,8 @@ class SupernetTrainer:
         elif init.checkpoint:
             path = resolve_path(init.checkpoint)
             if not path.is_file():
-                raise FileNotFoundError(f"init.checkpoint={init.checkpoint!r}: {path} does not exist")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                raise CheckpointError(f"init.checkpoint={init.checkpoint!r}: {path} does not exist")
+            state = safe_load(path, CheckpointError, "init.checkpoint")
             log.info("initialised from %s (not loaded: %s)", path, load_pretrained(self.supernet, state))
         elif init.torchvision:
             import torchvision
