@@ -91,3 +91,16 @@ def archs(space: Any, n_random: int = 4, seed: int = 0) -> list[Arch]:
     """The space's maximal and minimal architectures, then ``n_random`` seeded samples."""
     rng = np.random.default_rng(seed)
     return [space.max_arch(), space.min_arch()] + [space.sample(rng) for _ in range(n_random)]
+
+
+def train_a0_argv(model: str, tmp_path: Path, train: int, val: int) -> list[str]:
+    """experiments/train_a0.py's arguments for one epoch of ``model`` at 32 px on a generated
+    3-class ImageFolder of ``train``/``val`` images under ``tmp_path``, written to ``tmp_path/a0``."""
+    root = write_synthetic_imagefolder(tmp_path / "data", {"train": train, "val": val}, num_classes=3, size=32)
+    return ["--model", model, "--dataset", "imagefolder", "--resolution", "32", "--epochs", "1",
+            "--batch-size", "16", "--out", str(tmp_path / "a0"), "--threads", "1", "--accelerator", "cpu",
+            "--eval-every", "1", "--override", f"dataset.root={root}", "--override", "dataset.val_split=train",
+            "--override", "dataset.holdout_split=val", "--override", "dataset.val_fraction=0.25",
+            "--override", "dataset.store_size=32", "--override", "dataset.eval_crop=1.0",
+            "--override", f"dataset.cache_dir={tmp_path / 'cache'}", "--override", "log.progress=false",
+            "--override", "eval.recal_images=16"]

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import archs, randomize
+from helpers import archs, randomize, train_a0_argv
 
 from rlnas.arch import Arch, InvalidArchError
-from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.spaces import create_supernet, get_space, list_families
 from rlnas.spaces.elastic import count_macs, count_params
 from rlnas.supernet.a0 import build_a0, load_a0_weights
@@ -110,15 +109,8 @@ def test_sorting_keeps_the_maximal_network() -> None:
 
 
 def test_train_a0_writes_a_mobilenet_v2_torchvision_loads(tmp_path: Path) -> None:
-    root = write_synthetic_imagefolder(tmp_path / "data", {"train": 8, "val": 4}, num_classes=3, size=32)
     out = tmp_path / "a0"
-    argv = ["--model", FAMILY, "--dataset", "imagefolder", "--resolution", "32", "--epochs", "1",
-            "--batch-size", "16", "--out", str(out), "--threads", "1", "--accelerator", "cpu", "--eval-every", "1",
-            "--override", f"dataset.root={root}", "--override", "dataset.val_split=train",
-            "--override", "dataset.holdout_split=val", "--override", "dataset.val_fraction=0.25",
-            "--override", "dataset.store_size=32", "--override", "dataset.eval_crop=1.0",
-            "--override", f"dataset.cache_dir={tmp_path / 'cache'}", "--override", "log.progress=false",
-            "--override", "eval.recal_images=16"]
+    argv = train_a0_argv(FAMILY, tmp_path, 8, 4)
     assert train_a0.main(argv) == 0
     record = json.loads((out / "a0.json").read_text())
     assert record["family"] == FAMILY and record["completed"] and record["model_kwargs"] == {"stem": "imagenet"}

@@ -9,23 +9,15 @@ from pathlib import Path
 
 import torch
 import torchvision
-
-from rlnas.data.loading import write_synthetic_imagefolder
+from helpers import train_a0_argv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import train_a0  # noqa: E402
 
 
 def test_a0_is_a_torchvision_state_dict_with_its_record(tmp_path: Path) -> None:
-    root = write_synthetic_imagefolder(tmp_path / "data", {"train": 12, "val": 6}, num_classes=3, size=32)
     out = tmp_path / "a0"
-    argv = ["--model", "resnet18", "--dataset", "imagefolder", "--resolution", "32", "--epochs", "1",
-            "--batch-size", "16", "--out", str(out), "--threads", "1", "--accelerator", "cpu", "--eval-every", "1",
-            "--override", f"dataset.root={root}", "--override", "dataset.val_split=train",
-            "--override", "dataset.holdout_split=val", "--override", "dataset.val_fraction=0.25",
-            "--override", "dataset.store_size=32", "--override", "dataset.eval_crop=1.0",
-            "--override", f"dataset.cache_dir={tmp_path / 'cache'}", "--override", "log.progress=false",
-            "--override", "eval.recal_images=16"]
+    argv = train_a0_argv("resnet18", tmp_path, 12, 6)
     assert train_a0.main(argv) == 0
     record = json.loads((out / "a0.json").read_text())
     model = torchvision.models.resnet18(num_classes=3)

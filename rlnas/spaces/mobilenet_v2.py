@@ -40,9 +40,8 @@ from rlnas.spaces.elastic import (
     permute_,
     permute_bn_,
 )
+from rlnas.spaces.mobilenet import STEMS
 from rlnas.spaces.registry import register_family
-
-STEMS = ("imagenet", "cifar")
 
 
 @dataclass(frozen=True)
