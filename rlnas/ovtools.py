@@ -100,16 +100,19 @@ def convert_to_openvino(model: nn.Module, resolution: int) -> Any:
 
 
 def quantize_int8(ov_model: Any, calibration: list[np.ndarray], bias_correction: bool = True,
-                  inplace_statistics: bool = True, target_device: str = "CPU") -> Any:
+                  inplace_statistics: bool = True, target_device: str = "CPU",
+                  ignored_scope: nncf.IgnoredScope | None = None) -> Any:
     """INT8 ``ov.Model`` by NNCF post-training quantization (default preset) over calibration
     batches; statistics are taken per sample, not per batch. The defaults are NNCF's (bias
     correction on, statistics computed inside the calibration graph); the latency oracle's random
-    calibration tensors turn bias correction off (:class:`~rlnas.oracles.irbuild.QuantizationConfig`)."""
+    calibration tensors turn bias correction off (:class:`~rlnas.oracles.irbuild.QuantizationConfig`).
+    ``ignored_scope``: operations NNCF leaves in floating point (e.g. a detector's heads)."""
     batched = max(len(a) for a in calibration) > 1
     advanced = AdvancedQuantizationParameters(batchwise_statistics=batched, disable_bias_correction=not bias_correction,
                                               inplace_statistics=inplace_statistics)
     return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration),
-                         target_device=nncf.TargetDevice[target_device], advanced_parameters=advanced)
+                         target_device=nncf.TargetDevice[target_device], ignored_scope=ignored_scope,
+                         advanced_parameters=advanced)
 
 
 def calibration_samples(calibration: Iterable | None, shape: tuple[int, ...], count: int) -> list[np.ndarray]:

@@ -84,13 +84,14 @@ def evaluate_subnet_map(supernet: Supernet, arch: Arch, data: DetectionData, val
 
 def load_backbone(supernet: Supernet, path: str | Path) -> int:
     """Initialise the SSD backbone from a ``mobilenet_v1`` classification checkpoint (``supernet.pt``,
-    ``last.pt`` or a state dict with ``backbone.*`` keys; the stem does not change shapes).
-    Returns the number of tensors loaded."""
+    ``last.pt``, or a state dict with ``backbone.*`` keys such as the ``a0.pt`` of
+    ``experiments/train_a0.py --model mobilenet_v1``; the stem does not change shapes, but an SSD
+    runs the imagenet stem). Returns the number of tensors loaded."""
     state = load_file(path)
     state = state.get("model", state)
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
-        raise KeyError(f"{path} has no backbone.* weights")
+        raise KeyError(f"{path} has no backbone.* weights (a mobilenet_v1 classification a0.pt, supernet.pt or last.pt)")
     supernet.backbone.load_state_dict(backbone)
     return len(backbone)
 

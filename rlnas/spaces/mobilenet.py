@@ -255,16 +255,30 @@ class ElasticMobileNetV1Backbone(Supernet):
 
 
 class MobileNetV1(nn.Module):
-    """A plain MobileNetV1 classifier (what :meth:`ElasticMobileNetV1.extract` returns)."""
+    """A plain MobileNetV1 classifier (what :meth:`ElasticMobileNetV1.extract` returns).
 
-    def __init__(self, features: MobileNetV1Features, fc: nn.Linear) -> None:
+    Its module names are the supernet's (``backbone.*``, ``fc.*``): the maximal network's state
+    dict loads strictly into the supernet (an a0) and its ``backbone.*`` tensors into an SSD's
+    backbone (:func:`rlnas.detection.train.load_backbone`). A state dict saved with the former
+    name ``features.*`` still loads.
+    """
+
+    def __init__(self, backbone: MobileNetV1Features, fc: nn.Linear) -> None:
         super().__init__()
-        self.features = features
+        self.backbone = backbone
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = fc
+        self.register_load_state_dict_pre_hook(_renamed_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.features(x)[-1]), 1))
+        return self.fc(torch.flatten(self.avgpool(self.backbone(x)[-1]), 1))
+
+
+def _renamed_features(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    """``features.*`` -> ``backbone.*`` in a state dict of :class:`MobileNetV1` saved before the rename."""
+    old = prefix + "features."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "backbone." + key[len(old):]] = state_dict.pop(key)
 
 
 class ElasticMobileNetV1(Supernet):

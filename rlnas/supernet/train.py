@@ -501,17 +501,22 @@ class SupernetTrainer:
             record.update(self._evaluate(ev["val_images"], int(ev["recal_images"])))
         self.progress.history.append(record)
         if self.writer is not None:
-            for k in ("val_acc_max", "val_acc_min"):
-                if k in record:
-                    self.writer.add_scalar(f"train/{k}", record[k], self.progress.global_step)
+            for k, value in record.items():  # val_acc_max, val_acc_min; a detector's val_map_* too
+                if k.startswith("val_") and isinstance(value, float):
+                    self.writer.add_scalar(f"train/{k}", value, self.progress.global_step)
             self.writer.flush()
         log.info("epoch %d (%s): %s", self.progress.epoch, phase.name,
                  {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
 
     def _evaluate(self, val_images: int | None, recal_images: int) -> dict[str, float]:
+        """Validation metrics of the maximal subnet, and of the minimal one when the recipe trains
+        any subnet but the maximal one (an a0's recipe does not: the minimal one means nothing)."""
         space = self.supernet.space
+        kinds = [("max", space.max_arch())]
+        if any(phase.elastic for phase in self.recipe.phases):
+            kinds.append(("min", space.min_arch()))
         out = {}
-        for kind, arch in (("max", space.max_arch()), ("min", space.min_arch())):
+        for kind, arch in kinds:
             with machinelock.shared(machinelock.DEFAULT_PATH):
                 out.update({f"{k}_{kind}": v for k, v in self.evaluate_arch(arch, val_images, recal_images).items()})
         self.supernet.train()
