@@ -137,18 +137,21 @@ def calibration_samples(calibration: Iterable | None, shape: tuple[int, ...], co
 
 
 def quantize_int8_with_accuracy_control(ov_model: Any, calibration: list[np.ndarray],
-                                        validation: list[tuple[np.ndarray, np.ndarray]],
-                                        metric: Callable[[Any, Iterable[tuple[np.ndarray, np.ndarray]]], float],
-                                        max_drop: float) -> Any:
+                                        validation: list[tuple[np.ndarray, Any]],
+                                        metric: Callable[[Any, Iterable[tuple[np.ndarray, Any]]], float],
+                                        max_drop: float, ignored_scope: nncf.IgnoredScope | None = None) -> Any:
     """INT8 ``ov.Model`` by NNCF's accuracy-controlled quantization: :func:`quantize_int8`'s
     quantization, then the quantizers that cost most are reverted until ``metric`` on the
-    ``validation`` (inputs, labels) batches drops at most ``max_drop`` (absolute) below the FP32
-    model's. NNCF compiles the variants itself (its own CPU defaults, bf16 where the CPU has it)."""
+    ``validation`` (inputs, labels) items drops at most ``max_drop`` (absolute) below the FP32
+    model's. ``metric(compiled, items)`` returns the score alone; NNCF then also calls it on single
+    items to rank the quantizers. NNCF compiles every variant itself for CPU with an f32
+    ``INFERENCE_PRECISION_HINT`` (its ``OVPreparedModel``). ``ignored_scope``: operations left in
+    floating point from the start (never quantized, so never reverted)."""
     batched = max(len(a) for a in calibration) > 1
     return nncf.quantize_with_accuracy_control(
         ov_model, nncf.Dataset(calibration), nncf.Dataset(validation, lambda item: item[0]),
         validation_fn=metric, max_drop=float(max_drop), drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,
+        subset_size=len(calibration), target_device=nncf.TargetDevice.CPU, ignored_scope=ignored_scope,
         advanced_quantization_parameters=AdvancedQuantizationParameters(batchwise_statistics=batched))
 
 

@@ -11,10 +11,12 @@ NMS -> COCO mAP (:class:`~rlnas.detection.metrics.DetectionMAP`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nncf
 import numpy as np
 import torch
 from torch import nn
@@ -106,6 +108,27 @@ def convert_detector(module: nn.Module, image_size: int) -> Any:
     for out, name in zip(ov_model.outputs, ("loc", "conf"), strict=True):
         out.get_tensor().set_names({name})
     return ov_model
+
+
+#: the SSD's head groups (module lists ``loc_heads`` and ``conf_heads``)
+HEADS = ("loc", "conf")
+
+
+def head_scope(ov_model: Any, heads: Iterable[str] = HEADS) -> nncf.IgnoredScope:
+    """An ``nncf.IgnoredScope`` of the head convolutions of a detector converted by
+    :func:`convert_detector` (friendly names ``__module.loc_heads.<i>/aten::_convolution/...``),
+    for the groups in ``heads`` (of :data:`HEADS`): quantization leaves them in floating point
+    (see :class:`~rlnas.detection.pipeline.DetectionPipeline` for why and what it costs)."""
+    heads = tuple(heads)
+    unknown = sorted(set(heads) - set(HEADS))
+    if unknown or not heads:
+        raise ValueError(f"heads {heads!r}: give some of {HEADS}")
+    pattern = re.compile(rf"^__module\.({'|'.join(heads)})_heads\.\d+/")
+    names = sorted(op.get_friendly_name() for op in ov_model.get_ops()
+                   if op.get_type_name() == "Convolution" and pattern.match(op.get_friendly_name()))
+    if not names:
+        raise ValueError(f"no {'/'.join(heads)} head convolution in this model (convert it by convert_detector)")
+    return nncf.IgnoredScope(names=names)
 
 
 def calibration_arrays(data: DetectionData, num_images: int) -> list[np.ndarray]:

@@ -18,10 +18,43 @@ class DetectionPipeline(TaskPipeline):
     """COCO mAP with :mod:`rlnas.detection.evaluate` (mAP@.5 is the accuracy): only the network
     (raw ``loc``/``conf``) is converted and quantized, at batch 1 on the first images of the
     oracle's ``split``; decoding and NMS run in PyTorch. Accuracy-controlled quantization judges
-    mAP@.5 on the same images (the search's oracle: validation images only)."""
+    mAP@.5 on the same images (the search's oracle: validation images only), decoded as the INT8
+    scoring decodes them.
+
+    :param fp32_heads: head groups (``loc``, ``conf``; :data:`~rlnas.detection.evaluate.HEADS`)
+        every quantization of this pipeline (search scoring, finalists, accuracy control) leaves
+        in floating point by an ``nncf.IgnoredScope`` over their convolutions; empty (default):
+        NNCF quantizes them like the rest. Why one would: the heads are the detector's raw
+        outputs, read by the post-processing with nothing after them to absorb a quantization
+        error. A ``loc`` offset is scaled by its default box and, for width and height,
+        exponentiated (``exp(0.2 t)``), so one quantization step moves box edges by pixels and
+        can push an IoU across 0.5; a ``conf`` logit goes through the softmax and re-ranks
+        detections across all images, which is what AP integrates. Its cost: the heads'
+        convolutions then run in FP32 and they are not small in SSD300-MobileNetV1 (3x3 heads on
+        six maps): ~18 % of the MACs with 10 classes, ~55 % with COCO's 80 (``conf`` grows with
+        the classes, ``loc`` does not: keeping only ``loc`` costs ~5 % with 10 classes). The
+        activations the heads share with the backbone stay quantized for the backbone. Accuracy
+        control never reverts what is ignored from the start. The latency oracle's timed IR does
+        not know about it (quantized from random tensors, heads included); the finalists'
+        confirmation times the IRs actually exported.
+    """
 
     metrics = {"map50": "mAP@.5", "map": "mAP@[.5:.95]", "map75": "mAP@.75"}
     output_names = ("loc", "conf")
+    fp32_heads: tuple[str, ...] = ()
+
+    def __init__(self, fp32_heads: Iterable[str] = ()) -> None:
+        heads = tuple(h for h in evaluate.HEADS if h in set(fp32_heads))
+        unknown = sorted(set(fp32_heads) - set(evaluate.HEADS))
+        if unknown:
+            raise ValueError(f"fp32_heads: unknown head groups {unknown}; give some of {evaluate.HEADS}")
+        self.fp32_heads = heads
+
+    def ignored_scope(self, ov_model: Any) -> Any:
+        return evaluate.head_scope(ov_model, self.fp32_heads) if self.fp32_heads else None
+
+    def key(self) -> dict[str, Any]:
+        return {"fp32_heads": list(self.fp32_heads)} if self.fp32_heads else {}
 
     def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
         return evaluate.recalibrate(model, oracle.data, oracle.recal_images)
@@ -50,7 +83,8 @@ class DetectionPipeline(TaskPipeline):
         def metric(compiled: Any, items: Iterable[tuple[np.ndarray, Any]]) -> float:
             return self.validation_metric(compiled, items, priors)
 
-        return quantize_int8_with_accuracy_control(ov_model, calibration, validation, metric, max_drop)
+        return quantize_int8_with_accuracy_control(ov_model, calibration, validation, metric, max_drop,
+                                                   self.ignored_scope(ov_model))
 
     def validation_metric(self, compiled: Any, items: Iterable[tuple[np.ndarray, Any]], priors: torch.Tensor) -> float:
         """The accuracy (mAP@.5) of a model NNCF compiled over ``(input, [target])`` validation items."""

@@ -238,7 +238,7 @@ class AccuracyOracle:
                 "recal_seed": RECAL_SEED, "calib_images": self.calib_images, "calib_seed": CALIB_SEED,
                 "calib_batch_size": self.calib_batch_size, "batch_size": self.batch_size,
                 "threads": self.threads, "inference_precision": self.inference_precision,
-                "isa": self._isa, "versions": self.versions}
+                "isa": self._isa, "versions": self.versions, **self.pipeline.key()}
 
     @property
     def pipeline(self) -> TaskPipeline:
@@ -282,7 +282,7 @@ class AccuracyOracle:
         """Convert a prepared model and quantize it by NNCF on real calibration images
         (:meth:`calibration`): the INT8 ``ov.Model``, dynamic batch."""
         with quiet(), machinelock.shared(self.lock_path):
-            return quantize_int8(self.pipeline.convert(self, model), self.calibration(calib_images))
+            return self.pipeline.quantize(self, self.pipeline.convert(self, model), self.calibration(calib_images))
 
     def quantize_with_accuracy_control(self, model: nn.Module, max_drop: float,
                                        calib_images: int | None = None) -> Any:
@@ -399,7 +399,7 @@ class TaskPipeline(abc.ABC):
         with stage("convert"), quiet():
             ov_model = self.convert(oracle, model)
         with stage("quantize"), quiet():
-            quantized = quantize_int8(ov_model, oracle.calibration())
+            quantized = self.quantize(oracle, ov_model, oracle.calibration())
         with stage("compile"):
             compiled = oracle.compile(quantized)
         with stage("eval_int8"):
@@ -445,6 +445,21 @@ class TaskPipeline(abc.ABC):
     @abc.abstractmethod
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
         """Scores of a compiled OpenVINO model on ``count`` validation images."""
+
+    def ignored_scope(self, ov_model: Any) -> Any:
+        """The ``nncf.IgnoredScope`` of ``ov_model`` that this pipeline's quantizations leave in
+        floating point (None: NNCF quantizes all it can)."""
+        return None
+
+    def key(self) -> dict[str, Any]:
+        """This pipeline's own settings that change its numbers, added to the oracle's cache key
+        (none by default, so the keys of a default pipeline stay as they were)."""
+        return {}
+
+    def quantize(self, oracle: AccuracyOracle, ov_model: Any, calibration: list[np.ndarray]) -> Any:
+        """NNCF post-training quantization of ``ov_model`` on ``calibration`` (:func:`quantize_int8`),
+        :meth:`ignored_scope` left in floating point: what the search scores and the finalists export."""
+        return quantize_int8(ov_model, calibration, ignored_scope=self.ignored_scope(ov_model))
 
     def quantize_with_accuracy_control(self, oracle: AccuracyOracle, ov_model: Any, calibration: list[np.ndarray],
                                        max_drop: float) -> Any:
