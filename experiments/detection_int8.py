@@ -49,8 +49,6 @@ from rlnas.oracles.device import DeviceProfile, load_profile
 #: the scores reported for every variant (keys of the detection pipeline's metrics)
 METRICS = {"map50": "mAP@.5", "map": "mAP@[.5:.95]"}
 SPLITS = ("val", "holdout")
-#: OpenVINO friendly names of the SSD head convolutions (``__module.loc_heads.0/aten::_convolution/...``)
-HEAD_PREFIXES = ("__module.loc_heads.", "__module.conf_heads.")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,23 +106,13 @@ def relative(scores: dict[str, dict[str, float]], reference: dict[str, dict[str,
     return {"relative_change": change, "holdout_holds": holds}
 
 
-def head_scope(ov_model: Any) -> Any:
-    """An ``nncf.IgnoredScope`` of every SSD head convolution of ``ov_model`` (by name)."""
-    import nncf
-
-    names = sorted(op.get_friendly_name() for op in ov_model.get_ops()
-                   if op.get_type_name() == "Convolution" and op.get_friendly_name().startswith(HEAD_PREFIXES))
-    if not names:
-        raise RuntimeError(f"no head convolution named {HEAD_PREFIXES} in the converted model")
-    return nncf.IgnoredScope(names=names)
-
-
 def study(args: argparse.Namespace, profile: DeviceProfile, isa: dict[str, Any]) -> dict[str, Any]:
     """Every variant's scores on both splits (see the module docstring)."""
+    # imported here, after apply_isa_cap: ONEDNN_MAX_CPU_ISA acts only if set before OpenVINO loads
     import torch
 
     from rlnas import machinelock
-    from rlnas.detection.evaluate import compile_detector
+    from rlnas.detection.evaluate import compile_detector, head_scope
     from rlnas.oracles.accuracy import AccuracyOracle
     from rlnas.oracles.device import host_cpu_model
     from rlnas.ovtools import int8_primitive_count, library_versions, quantize_int8, quiet
