@@ -17,6 +17,7 @@ help:
 	@echo "make install      create $(VENV) with the pinned stack"
 	@echo "make data         extract ../shared archives into $(DATA)/"
 	@echo "make scenes       build the detection scenes $(DATA)/scenes-300 from the Imagenette photos"
+	@echo "make campaign-128 ResNet-50 / Imagenette at 128 px, a0 to comparisons (hours; rerun resumes)"
 	@echo "make lint         ruff"
 	@echo "make bench        the benchmarks under experiments/ (slow, needs a quiet machine)"
 	@echo "make tensorboard  serve runs under outputs/ on $(TB_HOST) (TB_HOST=0.0.0.0: all interfaces)"
@@ -48,6 +49,10 @@ $(DATA)/.extracted:
 	  echo "$(SHARED)/data not found: skipping extraction. rlnas falls back to torchvision's CIFAR-10"; \
 	  echo "download, or set dataset.root=<ImageFolder root> on the command line."; \
 	fi
+
+.PHONY: campaign-128
+campaign-128: install data
+	bash experiments/campaign_128.sh $(ARGS)
 
 .PHONY: scenes
 scenes: install data

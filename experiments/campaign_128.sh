@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Issue 23's campaign: ResNet-50 on Imagenette at 128 px, from the a0 to the comparisons, on this host.
+# Every stage is resumable and skipped once its result exists, so after a kill or in a new session
+# the same command continues where it stopped:
+#
+#   bash experiments/campaign_128.sh                  # every stage, in order
+#   bash experiments/campaign_128.sh supernet search_avx2   # the named stages only (same order rules)
+#   DRY=1 bash experiments/campaign_128.sh            # print each stage's command and state, run nothing
+#
+# Stages (what each writes; the figures go to docs/results.md):
+#   a0              the ResNet-50 a0 (experiments/train_a0.py)             $A0/a0.json
+#   supernet        the supernet from a0 (recipe from_a0)                  $OUT/supernet/supernet.pt
+#   search_avx2     model-based PPO, finalists, export on kabylake_avx2    $OUT/avx2-ppo_model/export/report.json
+#   search_vnni     the same on icelake_vnni (accuracy cached: mostly latency)
+#   resnet18        the baselines a user would pick instead, a0's recipe   outputs/a0/<model>-imagenette-128/a0.json
+#   mobilenet_v2
+#   baselines_avx2  baselines timed beside a0 and the finalists            <run>/baselines/baselines.json
+#   baselines_vnni
+#   agreement_avx2  20 candidates re-timed: search vs confirmation vs benchmark_app   <run>/latency_agreement.json
+#   agreement_vnni
+#   evolution_avx2  evolution at the same budget                           $OUT/avx2-evolution/export/report.json
+#   evolution_vnni
+#   hardware        one candidate pool timed on every profile              $OUT/hardware_awareness/hardware_awareness.json
+#
+# Logs: $OUT/<stage>.log. Time nothing else while it runs (it times latency): no tests, no training.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-outputs/campaign-128}
+A0=${A0:-outputs/a0/resnet50-imagenette-128}
+BIN=.venv/bin
+SEARCH_OVERRIDES=(reward=hard "supernet.checkpoint=$OUT/supernet")
+STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
+        agreement_avx2 agreement_vnni evolution_avx2 evolution_vnni hardware)
+
+run() {  # the command, or under DRY=1 its quoted form
+  if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
+}
+
+train_a0() {  # train_a0 MODEL: a0's recipe at 128 px, 40 epochs
+  run "$BIN/python" experiments/train_a0.py --model "$1" --dataset imagenette --resolution 128 --epochs 40 \
+    --out "outputs/a0/$1-imagenette-128"
+}
+
+search() {  # search PROFILE AGENT
+  run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$1" "${SEARCH_OVERRIDES[@]}" "agent=$2" \
+    "run_dir=$OUT/$1-$2"
+}
+
+baselines() {  # baselines PROFILE
+  run "$BIN/python" experiments/baselines.py --run "$OUT/$1-ppo_model" \
+    --baseline outputs/a0/resnet18-imagenette-128/a0.pt --baseline outputs/a0/mobilenet_v2-imagenette-128/a0.pt
+}
+
+agreement() {  # agreement PROFILE
+  run "$BIN/python" experiments/latency_agreement.py --run "$OUT/$1-ppo_model" --n 20 --passes 3 --benchmark-app
+}
+
+# the file whose existence marks the stage done
+result_of() {
+  case $1 in
+    a0) echo "$A0/a0.json" ;;
+    supernet) echo "$OUT/supernet/supernet.pt" ;;
+    search_avx2) echo "$OUT/avx2-ppo_model/export/report.json" ;;
+    search_vnni) echo "$OUT/vnni-ppo_model/export/report.json" ;;
+    resnet18 | mobilenet_v2) echo "outputs/a0/$1-imagenette-128/a0.json" ;;
+    baselines_avx2) echo "$OUT/avx2-ppo_model/baselines/baselines.json" ;;
+    baselines_vnni) echo "$OUT/vnni-ppo_model/baselines/baselines.json" ;;
+    agreement_avx2) echo "$OUT/avx2-ppo_model/latency_agreement.json" ;;
+    agreement_vnni) echo "$OUT/vnni-ppo_model/latency_agreement.json" ;;
+    evolution_avx2) echo "$OUT/avx2-evolution/export/report.json" ;;
+    evolution_vnni) echo "$OUT/vnni-evolution/export/report.json" ;;
+    hardware) echo "$OUT/hardware_awareness/hardware_awareness.json" ;;
+    *) echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2; return 2 ;;
+  esac
+}
+
+run_stage() {
+  case $1 in
+    a0) train_a0 resnet50 ;;
+    supernet) run "$BIN/rlnas-train-supernet" model=resnet50 dataset=imagenette resolution=128 recipe=from_a0 \
+                "a0.checkpoint=$A0/a0.pt" "output_dir=$OUT/supernet" ;;
+    search_avx2) search avx2 ppo_model ;;
+    search_vnni) search vnni ppo_model ;;
+    resnet18 | mobilenet_v2) train_a0 "$1" ;;
+    baselines_avx2) baselines avx2 ;;
+    baselines_vnni) baselines vnni ;;
+    agreement_avx2) agreement avx2 ;;
+    agreement_vnni) agreement vnni ;;
+    evolution_avx2) search avx2 evolution ;;
+    evolution_vnni) search vnni evolution ;;
+    hardware) run "$BIN/python" experiments/hardware_awareness.py --supernet "$OUT/supernet" \
+                --experiment resnet50_imagenette_avx2 --candidates-from "$OUT/avx2-ppo_model" \
+                --out "$OUT/hardware_awareness" ;;
+  esac
+}
+
+main() {
+  local wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${STAGES[@]}")
+  for stage in "${wanted[@]}"; do result_of "$stage" >/dev/null || exit 2; done
+  [ -n "${DRY:-}" ] || mkdir -p "$OUT"
+  for stage in "${wanted[@]}"; do
+    local result
+    result=$(result_of "$stage")
+    if [ -e "$result" ]; then
+      echo "[$stage] done: $result"
+    elif [ -n "${DRY:-}" ]; then
+      echo "[$stage] to run:"
+      run_stage "$stage"
+    else
+      echo "[$stage] $(date -u +%FT%TZ) running, log $OUT/$stage.log"
+      run_stage "$stage" 2>&1 | tee -a "$OUT/$stage.log"
+      [ -e "$result" ] || { echo "[$stage] finished without $result" >&2; exit 1; }
+    fi
+  done
+}
+
+main "$@"

@@ -1,0 +1,81 @@
+"""experiments/campaign_128.sh: every stage's command is valid, and finished stages are skipped."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rlnas.api import compose_search
+from rlnas.supernet.train import compose_config
+from rlnas.validate import check_train
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "campaign_128.sh"
+STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet_v2", "baselines_avx2",
+          "baselines_vnni", "agreement_avx2", "agreement_vnni", "evolution_avx2", "evolution_vnni", "hardware"]
+
+
+def dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "campaign"), "A0": str(tmp_path / "a0")}
+    return subprocess.run(["bash", str(SCRIPT), *stages], env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+def commands(stdout: str) -> dict[str, list[str]]:
+    """Stage -> its command's arguments, from a dry run's printout."""
+    found, stage = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("["):
+            stage = line[1:line.index("]")]
+        elif line.startswith("  ") and stage:
+            found[stage] = shlex.split(line)
+    return found
+
+
+def test_every_stage_command_is_printed_in_order(tmp_path: Path) -> None:
+    result = dry_run(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list(commands(result.stdout)) == STAGES
+    assert not (tmp_path / "campaign").exists()
+
+
+def test_search_and_supernet_commands_compose(tmp_path: Path) -> None:
+    cmds = commands(dry_run(tmp_path).stdout)
+    for stage in ("search_avx2", "search_vnni", "evolution_avx2", "evolution_vnni"):
+        cfg = compose_search(*cmds[stage][1:])
+        assert cfg.resolution == 128 and cfg.dataset.name == "imagenette"
+        assert cfg.reward._target_ == "rlnas.search.reward.HardReward"
+        assert cfg.supernet.checkpoint == str(tmp_path / "campaign" / "supernet")
+        assert cfg.agent._target_.rsplit(".", 1)[-1] == ("RegularizedEvolution" if stage.startswith("evolution")
+                                                    else "ModelBasedPPO")
+        assert Path(cfg.run_dir).parent == tmp_path / "campaign"
+    assert compose_search(*cmds["search_avx2"][1:]).device.name == "kabylake_avx2"
+    assert compose_search(*cmds["search_vnni"][1:]).device.name == "icelake_vnni"
+    train = check_train(compose_config(cmds["supernet"][1:]))
+    assert train.recipe.name == "from_a0" and train.resolution == 128
+    assert train.a0.checkpoint == str(tmp_path / "a0" / "a0.pt")
+
+
+@pytest.mark.parametrize("script", ["train_a0.py", "baselines.py", "latency_agreement.py", "hardware_awareness.py"])
+def test_experiment_arguments_parse(tmp_path: Path, script: str) -> None:
+    cmds = [args for args in commands(dry_run(tmp_path).stdout).values() if args[1].endswith(script)]
+    assert cmds
+    help_text = subprocess.run([*cmds[0][:2], "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    for args in cmds:
+        for option in (a for a in args[2:] if a.startswith("--")):
+            assert re.search(rf"(^|[\s\[]){re.escape(option)}([\s=,\]]|$)", help_text, re.M), f"{script}: {option}"
+
+
+def test_a_finished_stage_is_skipped_and_an_unknown_one_refused(tmp_path: Path) -> None:
+    (tmp_path / "a0").mkdir()
+    (tmp_path / "a0" / "a0.json").write_text("{}")
+    result = dry_run(tmp_path, "a0", "supernet")
+    assert result.returncode == 0
+    assert f"[a0] done: {tmp_path / 'a0' / 'a0.json'}" in result.stdout
+    assert list(commands(result.stdout)) == ["supernet"]
+    refused = dry_run(tmp_path, "a0", "nope")
+    assert refused.returncode == 2 and "unknown stage 'nope'" in refused.stderr and not refused.stdout
