@@ -104,8 +104,9 @@ def run_target(cfg: DictConfig, setup: RunSetup, baseline: Measurement) -> float
 
 
 def wants_finalists(cfg: DictConfig, setup: RunSetup, candidates: list[Measurement]) -> bool:
-    """Whether the run's result is a finalist: ``finalists.k > 0``, candidates, a classifier."""
-    return int(cfg.finalists.k) > 0 and bool(candidates) and setup.accuracy.task == "classification"
+    """Whether the run's result is a finalist: ``finalists.k > 0`` and candidates (any task: its
+    pipeline scores, packs and tests the per-image records, :mod:`rlnas.finalists`)."""
+    return int(cfg.finalists.k) > 0 and bool(candidates)
 
 
 def best_feasible(candidates: list[Measurement]) -> Measurement | None:
@@ -422,7 +423,7 @@ def _network(cfg: DictConfig, accuracy: Any, arch: Arch, a0: Arch, task: Task, f
                               batch_size=int(cfg.export.finetune_batch_size), kd_alpha=1.0,
                               kd_temperature=float(cfg.export.kd_temperature), progress=bool(cfg.logging.progress))
     model = FineTune(model, teacher, accuracy.data, out / "finetune", options, "export", int(cfg.seed),
-                     loss_fn=task.distill(model, options.kd_temperature)).run()
+                     loss_fn=task.distill(model, options)).run()
     found["acc_fp32"] = accuracy.fp32_accuracy(model)
     notes.append(f"fine-tuned {epochs} epoch(s) with distillation from a0; FP32/INT8 {accuracy.metric} re-measured")
     return model

@@ -6,15 +6,18 @@ images and confirmed in one interleaved latency measurement with a0.
     tune     each one: its supernet weights (BN recalibrated), fine-tuned on the training images
              with distillation from a0 (frozen, as deployed); resumable, TensorBoard ``finetune/``
     score    FP32 and NNCF INT8 (real calibration images) on validation images (the choice) and on
-             held-out images (the report: nothing was selected on them)
+             held-out images (the report: nothing was selected on them), with what the network did
+             on each image (the task pipeline's per-image record: which images a classifier gets
+             right, a detector's matched detections)
     confirm  a0 and every finalist, INT8 IRs built the same way, timed in the same interleaved
              rounds with more rounds than the search (:meth:`LatencyOracle.confirm`), in
              ``confirm_passes`` passes: on the AVX2 VM two passes minutes apart differed by 5-7 %,
              on the Zen 4 VM back-to-back passes by up to 39 %, while each pass's own CI is
              +-0.5 %, so a finalist's ratio is its median over passes
     choose   the fastest finalist in the confirmation for which the bound holds on validation
-             images with ``confidence`` (:mod:`rlnas.stats`: the paired per-image difference to a0's
-             FP32, alpha split over the finalists); none: the one whose lower confidence bound is
+             images with ``confidence`` (the task's bound test, :mod:`rlnas.stats`: top-1's paired
+             per-image difference to a0's FP32, mAP@.5's paired bootstrap over images; alpha split
+             over the finalists); none: the one whose lower confidence bound is
              highest, marked as not established. Its held-out accuracy, with its interval and the
              paired held-out test, is what the report states (choosing by held-out accuracy would
              bias it again)
@@ -41,16 +44,18 @@ import torch
 from torch import nn
 
 from rlnas.arch import Arch
+from rlnas.oracles.accuracy import TaskPipeline
 from rlnas.oracles.latency_results import Confirmation
 from rlnas.oracles.ratios import TimingConfig
 from rlnas.ovtools import name_tensors, reshaped
 from rlnas.runsetup import RunSetup
 from rlnas.schema import FinalistsConfig
 from rlnas.search.measurement import Measurement
-from rlnas.stats import accuracy_interval, bound_test, pack_bits, unpack_bits
+from rlnas.stats import unpack_bits
 from rlnas.supernet.a0 import frozen_teacher
 from rlnas.supernet.checkpoint import weights_hash
 from rlnas.supernet.finetune import FineTune
+from rlnas.tasks import get_task
 
 log = logging.getLogger("rlnas.finalists")
 
@@ -94,33 +99,63 @@ def select(candidates: list[Measurement], reward: Callable[[Measurement, float],
 
 
 def accuracy_row(setup: RunSetup, model: nn.Module, key: str) -> dict[str, Any]:
-    """FP32 and INT8 accuracy of a prepared model on validation and held-out images (cached),
-    with which images it gets right (``bits``: packed, :mod:`rlnas.stats`)."""
+    """FP32 and INT8 accuracy of a prepared model on validation and held-out images (cached), its
+    ``task`` and what it did on each image: the task pipeline's packed per-image records under its
+    ``row_field`` (a classifier's ``bits``: which images it gets right; a detector's ``matches``),
+    keyed ``<split>_<precision>``."""
+    pipeline = setup.accuracy.pipeline
     val = setup.accuracy.evaluate_model(model, key)
     held = setup.holdout.evaluate_model(model, key)
     if not (val.ok and held.ok):
         raise RuntimeError(f"scoring {key} failed: {val.reason or held.reason}")
-    bits = {f"{split}_{p}": r.details[f"{p}_correct"] for split, r in (("val", val), ("holdout", held))
-            for p in ("fp32", "int8") if f"{p}_correct" in r.details}
-    return {"val_fp32": val.acc_fp32, "val_int8": val.acc_int8, "holdout_fp32": held.acc_fp32,
-            "holdout_int8": held.acc_int8, "images": {"val": val.details["eval_images"],
-                                                      "holdout": held.details["eval_images"]}, "bits": bits}
+    records = {f"{split}_{p}": r.details[f"{p}_{pipeline.per_image}"] for split, r in (("val", val), ("holdout", held))
+               for p in ("fp32", "int8") if f"{p}_{pipeline.per_image}" in r.details}
+    return {"task": setup.accuracy.task, "val_fp32": val.acc_fp32, "val_int8": val.acc_int8,
+            "holdout_fp32": held.acc_fp32, "holdout_int8": held.acc_int8,
+            "images": {"val": val.details["eval_images"], "holdout": held.details["eval_images"]},
+            pipeline.row_field: records}
+
+
+def pipeline_of(row: dict[str, Any]) -> TaskPipeline:
+    """The task pipeline whose per-image records and bound test an :func:`accuracy_row` holds
+    (its ``task``; a row without one is a classifier's)."""
+    return get_task(row.get("task")).pipeline
+
+
+def per_image_of(row: dict[str, Any], split: str, precision: str) -> Any:
+    """The per-image record of an :func:`accuracy_row` on ``split`` in ``precision``, unpacked by its
+    task's pipeline (a classifier's per-image correctness, a detector's matches).
+
+    :raises ValueError: the row has none (e.g. a detection set with crowd ground truth)."""
+    pipeline = pipeline_of(row)
+    packed = row.get(pipeline.row_field, {}).get(f"{split}_{precision}")
+    if packed is None:
+        raise ValueError(f"this {row.get('task') or 'classification'} accuracy row has no per-image record of "
+                         f"{split} {precision} ({pipeline.row_field}: {sorted(row.get(pipeline.row_field, {}))}): "
+                         "its bound cannot be tested")
+    return pipeline.unpack_per_image(packed, int(row["images"][split]))
 
 
 def correct_of(row: dict[str, Any], split: str, precision: str) -> np.ndarray:
-    """Per-image correctness of an :func:`accuracy_row` on ``split`` in ``precision``."""
+    """Per-image correctness of a classifier's :func:`accuracy_row` on ``split`` in ``precision``."""
     return unpack_bits(row["bits"][f"{split}_{precision}"], int(row["images"][split]))
 
 
 def judge(row: dict[str, Any], a0_row: dict[str, Any], tau: float, confidence: float, finalists: int) -> None:
-    """The finalist's bound tests into ``row``: on validation images with alpha split over the
-    ``finalists`` (what chooses), on held-out images alone (what the report states), and the
-    held-out INT8 top-1's 95 % interval."""
-    val = bound_test(correct_of(row, "val", "int8"), correct_of(a0_row, "val", "fp32"), tau, confidence, finalists)
-    held_int8 = correct_of(row, "holdout", "int8")
-    held = bound_test(held_int8, correct_of(a0_row, "holdout", "fp32"), tau, confidence)
+    """The finalist's bound tests into ``row``, by its task's pipeline (:meth:`TaskPipeline.bound_test`:
+    top-1's paired per-image test, mAP@.5's paired bootstrap over images): on validation images
+    with alpha split over the ``finalists`` (what chooses), on held-out images alone (what the
+    report states), and the held-out INT8 accuracy's 95 % interval (Wilson's for top-1, the
+    bootstrap percentile one for mAP)."""
+    pipeline = pipeline_of(row)
+    if pipeline is not pipeline_of(a0_row):
+        raise ValueError(f"a {row.get('task')} row judged against a0's {a0_row.get('task')} row")
+    val = pipeline.bound_test(per_image_of(row, "val", "int8"), per_image_of(a0_row, "val", "fp32"), tau,
+                              confidence, finalists)
+    held_int8 = per_image_of(row, "holdout", "int8")
+    held = pipeline.bound_test(held_int8, per_image_of(a0_row, "holdout", "fp32"), tau, confidence)
     row.update(val_bound=asdict(val) | {"holds": val.holds}, holdout_bound=asdict(held) | {"holds": held.holds},
-               holdout_int8_interval=list(accuracy_interval(held_int8)))
+               holdout_int8_interval=list(pipeline.interval(held_int8)))
 
 
 def save_int8_ir(setup: RunSetup, model: nn.Module, path: Path, calib_images: int) -> Path:
@@ -138,11 +173,14 @@ def accuracy_controlled(setup: RunSetup, model: nn.Module, key: str, path: Path,
     ptq = accuracy_row(setup, model, key)
     quantized = setup.accuracy.quantize_with_accuracy_control(
         model.to(memory_format=torch.contiguous_format), cfg.max_drop, cfg.calib_images)
-    row = {**ptq, "ptq_val_int8": ptq["val_int8"], "ptq_holdout_int8": ptq["holdout_int8"]}
+    field = setup.accuracy.pipeline.row_field
+    row = {**ptq, "ptq_val_int8": ptq["val_int8"], "ptq_holdout_int8": ptq["holdout_int8"], field: dict(ptq[field])}
     for split, oracle in (("val", setup.accuracy), ("holdout", setup.holdout)):
-        scores, correct = oracle.pipeline.int8_eval(oracle, oracle.compile(quantized), oracle.eval_count)
+        scores, record = oracle.pipeline.int8_eval(oracle, oracle.compile(quantized), oracle.eval_count)
         row[f"{split}_int8"] = scores[oracle.pipeline.accuracy_key]
-        row["bits"] = {**row["bits"], f"{split}_int8": pack_bits(correct)}
+        row[field].pop(f"{split}_int8", None)  # the plain quantization's record is not this model's
+        if record is not None:
+            row[field][f"{split}_int8"] = oracle.pipeline.pack_per_image(record)
     return row, write_int8_ir(setup, quantized, path)
 
 
@@ -197,14 +235,14 @@ def tune_all(setup: RunSetup, models: dict[str, nn.Module], teacher: nn.Module, 
              seed: int, writer: Any, on_step: Callable[[int], None] | None) -> dict[str, nn.Module]:
     """Every finalist fine-tuned from ``teacher``: one after the other here, or as many at once as
     the Ray backend has fine-tuning workers (each on a node, checkpoints kept by this driver)."""
-    backend = setup.backend
+    backend, task, options = setup.backend, get_task(setup.accuracy.task), cfg.tuning()
 
     def tune(name: str) -> nn.Module:
-        if backend is None:
-            return FineTune(models[name], teacher, setup.data, out / name, cfg.tuning(), name, seed, writer,
-                            on_step).run()
+        if backend is None:  # the task's distillation (a detector's: the detection trainer's)
+            return FineTune(models[name], teacher, setup.data, out / name, options, name, seed, writer,
+                            on_step, loss_fn=task.distill(models[name], options)).run()
         return backend.fine_tune(models[name], teacher, setup.cfg.dataset, int(setup.cfg.resolution), out / name,
-                                 cfg.tuning(), name, seed, writer)
+                                 options, name, seed, writer)  # the actor takes the dataset's task's loss
 
     workers = backend.accuracy_workers if backend is not None else 1
     with ThreadPoolExecutor(max(1, min(workers, len(models))), thread_name_prefix="rlnas-finetune") as pool:
@@ -262,6 +300,8 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
     result = {"finalists": [f.to_dict() for f in finalists], "a0": a0_row, "a0_key": teacher_key,
               "target": target, "chosen": best.name, "chosen_feasible": best.feasible,
               "chosen_with_confidence": established, "confidence": cfg.confidence, "tau": tau,
+              "task": setup.accuracy.task, "metric": setup.accuracy.metric,
+              "bound_test": setup.accuracy.pipeline.bound_method,
               "confirmation": confirmation, "config": asdict(cfg), "seconds": time.perf_counter() - t0}
     (out / FINALISTS_JSON).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

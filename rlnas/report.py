@@ -132,11 +132,15 @@ def _finalists_table(finals: dict[str, Any], metric: str, latency_metric: str) -
             f"{conf.get('rounds_by_pass', conf.get('rounds', '?'))} interleaved rounds, on profile "
             f"{conf.get('profile', '?')} (IRs built the same way for all); ratios of the "
             f"{time_label(latency_metric)}, as in the search.", "",
-            f"Bound tests: per-image paired differences INT8(finalist) - tau x FP32(a0) on the same images, "
+            f"Bound tests: {finals.get('bound_test') or CLASSIFICATION_BOUND}; "
             f"one-sided {finals.get('confidence', 0.9):.0%} lower confidence bound; on validation images alpha is "
             "split over the finalists (Bonferroni), which chooses; held-out images only report. The finalists "
             "were selected by the search on the same validation images, which the split does not account for.",
             "", *_above_cap_note(conf)]
+
+
+#: what the bound tests of a finalists record written before it said how they decide were
+CLASSIFICATION_BOUND = "per-image paired differences INT8(finalist) - tau x FP32(a0) on the same images"
 
 
 def _bound_cell(test: dict[str, Any] | None) -> str:

@@ -66,7 +66,8 @@ class FinalistsConfig(FineTuneOptions):
         fine-tuning may lift over the target compete with feasible ones on speed alone).
     :param calib_images: real training images to quantize each finalist (and a0) by NNCF.
     :param confidence: with which the chosen finalist must meet the bound on validation images
-        (one-sided, split over the finalists compared; :func:`rlnas.stats.bound_test`).
+        (one-sided, split over the finalists compared; the task's test: :func:`rlnas.stats.bound_test`
+        for top-1, :func:`rlnas.stats.map_bound_test` for mAP@.5).
     :param confirm_timing: :class:`TimingConfig` fields of the confirmation over the search's
         ``latency.timing`` (longer: a0 and every finalist, interleaved).
     :param confirm_passes: confirmation passes (each a full interleaved measurement of a0 and the
@@ -75,8 +76,8 @@ class FinalistsConfig(FineTuneOptions):
     :param quantization: how each fine-tuned finalist becomes INT8: ``ptq`` (NNCF post-training
         quantization on ``calib_images`` real images, as the search measured) or
         ``accuracy_control`` (``nncf.quantize_with_accuracy_control``: then quantizers are
-        reverted to FP32 until the INT8 top-1 on the *validation* images is at most ``max_drop``
-        below the FP32 model's; slower, classification only). Its INT8 model is the one scored,
+        reverted to FP32 until the INT8 accuracy (top-1, mAP@.5) on the *validation* images is at
+        most ``max_drop`` below the FP32 model's; slower). Its INT8 model is the one scored,
         confirmed and exported.
     :param max_drop: the absolute accuracy drop ``accuracy_control`` allows.
     """

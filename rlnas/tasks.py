@@ -23,7 +23,8 @@ from rlnas.detection.pipeline import DetectionPipeline
 from rlnas.detection.train import DetectionSupernetTrainer, distill_loss
 from rlnas.errors import UserError
 from rlnas.oracles.accuracy import ClassificationPipeline, TaskPipeline
-from rlnas.supernet.train import SupernetTrainer, kd_loss
+from rlnas.supernet.finetune import FineTuneOptions, classification_kd
+from rlnas.supernet.train import SupernetTrainer
 
 #: ``(student output, teacher output, the batch's targets) -> loss`` of one fine-tuning step
 DistillLoss = Callable[[Any, Any, Any], Tensor]
@@ -36,16 +37,28 @@ class TaskError(UserError, KeyError):
         return str(self.args[0])
 
 
-def classification_distill(student: nn.Module, temperature: float) -> DistillLoss:
-    """KL(teacher || student) on the logits at ``temperature`` (the supernet trainer's ``kd_loss``)."""
-    return lambda out, taught, _labels: kd_loss(out, taught, temperature)
+def classification_distill(student: nn.Module, options: FineTuneOptions) -> DistillLoss:
+    """``kd_alpha`` x KL(teacher || student) on the logits at ``kd_temperature`` + (1 - ``kd_alpha``)
+    x cross-entropy with the labels (``label_smoothing``): :func:`~rlnas.supernet.finetune.classification_kd`."""
+    return classification_kd(options)
 
 
-def detection_distill(student: nn.Module, temperature: float) -> DistillLoss:
-    """The detection trainer's distillation: KL on every prior's class scores at ``temperature`` +
-    smooth L1 on the offsets of the priors matched to the batch's ground truth."""
+def detection_distill(student: nn.Module, options: FineTuneOptions) -> DistillLoss:
+    """The detection trainer's loss of a distilled subnet (:func:`~rlnas.detection.train.detection_train_step`):
+    ``kd_alpha`` x its distillation (KL on every prior's class scores at ``kd_temperature`` + smooth
+    L1 on the offsets of the priors matched to the batch's ground truth) + (1 - ``kd_alpha``) x the
+    MultiBox loss on that ground truth (matched once per batch)."""
     matcher = MultiBoxLoss(priors_of(student))
-    return lambda out, taught, targets: distill_loss(out, taught, matcher.targets(targets)[1], temperature)
+    alpha, temperature = options.kd_alpha, options.kd_temperature
+
+    def loss(out: Any, taught: Any, targets: Any) -> Tensor:
+        loc_t, labels = (t.to(out[0].device) for t in matcher.targets(targets))
+        value = alpha * distill_loss(out, taught, labels, temperature)
+        if alpha < 1:
+            value = value + (1 - alpha) * matcher.from_matched(*out, loc_t, labels)["loss"]
+        return value
+
+    return loss
 
 
 def classification_meta(data: Any) -> dict[str, Any]:
@@ -82,7 +95,9 @@ class Task:
     :param build_data: ``(dataset config, resolution) -> data`` (train / validation images...).
     :param trainer: the :class:`~rlnas.supernet.train.SupernetTrainer` (sub)class for its supernets.
     :param pipeline: how the accuracy oracle measures it.
-    :param distill: ``(student, temperature) -> DistillLoss`` for fine-tuning from a0.
+    :param distill: ``(student, FineTuneOptions) -> DistillLoss`` for fine-tuning from a0 (the
+        finalists, the export's ``finetune_epochs``): ``kd_alpha`` x distillation + the rest the
+        task's supervised loss.
     :param meta: ``data -> dict`` of preprocessing and class entries saved in ``model.pt``.
     :param usage: ``(model, resolution) -> str``: how to run the exported IR (a report note).
     """
@@ -91,7 +106,7 @@ class Task:
     build_data: Callable[[Mapping[str, Any], int], Any]
     trainer: type[SupernetTrainer]
     pipeline: TaskPipeline
-    distill: Callable[[nn.Module, float], DistillLoss]
+    distill: Callable[[nn.Module, FineTuneOptions], DistillLoss]
     meta: Callable[[Any], dict[str, Any]]
     usage: Callable[[nn.Module, int], str]
 

@@ -360,7 +360,7 @@ def test_export_of_a_detection_run(tiny_ssd, tmp_path: Path) -> None:
 
     with initialize_config_dir(config_dir=str(rlnas.CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=ssd_tiny", "dataset=coco128", "device=host", "tau=0.0",
-                                                       "export.calib_images=3"])
+                                                       "export.calib_images=3", "finalists.k=0"])
     meta = {"family": "ssd_tiny", "kwargs": {"num_classes": 3}, "path": None}
     setup = RunSetup(cfg, supernet, meta, accuracy.data, None, None, accuracy, (1, 3, 32, 32), "", {})
     summary = export_run(cfg, run, setup=setup)
@@ -417,7 +417,7 @@ def test_detection_finetune_distils_from_a0(tiny_ssd, tmp_path: Path) -> None:
                                  "val_split": "train", "num_classes": 3}, 32)
     teacher = tiny_ssd.extract(tiny_ssd.space.max_arch()).eval()
     student = tiny_ssd.extract(tiny_ssd.space.min_arch()).eval()
-    loss_fn = get_task("detection").distill(student, 1.0)
+    loss_fn = get_task("detection").distill(student, FineTuneOptions(kd_alpha=1.0, kd_temperature=1.0))
     x, targets = next(iter(data.loader("calib", 3)))
     with torch.no_grad():
         assert loss_fn(student(x), student(x), targets).item() == pytest.approx(0.0, abs=1e-6)

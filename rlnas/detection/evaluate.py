@@ -27,6 +27,7 @@ from rlnas.detection.boxes import PostProcess, postprocess
 from rlnas.detection.metrics import DetectionMAP
 from rlnas.ovtools import compile_cpu, convert_to_openvino, quantize_int8, quiet
 from rlnas.spaces.base import Supernet
+from rlnas.stats import DetectionMatches, match_detections
 from rlnas.supernet.bn import recalibrate_bn
 
 Batch = tuple[torch.Tensor, list[Target]]
@@ -66,6 +67,26 @@ def score_batches(outputs: Iterable[tuple[torch.Tensor, torch.Tensor, list[Targe
     return metric.compute()
 
 
+def score_and_match(outputs: Iterable[tuple[torch.Tensor, torch.Tensor, list[Target]]], priors: torch.Tensor,
+                    post: PostProcess | None = None) -> tuple[dict[str, float], DetectionMatches | None]:
+    """:func:`score_batches` and the detections matched to the ground truth at IoU 0.5 (the same
+    boxes, :func:`rlnas.stats.match_detections`): what mAP@.5's paired bootstrap needs per image.
+    None for the matches where some ground truth is a crowd region (COCO's ignore regions, which
+    that matching does not model)."""
+    metric = DetectionMAP()
+    preds: list[dict[str, torch.Tensor]] = []
+    truths: list[dict[str, torch.Tensor]] = []
+    for loc, conf, targets in outputs:
+        batch = [to_pixels(p, t["size"]) for p, t in zip(postprocess(loc, conf, priors.cpu(), post or PostProcess()),
+                                                          targets, strict=True)]
+        gts = [to_pixels(t, t["size"]) for t in targets]
+        metric.update(batch, gts)
+        preds += batch
+        truths += gts
+    crowd = any(bool(torch.as_tensor(t["iscrowd"]).any()) for t in truths if "iscrowd" in t)
+    return metric.compute(), None if crowd else match_detections(preds, truths)
+
+
 @torch.no_grad()
 def _torch_outputs(module: nn.Module, batches: Iterable[Batch]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[Target]]]:
     device = next(module.parameters()).device
@@ -86,6 +107,15 @@ def evaluate_detection(model: nn.Module, arch: Arch | None, data: DetectionData,
     priors = priors_of(model) if priors is None else priors
     loader = data.loader(split, batch_size, max_images=max_images)
     return score_batches(_torch_outputs(module, loader), priors, post)
+
+
+def evaluate_detection_matched(model: nn.Module, data: DetectionData, *, split: str = "val",
+                               max_images: int | None = None, batch_size: int = 16
+                               ) -> tuple[dict[str, float], DetectionMatches | None]:
+    """:func:`evaluate_detection` of a plain detector and its matches (:func:`score_and_match`)."""
+    module = as_module(model, None)
+    return score_and_match(_torch_outputs(module, data.loader(split, batch_size, max_images=max_images)),
+                           priors_of(model))
 
 
 def recalibrate(model: nn.Module, data: DetectionData, num_images: int, batch_size: int = 16) -> nn.Module:
@@ -220,3 +250,10 @@ def evaluate_compiled(compiled: Any, data: DetectionData, priors: torch.Tensor, 
     """
     loader = data.loader(split, 1, max_images=max_images)
     return score_batches(_openvino_outputs(compiled, loader), priors, post)
+
+
+def evaluate_compiled_matched(compiled: Any, data: DetectionData, priors: torch.Tensor, *, split: str = "val",
+                              max_images: int | None = None) -> tuple[dict[str, float], DetectionMatches | None]:
+    """:func:`evaluate_compiled` and the matches (:func:`score_and_match`)."""
+    loader = data.loader(split, 1, max_images=max_images)
+    return score_and_match(_openvino_outputs(compiled, loader), priors)

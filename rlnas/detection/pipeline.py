@@ -12,6 +12,14 @@ from torch import nn
 from rlnas.detection import evaluate
 from rlnas.oracles.accuracy import AccuracyOracle, TaskPipeline
 from rlnas.ovtools import quantize_int8_with_accuracy_control
+from rlnas.stats import (
+    BootstrapBoundTest,
+    DetectionMatches,
+    map_bound_test,
+    map_interval,
+    pack_matches,
+    unpack_matches,
+)
 
 
 class DetectionPipeline(TaskPipeline):
@@ -37,10 +45,21 @@ class DetectionPipeline(TaskPipeline):
         control never reverts what is ignored from the start. The latency oracle's timed IR does
         not know about it (quantized from random tensors, heads included); the finalists'
         confirmation times the IRs actually exported.
+
+    Per image (the finalists' bound test): the detections matched to the ground truth at IoU 0.5
+    (:class:`~rlnas.stats.DetectionMatches`), packed by :func:`~rlnas.stats.pack_matches` into the
+    result's ``details`` (``fp32_matches``, ``int8_matches``; the finalists' rows keep them under
+    ``matches``); the bound is :func:`~rlnas.stats.map_bound_test` (a paired bootstrap of mAP@.5
+    over images) and an mAP's interval the bootstrap percentile one (:func:`~rlnas.stats.map_interval`).
+    A dataset with crowd ground truth records no matches (scores only).
     """
 
     metrics = {"map50": "mAP@.5", "map": "mAP@[.5:.95]", "map75": "mAP@.75"}
     output_names = ("loc", "conf")
+    per_image = "matches"
+    row_field = "matches"
+    bound_method = ("a paired bootstrap over images of mAP@.5 INT8(finalist) - tau x mAP@.5 FP32(a0) (the same "
+                    "1000 resamples for both), percentile lower bound; held-out interval: bootstrap percentile")
     fp32_heads: tuple[str, ...] = ()
 
     def __init__(self, fp32_heads: Iterable[str] = ()) -> None:
@@ -54,13 +73,39 @@ class DetectionPipeline(TaskPipeline):
         return evaluate.head_scope(ov_model, self.fp32_heads) if self.fp32_heads else None
 
     def key(self) -> dict[str, Any]:
-        return {"fp32_heads": list(self.fp32_heads)} if self.fp32_heads else {}
+        # records made before they held the matches are not this pipeline's
+        return {"per_image": "matches", **({"fp32_heads": list(self.fp32_heads)} if self.fp32_heads else {})}
 
     def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
         return evaluate.recalibrate(model, oracle.data, oracle.recal_images)
 
     def fp32_scores(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> dict[str, float]:
         return evaluate.evaluate_detection(model, None, oracle.data, split=oracle.split, max_images=count)
+
+    def fp32_eval(self, oracle: AccuracyOracle, model: nn.Module, count: int
+                  ) -> tuple[dict[str, float], DetectionMatches | None]:
+        return evaluate.evaluate_detection_matched(model, oracle.data, split=oracle.split, max_images=count)
+
+    def int8_eval(self, oracle: AccuracyOracle, compiled: Any, count: int
+                  ) -> tuple[dict[str, float], DetectionMatches | None]:
+        return evaluate.evaluate_compiled_matched(compiled, oracle.data, evaluate.priors_of(oracle.supernet),
+                                                  split=oracle.split, max_images=count)
+
+    def pack_per_image(self, record: DetectionMatches) -> dict[str, Any]:
+        return pack_matches(record)
+
+    def unpack_per_image(self, packed: dict[str, Any], images: int) -> DetectionMatches:
+        matches = unpack_matches(packed)
+        if matches.images != images:
+            raise ValueError(f"matches of {matches.images} images where {images} were scored")
+        return matches
+
+    def bound_test(self, int8: DetectionMatches, a0_fp32: DetectionMatches, tau: float, confidence: float = 0.9,
+                   comparisons: int = 1) -> BootstrapBoundTest:
+        return map_bound_test(int8, a0_fp32, tau, confidence, comparisons)
+
+    def interval(self, record: DetectionMatches, confidence: float = 0.95) -> tuple[float, float]:
+        return map_interval(record, confidence)
 
     def calibration(self, oracle: AccuracyOracle, count: int) -> list[np.ndarray]:
         return evaluate.calibration_arrays(oracle.data, count)

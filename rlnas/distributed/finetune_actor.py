@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rlnas.distributed.cluster import NodeLost, node_dataset, node_info, ray
 from rlnas.supernet.checkpoint import atomic_save, load_file
 from rlnas.supernet.finetune import FineTune, FineTuneOptions
-from rlnas.tasks import build_data
+from rlnas.tasks import build_data, get_task
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ class FineTuneActor:
         student, teacher = torch.load(io.BytesIO(networks), map_location="cpu", weights_only=False)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         data = build_data(OmegaConf.create(dataset), int(resolution))
-        self.tune = FineTune(student, teacher, data, None, FineTuneOptions(**{**options, "progress": False}),
-                             name, seed, device=device)
+        tuning = FineTuneOptions(**{**options, "progress": False})
+        self.tune = FineTune(student, teacher, data, None, tuning, name, seed, device=device,
+                             loss_fn=get_task(dataset.get("task")).distill(student, tuning))
         self.info = {**node_info(), "device": device}
 
     def describe(self) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from rlnas.ovtools import (
     quantize_int8_with_accuracy_control,
     quiet,
 )
-from rlnas.stats import pack_bits, unpack_bits
+from rlnas.stats import BoundTest, accuracy_interval, bound_test, pack_bits, unpack_bits
 from rlnas.supernet.bn import recalibrate_bn
 from rlnas.supernet.scoring import torch_correct
 from rlnas.timing import StageTimer
@@ -363,10 +363,26 @@ class TaskPipeline(abc.ABC):
 
     ``metrics`` maps score keys to labels, the accuracy (the search's constraint) first;
     ``output_names`` names the network's outputs in ONNX and the IR.
+
+    Per image: :meth:`fp32_eval` / :meth:`int8_eval` also give what the network did on each image,
+    its *per-image record*, which :meth:`score` packs into the result's ``details`` as
+    ``fp32_<per_image>`` / ``int8_<per_image>`` (:meth:`pack_per_image`), and on which
+    :meth:`bound_test` tests the bound ``INT8(a) >= tau * FP32(a0)`` and :meth:`interval` gives an
+    accuracy's interval. This base class's are those of an accuracy that is a mean over images:
+    which images the network gets right (``correct``, packed bits; the finalists' rows keep them
+    under ``bits``), :func:`rlnas.stats.bound_test`, the Wilson interval. Detection's are the
+    matched detections, mAP@.5's paired bootstrap and its percentile interval.
     """
 
     metrics: dict[str, str]
     output_names: tuple[str, ...]
+    #: the per-image record's name in ``details`` (``fp32_<per_image>``, ``int8_<per_image>``)
+    per_image: str = "correct"
+    #: the key under which a finalist's accuracy row (:func:`rlnas.finalists.accuracy_row`) keeps them
+    row_field: str = "bits"
+    #: how :meth:`bound_test` and :meth:`interval` decide, for the report
+    bound_method: str = ("per-image paired differences INT8(finalist) - tau x FP32(a0) on the same images, normal "
+                         "approximation; held-out interval: Wilson")
 
     @property
     def accuracy_key(self) -> str:
@@ -395,7 +411,7 @@ class TaskPipeline(abc.ABC):
         if fp32_count > 0:
             with stage("eval_fp32"):
                 fp32, correct = self.fp32_eval(oracle, model, fp32_count)
-            bits.update({} if correct is None else {"fp32_correct": pack_bits(correct)})
+            bits.update({} if correct is None else {f"fp32_{self.per_image}": self.pack_per_image(correct)})
         with stage("convert"), quiet():
             ov_model = self.convert(oracle, model)
         with stage("quantize"), quiet():
@@ -404,23 +420,39 @@ class TaskPipeline(abc.ABC):
             compiled = oracle.compile(quantized)
         with stage("eval_int8"):
             int8, correct = self.int8_eval(oracle, compiled, oracle.eval_count)
-        bits.update({} if correct is None else {"int8_correct": pack_bits(correct)})
+        bits.update({} if correct is None else {f"int8_{self.per_image}": self.pack_per_image(correct)})
         details = {"eval_images": oracle.eval_count, "fp32_images": fp32_count, "split": oracle.split,
                    "int8_primitives": int8_primitive_count(compiled), "fp32_scores": fp32, "int8_scores": int8,
                    **bits}
         acc_fp32, acc_int8 = fp32.get(key), int8[key]
         return AccuracyResult("ok", "", acc_fp32, acc_int8, details=details)
 
-    def fp32_eval(self, oracle: AccuracyOracle, model: nn.Module, count: int
-                  ) -> tuple[dict[str, float], np.ndarray | None]:
-        """:meth:`fp32_scores` and, where the metric is a mean over images, which images the model
-        gets right (None otherwise: mAP is not)."""
+    def fp32_eval(self, oracle: AccuracyOracle, model: nn.Module, count: int) -> tuple[dict[str, float], Any]:
+        """:meth:`fp32_scores` and the per-image record (see the class docstring; None: none recorded)."""
         return self.fp32_scores(oracle, model, count), None
 
-    def int8_eval(self, oracle: AccuracyOracle, compiled: Any, count: int
-                  ) -> tuple[dict[str, float], np.ndarray | None]:
-        """:meth:`int8_scores` and, where it applies, the per-image correctness (see :meth:`fp32_eval`)."""
+    def int8_eval(self, oracle: AccuracyOracle, compiled: Any, count: int) -> tuple[dict[str, float], Any]:
+        """:meth:`int8_scores` and the per-image record (see :meth:`fp32_eval`)."""
         return self.int8_scores(oracle, compiled, count), None
+
+    def pack_per_image(self, record: Any) -> Any:
+        """A per-image record as JSON-serialisable data (here: per-image correctness as packed bits)."""
+        return pack_bits(record)
+
+    def unpack_per_image(self, packed: Any, images: int) -> Any:
+        """The record :meth:`pack_per_image` packed, of ``images`` images."""
+        return unpack_bits(packed, images)
+
+    def bound_test(self, int8: Any, a0_fp32: Any, tau: float, confidence: float = 0.9,
+                   comparisons: int = 1) -> BoundTest:
+        """Does the network whose INT8 per-image record is ``int8`` meet ``tau`` times a0's FP32
+        accuracy (record ``a0_fp32``, the same images) with ``confidence``, alpha split over
+        ``comparisons``? Here :func:`rlnas.stats.bound_test` (paired per-image differences)."""
+        return bound_test(int8, a0_fp32, tau, confidence, comparisons)
+
+    def interval(self, record: Any, confidence: float = 0.95) -> tuple[float, float]:
+        """The accuracy's ``confidence`` interval from a per-image record (here: Wilson's)."""
+        return accuracy_interval(record, confidence)
 
     @abc.abstractmethod
     def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
