@@ -109,6 +109,17 @@ def wants_finalists(cfg: DictConfig, setup: RunSetup, candidates: list[Measureme
     return int(cfg.finalists.k) > 0 and bool(candidates)
 
 
+def without_records(value: Any, field: str) -> Any:
+    """``value`` (the finalists' record) without the per-image records under ``field`` (the task
+    pipeline's ``row_field``): ``finalists.json`` keeps them for the bound tests; a detector's
+    are ~0.2 MB per network and split, too much to repeat in the report."""
+    if isinstance(value, dict):
+        return {k: without_records(v, field) for k, v in value.items() if k != field}
+    if isinstance(value, list):
+        return [without_records(v, field) for v in value]
+    return value
+
+
 def best_feasible(candidates: list[Measurement]) -> Measurement | None:
     feasible = [m for m in candidates if m.feasible]
     return min(feasible, key=lambda m: m.latency_ratio) if feasible else None
@@ -337,7 +348,7 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
                   "candidates measured": len(candidates), "host cpu": host_cpu_model()},
         "metric": pipeline.metric, "metrics": dict(pipeline.metrics), "latency_metric": latency_metric,
         "a0": _a0_numbers(setup, finals), "baseline": base, "found": found, "target": target,
-        "feasible_found": bool(found.get("feasible")), "finalists": finals,
+        "feasible_found": bool(found.get("feasible")), "finalists": without_records(finals, pipeline.row_field),
         "speedup": _speedup(found, chosen), "throughput": throughput,
         "files": {name: str(out / name) for name in ("arch.json", "model.pt", "model.onnx", "model.xml",
                                                      "model.bin", "model_uint8.xml", "model_uint8.bin",

@@ -292,6 +292,8 @@ def test_detection_search_with_finalists_end_to_end(detection_run: tuple[Path, P
     assert report["found"]["acc_int8"] == chosen["after"]["val_int8"]
     assert report["found"]["exported_ir_acc_int8"] == pytest.approx(chosen["after"]["val_int8"], abs=1e-6)
     assert any(n.startswith(f"finalist {chosen['name']} of 2") for n in report["notes"])
+    saved = (out / "report.json").read_text()  # the records stay in finalists.json only
+    assert '"matches"' not in saved and json.loads(saved)["finalists"]["chosen"] == finals["chosen"]
     markdown = (out / "report.md").read_text()
     assert "paired bootstrap" in markdown and "Finalists" in markdown
     model = load_exported(out / "model.pt")  # the fine-tuned finalist's weights
