@@ -43,6 +43,11 @@ if len(PROFILES) < 2:
 SHAPE = (1, 3, 32, 32)
 FAST = TimingConfig(warmup_iters=2, block_iters=5, block_skip=1, min_rounds=3, min_iters=10, min_time_s=0.05,
                     max_time_s=10.0)
+# Ray marks a node dead after 5 health checks of 10 s without an answer. Five raylets on a loaded
+# 2-core CI machine once missed them (a node just added died before its actor started), so a live
+# node may lag for minutes here; a killed one refuses the connection at once and is dead in ~10 s.
+LENIENT_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_timeout_ms": 30_000,
+                        "health_check_failure_threshold": 10}
 
 
 def tiny(width: int = 8) -> nn.Module:
@@ -54,7 +59,8 @@ def tiny(width: int = 8) -> nn.Module:
 @pytest.fixture(scope="module")
 def cluster():
     """A head without devices and one node per profile (1 CPU each)."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})  # serves list_tasks
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,  # serves list_tasks
+                                                            "_system_config": LENIENT_HEALTH_CHECK})
     nodes = {p: cluster.add_node(num_cpus=1, resources={device_resource(p): 1}) for p in PROFILES}
     ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
     yield cluster, nodes
