@@ -84,7 +84,14 @@ def reshaped(ov_model: Any, shape: list[int]) -> Any:
     """``ov_model`` reshaped to ``shape`` (in place). To a static shape, the shape arithmetic that
     OpenVINO's reshape of a dynamic-batch model leaves in front of a Reshape (a Gather/Concat of
     constants) is folded back into a constant, as the converter writes it: a finalist's, a0's or
-    the exported IR at batch 1 is then the graph the search timed for the same network."""
+    the exported IR at batch 1 is then the graph the search timed for the same network.
+
+    A model already of ``shape`` (an IR read back from its file: the chosen finalist's, which the
+    export ships) is left as it is: read from a file, its INT8 weights' decompressing Converts have
+    lost the mark that keeps constant folding off them, so folding would store them as FP32 (a 4x
+    larger IR, no longer byte for byte the one scored and confirmed)."""
+    if all(port.get_partial_shape() == ov.PartialShape(shape) for port in ov_model.inputs):
+        return ov_model
     ov_model.reshape(shape)
     if all(int(d) > 0 for d in shape):
         manager = ov_passes.Manager()

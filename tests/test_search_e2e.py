@@ -170,6 +170,9 @@ def _check_export(out: Path, cache: Path) -> None:
         assert f["after"]["holdout_int8"] is not None and f["confirmed_ci"][0] <= f["confirmed_ratio"] <= f["confirmed_ci"][1]
         assert f["confirmed_ratio"] == pytest.approx(sum(f["confirmed_passes"]) / 2) and len(f["confirmed_passes"]) == 2
     assert found["confirmed_ratio"] == next(f for f in rows if f["name"] == finals["chosen"])["confirmed_ratio"]
+    confirmed_ir = Path(next(f for f in rows if f["name"] == finals["chosen"])["ir_path"])
+    # the very IR confirmed: its INT8 weights stay int8 (a re-save once folded them to FP32, 4x the size)
+    assert (out / "model.bin").read_bytes() == confirmed_ir.with_suffix(".bin").read_bytes()
     assert "held-out images" in (out / "report.md").read_text()
 
     model = load_exported(out / "model.pt")
