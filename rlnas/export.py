@@ -341,11 +341,13 @@ def _export(cfg: DictConfig, run_dir: Path, setup: RunSetup, baseline: Measureme
     notes += profile_notes
     latency_metric = latency.metric if latency is not None else "latency"
     notes += [LATENCY_NOTE if latency_metric == "latency" else THROUGHPUT_NOTE, task.usage(model, accuracy.data.resolution)]
+    scope = pipeline.fp32_scope()  # what every INT8 IR of the run left in FP32 (a detector's heads)
     summary = {
         "setup": {"model": meta["family"], "task": accuracy.task, "dataset": cfg.dataset.name,
                   "device profile": cfg.device.name, "tau": float(cfg.tau), "supernet checkpoint": meta.get("path"),
                   "a0": str(setup.a0.path) if setup.a0 else None, "run": str(run_dir),
-                  "candidates measured": len(candidates), "host cpu": host_cpu_model()},
+                  "candidates measured": len(candidates), "host cpu": host_cpu_model(),
+                  **(scope.identity() if scope is not None else {})},
         "metric": pipeline.metric, "metrics": dict(pipeline.metrics), "latency_metric": latency_metric,
         "a0": _a0_numbers(setup, finals), "baseline": base, "found": found, "target": target,
         "feasible_found": bool(found.get("feasible")), "finalists": without_records(finals, pipeline.row_field),

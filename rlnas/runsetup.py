@@ -28,19 +28,21 @@ from torch import nn
 import rlnas
 import rlnas.schema  # noqa: F401  (registers the search config's schema with Hydra: composing "config" needs it)
 from rlnas.data import DatasetError
+from rlnas.detection.pipeline import DetectionOptions
 from rlnas.errors import UserError
-from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
+from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult, TaskPipeline
 from rlnas.oracles.device import DeviceProfileError, profile_from_config
 from rlnas.oracles.latency import LatencyOracle
 from rlnas.oracles.store import MeasurementStore
 from rlnas.oracles.surrogate import SurrogateError
+from rlnas.rules import FieldError
 from rlnas.search.evaluator import EvaluationLogger, Evaluator
 from rlnas.spaces import create_supernet
 from rlnas.spaces.base import Supernet
 from rlnas.supernet import CheckpointError, load_supernet
 from rlnas.supernet.a0 import A0Error, build_a0, file_sha256, resolve_a0
 from rlnas.supernet.config import train_config
-from rlnas.tasks import TaskError, build_data, get_task
+from rlnas.tasks import TaskError, build_data, get_task, task_pipeline
 
 log = logging.getLogger("rlnas.setup")
 
@@ -196,14 +198,34 @@ def find_or_train_supernet(cfg: DictConfig, num_classes: int, a0: A0 | None = No
 # -- oracles ---------------------------------------------------------------------------------------
 
 
+def detection_options(cfg: DictConfig) -> DetectionOptions:
+    """``cfg.detection`` (its defaults where a config has none), checked: a head group that is not
+    one is a :class:`~rlnas.rules.FieldError` naming ``detection.fp32_heads`` and the valid ones."""
+    try:
+        return DetectionOptions(**(plain(cfg.get("detection")) or {}))
+    except FieldError as err:
+        raise err.at("detection.") from None
+
+
+def run_pipeline(cfg: DictConfig, task: str | None) -> TaskPipeline:
+    """The accuracy pipeline of ``task`` (None: classification) with the run's ``detection``
+    settings: how both oracles, the finalists and the export quantize (the latency oracle takes its
+    :meth:`~rlnas.oracles.accuracy.TaskPipeline.fp32_scope`)."""
+    try:
+        return task_pipeline(task, detection_options(cfg))
+    except TaskError as err:
+        raise SetupError(str(err)) from err
+
+
 def build_accuracy_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, Any], data: Any, store: Any,
                           split: str = "val", backend: Any = None) -> AccuracyOracle:
     """The accuracy oracle of ``cfg.accuracy`` for a trained supernet, scoring ``split`` images
-    (the search's on the backend's accuracy workers when there is one)."""
+    (the search's on the backend's accuracy workers when there is one) with the run's pipeline
+    (:func:`run_pipeline`)."""
     # a partial from the config alone: the run's objects go to the constructor as they are
     build = instantiate(cfg.accuracy, _partial_=True)
     kwargs = {"supernet": supernet, "data": data, "store": store, "checkpoint_id": meta["checkpoint_id"],
-              "threads": int(cfg.threads), "split": split, "pipeline": get_task(supernet.task).pipeline}
+              "threads": int(cfg.threads), "split": split, "pipeline": run_pipeline(cfg, supernet.task)}
     if backend is not None and split == "val":
         return backend.accuracy_oracle(build, dataset=cfg.dataset, resolution=int(cfg.resolution),
                                        checkpoint_path=meta["path"], **kwargs)
@@ -232,7 +254,8 @@ def latency_metric(cfg: DictConfig) -> str:
 def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, Any], store: Any, profile: Any,
                          a0: A0 | None = None, backend: Any = None) -> LatencyOracle:
     """The latency oracle of ``cfg.latency`` on ``profile`` timing ``latency.metric``, with a0
-    (else the maximal subnet) as the interleaved reference."""
+    (else the maximal subnet) as the interleaved reference; its INT8 IRs leave in floating point
+    what the run's accuracy pipeline leaves (:func:`run_pipeline`: ``detection.fp32_heads``)."""
     if a0 is not None:
         reference, key = (lambda: a0.model), f"{model_id(meta)}:{a0.key}"
     else:
@@ -240,7 +263,8 @@ def build_latency_oracle(cfg: DictConfig, supernet: Supernet, meta: dict[str, An
         reference, key = (lambda: supernet.extract(top).eval()), f"{model_id(meta)}:{top.to_json()}"
     build = instantiate(cfg.latency, _partial_=True)
     kwargs = {"profile": profile, "store": store, "cache_dir": Path(cfg.cache_dir), "reference": reference,
-              "reference_key": key, "metric": latency_metric(cfg)}
+              "reference_key": key, "metric": latency_metric(cfg),
+              "fp32_scope": run_pipeline(cfg, supernet.task).fp32_scope()}
     if backend is None:
         return build(**kwargs)
     try:
@@ -332,6 +356,7 @@ def build_setup(cfg: DictConfig) -> RunSetup:
         data = build_data(cfg.dataset, int(cfg.resolution))
     except (DatasetError, TaskError) as err:
         raise SetupError(str(err)) from err
+    scope = run_pipeline(cfg, cfg.dataset.get("task")).fp32_scope()  # refused now, not after training
     a0 = load_a0(cfg, int(data.num_classes))
     supernet, meta = find_or_train_supernet(cfg, int(data.num_classes), a0)
     store = MeasurementStore(Path(cfg.cache_dir) / "measurements.sqlite")
@@ -341,6 +366,8 @@ def build_setup(cfg: DictConfig) -> RunSetup:
                "accuracy": plain(cfg.accuracy), "a0": a0.sha256 if a0 else None}
     if latency_metric(cfg) != "latency":  # only then: the logs of latency runs keep their context
         context["latency_metric"] = latency_metric(cfg)
+    if scope is not None:  # only then (fp32_heads): the logs of runs quantizing every head keep their context
+        context.update(scope.identity())
     if predicted:
         context["oracle"] = plain(cfg.oracle)  # only here: measured runs' logs keep their context
         accuracy, latency = build_surrogate_oracles(cfg, supernet, json.loads(json.dumps(context, default=str)))

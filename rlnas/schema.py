@@ -10,7 +10,8 @@ Each default and each range is written once:
 
 - a dataclass rlnas builds from the config declares them in its own fields, with their rules
   (:mod:`rlnas.rules`): :class:`~rlnas.oracles.ratios.TimingConfig`,
-  :class:`~rlnas.supernet.finetune.FineTuneOptions` and :class:`FinalistsConfig`, which extends it;
+  :class:`~rlnas.supernet.finetune.FineTuneOptions`, :class:`FinalistsConfig`, which extends it, and
+  :class:`~rlnas.detection.pipeline.DetectionOptions` (``detection``: the heads a detector keeps in FP32);
   its Hydra node is a mutable copy of its fields (:func:`~rlnas.structured.node_of`: Hydra makes a frozen dataclass
   a read-only node, which no override could change);
 - the oracles' settings take their defaults from the oracle's constructor, and their rules are
@@ -34,6 +35,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from rlnas.detection.pipeline import DetectionOptions
 from rlnas.oracles.accuracy import AccuracyOracle
 from rlnas.oracles.device import INFERENCE_PRECISIONS
 from rlnas.oracles.irbuild import QuantizationConfig
@@ -104,6 +106,7 @@ TimingConfigNode = node_of(TimingConfig, target=True, module=__name__)
 QuantizationConfigNode = node_of(QuantizationConfig, target=True, module=__name__, rules={
     "subset_size": integer(1), "random_subset_size": integer(1), "inplace_min_pixels": integer(0)})
 FinalistsConfigNode = node_of(FinalistsConfig, target=False, module=__name__)
+DetectionConfigNode = node_of(DetectionOptions, target=False, module=__name__, kinds={"fp32_heads": list[str]})
 
 _ACCURACY = defaults_of(AccuracyOracle)
 _LATENCY = defaults_of(LatencyOracle)
@@ -232,6 +235,7 @@ class SearchConfig(CommonConfig):
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     finalists: FinalistsConfigNode = field(default_factory=FinalistsConfigNode)
+    detection: DetectionConfigNode = field(default_factory=DetectionConfigNode)  # detectors: heads kept in FP32
     export: ExportConfig = field(default_factory=ExportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

@@ -2,8 +2,9 @@
 
 A task maps to its data builder, supernet trainer, accuracy pipeline, fine-tuning distillation
 loss, ``model.pt`` metadata and the report's note on running its IR. The run setup, the training
-command and the export look tasks up here (``get_task(dataset.task)``); a new task is one
-:func:`register_task` call plus its modules.
+command and the export look tasks up here (``get_task(dataset.task)``; the run's accuracy pipeline,
+with its ``detection`` settings: :func:`task_pipeline`); a new task is one :func:`register_task`
+call plus its modules.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from rlnas.data.detection import MEAN, STD, build_detection_data
 from rlnas.detection.boxes import PostProcess
 from rlnas.detection.evaluate import priors_of
 from rlnas.detection.loss import MultiBoxLoss
-from rlnas.detection.pipeline import DetectionPipeline
+from rlnas.detection.pipeline import DetectionOptions, DetectionPipeline
 from rlnas.detection.train import DetectionSupernetTrainer, distill_loss
-from rlnas.errors import UserError
+from rlnas.errors import ConfigError, UserError
 from rlnas.oracles.accuracy import ClassificationPipeline, TaskPipeline
 from rlnas.supernet.finetune import FineTuneOptions, classification_kd
 from rlnas.supernet.train import SupernetTrainer
@@ -131,6 +132,24 @@ def get_task(name: str | None) -> Task:
     if key not in TASKS:
         raise TaskError(f"unknown task {key!r}; registered tasks: {sorted(TASKS)}")
     return TASKS[key]
+
+
+def task_pipeline(name: str | None, detection: DetectionOptions | None = None) -> TaskPipeline:
+    """The accuracy pipeline of task ``name`` with a run's ``detection`` settings: the registered
+    one, or, with heads kept in FP32, a detection pipeline keeping them (whose
+    :meth:`~rlnas.oracles.accuracy.TaskPipeline.fp32_scope` the latency oracle then shares).
+
+    :raises TaskError: an unknown task.
+    :raises ConfigError: heads kept in FP32 for a task without detection heads.
+    """
+    task = get_task(name)
+    heads = detection.fp32_heads if detection is not None else ()
+    if not heads:
+        return task.pipeline
+    if not isinstance(task.pipeline, DetectionPipeline):
+        raise ConfigError(f"detection.fp32_heads={list(heads)}: the {task.name} task has no detection heads to keep "
+                          "in FP32; leave it empty (detection.fp32_heads=[])")
+    return type(task.pipeline)(heads)
 
 
 def build_data(dataset_cfg: Mapping[str, Any], resolution: int) -> Any:

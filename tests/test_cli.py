@@ -68,9 +68,11 @@ def _train_cfg(*overrides: str):
 
 
 def _bad_value(key: str) -> str:
-    """A value every rule of ``key`` refuses (a negative number, an unknown choice, no phases)."""
+    """A value every rule of ``key`` refuses (a negative number, an unknown choice, no phases, no such head)."""
     if key.endswith("phases"):
         return "[]"
+    if key.endswith("fp32_heads"):
+        return "[cls]"
     return "nope" if key.endswith("precision") else ("1.5" if key in ("tau", "finalists.kd_alpha",
                                                                            "recipe.kd_alpha") else "-7")
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
+from rlnas.api import compose_search
 from rlnas.data.detection import DetectionDataset, build_detection_data, read_coco, read_yolo
 from rlnas.detection.boxes import (
     PostProcess,
@@ -21,10 +23,20 @@ from rlnas.detection.boxes import (
     match,
     postprocess,
 )
+from rlnas.detection.evaluate import head_scope
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.detection.metrics import DetectionMAP
+from rlnas.detection.pipeline import DetectionOptions, DetectionPipeline
+from rlnas.errors import ConfigError
+from rlnas.oracles.device import DeviceProfile
+from rlnas.oracles.irbuild import FP32Scope
+from rlnas.oracles.latency import PROTOCOL_VERSION, LatencyOracle
+from rlnas.oracles.store import key_hash
+from rlnas.rules import FieldError
+from rlnas.runsetup import build_latency_oracle, detection_options, load_profile, run_pipeline
+from rlnas.spaces import create_supernet
 from rlnas.supernet.finetune import FineTune, FineTuneOptions
-from rlnas.tasks import get_task
+from rlnas.tasks import get_task, task_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 COCO128 = REPO / "data" / "coco128"
@@ -431,3 +443,121 @@ def test_detection_finetune_distils_from_a0(tiny_ssd, tmp_path: Path) -> None:
     after = student.state_dict()
     assert not student.training and not torch.equal(after["conf_heads.0.weight"], before["conf_heads.0.weight"])
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+# ----------------------------------------------------------------------------- heads kept in FP32: one setting
+
+
+#: test_latency_keys' pinned oracle: its INT8 key's hash and IR name, computed before heads could be kept in FP32
+PINNED_SHAPE = (1, 3, 8, 8)
+PINNED_KEY_HASH = "b7f39696c416f9f8fc94533ff635480ad1eba2c97d0db2caf806b3a0fc439220"
+PINNED_INT8_IR = "int8-b2e13128e4f0829361a7b356.xml"
+
+
+def _pinned_latency(root: Path, fp32_scope: FP32Scope | None) -> LatencyOracle:
+    """test_latency_keys' pinned oracle (fixed profile, reference and library versions) with ``fp32_scope``."""
+    oracle = LatencyOracle(DeviceProfile("pinned", None, "f32", threads=2), cache_dir=root,
+                           reference=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), lock_path=None,
+                           check_host=False, fp32_scope=fp32_scope)
+    oracle.versions = {"openvino": "OV", "nncf": "NNCF", "torch": "T"}
+    return oracle
+
+
+def _search_config(tmp_path: Path, *overrides: str):
+    """The composed, checked ``rlnas-search`` config of an ssd_tiny run on scenes (host profile)."""
+    return compose_search("model=ssd_tiny", "dataset=scenes", "dataset.num_classes=3", "device=host",
+                          f"cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}", *overrides)
+
+
+def test_the_detection_node_sets_the_pipeline_of_both_oracles(tmp_path: Path) -> None:
+    """``detection.fp32_heads`` (default: none) gives the run a DetectionPipeline keeping those heads,
+    whose FP32 scope is the latency oracle's (head names, resolved per model by head_scope); without
+    it, and for classification, the run keeps the registered pipelines and no scope."""
+    cfg = _search_config(tmp_path, "detection.fp32_heads=[conf,loc]")
+    assert detection_options(cfg) == DetectionOptions(("conf", "loc"))
+    pipeline = run_pipeline(cfg, "detection")
+    assert isinstance(pipeline, DetectionPipeline) and pipeline.fp32_heads == ("loc", "conf")
+    assert pipeline.fp32_scope() == FP32Scope("fp32_heads", ("loc", "conf"), head_scope)
+    assert pipeline.key() == {"per_image": "matches", "fp32_heads": ["loc", "conf"]}
+    plain = _search_config(tmp_path)
+    assert list(plain.detection.fp32_heads) == [] and detection_options(plain) == DetectionOptions()
+    assert run_pipeline(plain, "detection") is get_task("detection").pipeline
+    assert run_pipeline(plain, "detection").fp32_scope() is None
+    classification = compose_search("experiment=tiny", f"run_dir={tmp_path / 'run'}")
+    assert run_pipeline(classification, "classification") is get_task("classification").pipeline
+    assert run_pipeline(classification, "classification").fp32_scope() is None
+
+
+def test_latency_keys_carry_the_heads_kept_in_fp32_and_nothing_else_changes(tmp_path: Path) -> None:
+    """The latency oracle's INT8 cache key and IR path carry the heads kept in FP32 (the run
+    pipeline's scope); without any (classification, a detector quantized whole) they are the keys
+    from before (test_latency_keys' pinned hash and IR name), and the FP32/FP16 IRs never change."""
+    key = _pinned_latency(tmp_path, task_pipeline("classification").fp32_scope()).cache_key(
+        "net:abc", PINNED_SHAPE, "int8")
+    assert key_hash({**key, "cpu": "CPU"}) == PINNED_KEY_HASH
+    whole = _pinned_latency(tmp_path, task_pipeline("detection", DetectionOptions()).fp32_scope())
+    assert whole.fp32_scope is None and whole.cache_key("net:abc", PINNED_SHAPE, "int8") == key
+    assert whole.ir_path("net:abc", PINNED_SHAPE, "int8").name == PINNED_INT8_IR
+    kept = _pinned_latency(tmp_path, task_pipeline("detection", DetectionOptions(("loc",))).fp32_scope())
+    kept_key = kept.cache_key("net:abc", PINNED_SHAPE, "int8")
+    assert kept_key == {**key, "fp32_heads": ["loc"]} and key_hash({**kept_key, "cpu": "CPU"}) != PINNED_KEY_HASH
+    assert kept.ir_path("net:abc", PINNED_SHAPE, "int8").name != PINNED_INT8_IR
+    for precision in ("fp32", "fp16", "bf16"):  # no quantization, nothing kept
+        assert kept.cache_key("net:abc", PINNED_SHAPE, precision) == whole.cache_key("net:abc", PINNED_SHAPE, precision)
+        assert kept.ir_path("net:abc", PINNED_SHAPE, precision) == whole.ir_path("net:abc", PINNED_SHAPE, precision)
+
+
+def _setup_latency(cfg, supernet, root: Path) -> LatencyOracle:
+    """The latency oracle :func:`rlnas.runsetup.build_latency_oracle` builds for ``cfg`` (no a0:
+    the maximal subnet is the reference; nothing is built or timed)."""
+    meta = {"family": supernet.space.family, "kwargs": {"num_classes": supernet.num_classes}}
+    return build_latency_oracle(cfg, supernet, meta, root / "measurements.sqlite", load_profile(cfg))
+
+
+def _key_as_before(latency: LatencyOracle, supernet, model_key: str) -> dict:
+    """The INT8 cache key of ``model_key`` at 32 px formed as it was before heads could be kept in FP32."""
+    family = {"family": supernet.space.family, "kwargs": {"num_classes": supernet.num_classes}}
+    reference = f"{json.dumps(family, sort_keys=True)}:{supernet.space.max_arch().to_json()}"
+    return {"model": model_key, "input_shape": [1, 3, 32, 32], "precision": "int8", "profile": latency.profile.key(),
+            "cpu": latency.timing_cpu(), "openvino": latency.versions["openvino"], "nncf": latency.versions["nncf"],
+            "protocol": PROTOCOL_VERSION, "reference": {"model": reference}}
+
+
+def test_the_run_setup_s_latency_key_changes_with_fp32_heads_only(tmp_path: Path) -> None:
+    """The latency oracle the run setup builds from a composed config: ssd_tiny's INT8 key gains
+    ``fp32_heads`` with the key set (and its IR another path), and is otherwise the key formed as
+    before, as resnet_tiny's (classification) is."""
+    torch.manual_seed(0)
+    ssd, resnet = create_supernet("ssd_tiny", num_classes=3), create_supernet("resnet_tiny", num_classes=10)
+    shape = (1, 3, 32, 32)
+    plain = _setup_latency(_search_config(tmp_path), ssd, tmp_path)
+    kept = _setup_latency(_search_config(tmp_path, "detection.fp32_heads=[loc]"), ssd, tmp_path)
+    classifier = _setup_latency(compose_search("experiment=tiny", "device=host", f"cache_dir={tmp_path / 'cache'}",
+                                               f"run_dir={tmp_path / 'run'}"), resnet, tmp_path)
+    try:
+        assert plain.fp32_scope is None and classifier.fp32_scope is None
+        assert kept.fp32_scope == FP32Scope("fp32_heads", ("loc",), head_scope)
+        assert plain.cache_key("m", shape, "int8") == _key_as_before(plain, ssd, "m")
+        assert classifier.cache_key("m", shape, "int8") == _key_as_before(classifier, resnet, "m")
+        assert kept.cache_key("m", shape, "int8") == {**_key_as_before(kept, ssd, "m"), "fp32_heads": ["loc"]}
+        assert kept.ir_path("m", shape, "int8") != plain.ir_path("m", shape, "int8")
+    finally:
+        for latency in (plain, kept, classifier):
+            latency.close()
+
+
+def test_an_unknown_head_group_is_a_config_error_naming_the_valid_ones(tmp_path: Path) -> None:
+    """A head group that is not one is refused up front in the project's one-line style (the
+    key, the value, the valid groups), in Python too; heads kept in FP32 for a classifier are
+    refused by the run setup before anything is trained."""
+    with pytest.raises(ConfigError, match=r"^detection\.fp32_heads=\['cls'\] is not valid: detection\.fp32_heads "
+                                          r"must be a list of loc, conf$"):
+        _search_config(tmp_path, "detection.fp32_heads=[cls]")
+    with pytest.raises(FieldError, match=r"^fp32_heads=\('box',\) is not valid: fp32_heads must be a list of loc, conf$"):
+        DetectionOptions(("box",))
+    with pytest.raises(ConfigError, match=r"unknown head groups \['cls'\]; give some of loc, conf"):
+        DetectionPipeline(["loc", "cls"])
+    classification = compose_search("experiment=tiny", "detection.fp32_heads=[loc]", f"run_dir={tmp_path / 'run'}")
+    with pytest.raises(ConfigError, match=r"^detection\.fp32_heads=\['loc'\]: the classification task has no "
+                                          r"detection heads"):
+        run_pipeline(classification, "classification")

@@ -13,17 +13,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import rlnas
-from rlnas.api import search
+from rlnas.api import compose_search, search
 from rlnas.data.detection import build_detection_data
 from rlnas.data.loading import write_synthetic_imagefolder
 from rlnas.data.scenes import SceneSpec, annotation_path, build_scenes
 from rlnas.detection.boxes import postprocess
-from rlnas.finalists import FinalistsConfig, judge, per_image_of
+from rlnas.finalists import FinalistsConfig, judge, per_image_of, save_int8_ir
+from rlnas.runsetup import RunSetup, build_setup
 from rlnas.spaces import create_supernet
 from rlnas.stats import (
     BootstrapBoundTest,
@@ -41,6 +43,9 @@ from rlnas.tasks import get_task
 COUNTS = {"train": 8, "val": 6, "holdout": 6}
 SPEC = SceneSpec(size=64, min_side=16, max_side=48)
 CLASSES = 3
+#: the search's latency timing: short
+TIMING = {"warmup_iters": 2, "block_iters": 3, "block_skip": 1, "min_rounds": 2, "min_iters": 6, "min_time_s": 0.05,
+          "max_time_s": 5.0}
 
 
 class Killed(Exception):
@@ -217,6 +222,77 @@ def test_detection_finalist_finetune_mixes_multibox_and_resumes(world: dict, tmp
         assert torch.equal(value, resumed[key]), key
 
 
+# ----------------------------------------------------------------------------- heads kept in FP32
+
+
+def _head_convolutions(ov_model) -> dict[str, bool]:
+    """Each SSD head convolution of ``ov_model`` by name: whether it runs in floating point (no
+    FakeQuantize on its input, f32 constant weights)."""
+    out = {}
+    for op in ov_model.get_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() == "Convolution" and "_heads." in name:
+            act, weight = op.input_value(0).get_node(), op.input_value(1).get_node()
+            out[name] = (act.get_type_name() != "FakeQuantize" and weight.get_type_name() == "Constant"
+                         and str(weight.get_output_element_type(0)) == "<Type: 'float32'>")
+    return out
+
+
+def _setup(world: dict, cache: Path, *extra: str) -> RunSetup:
+    """The run setup of an ssd_tiny search on the world's scenes, supernet and a0, from the composed
+    and checked config (as rlnas-search builds it; nothing is trained)."""
+    root = world["root"]
+    return build_setup(compose_search(
+        "model=ssd_tiny", "dataset=scenes", f"dataset.root={world['scenes']}", f"dataset.num_classes={CLASSES}",
+        "device=host", "threads=1", f"a0.checkpoint={root / 'a0.pt'}", f"supernet.checkpoint={root / 'supernet.pt'}",
+        f"cache_dir={cache}", f"run_dir={cache.parent / 'run'}", "accuracy.recal_images=4", "accuracy.calib_images=4",
+        "accuracy.batch_size=4", "latency.quantization.random_subset_size=2",
+        *[f"latency.timing.{k}={v}" for k, v in TIMING.items()], *extra))
+
+
+def _int8_irs(setup: RunSetup, tmp_path: Path, tag: str) -> tuple[dict[str, Path], dict]:
+    """The minimal subnet timed by the setup's latency oracle (a0 interleaved): the IRs that built,
+    the candidate's and a0's (the reference), and the IR the finalists (and the export) save of
+    a0; the measurement's cache key."""
+    arch = setup.supernet.space.min_arch()
+    result = setup.latency.measure(lambda: setup.supernet.extract(arch).eval(), setup.input_shape,
+                                   model_key=f"{setup.model_id}:min")
+    assert result.ok and not result.cached, result.reason
+    irs = {"timed candidate": Path(result.ir_path),
+           "timed a0": setup.latency.ir_path(f"{setup.model_id}:{setup.a0.key}", setup.input_shape, "int8"),
+           "saved a0": save_int8_ir(setup, setup.a0.model, tmp_path / tag / "a0.xml", 4)}
+    return irs, setup.latency.cache_key(result.model_key, setup.input_shape, "int8")
+
+
+@pytest.mark.slow
+def test_fp32_heads_are_the_same_in_the_accuracy_and_the_latency_oracle(world: dict, tmp_path: Path) -> None:
+    """``detection.fp32_heads=[conf,loc]`` in the composed config: the run setup gives both accuracy
+    oracles (validation, held-out) a DetectionPipeline keeping both heads in FP32 and the latency
+    oracle the same FP32 scope, so every INT8 IR it times (the candidate's and a0's, its reference)
+    leaves the 12 head convolutions unquantized, like the IR the finalists and the export save; the
+    accuracy and latency cache keys and the run log's context say so. Without the key every head is
+    quantized everywhere, and the same store does not answer one with the other's measurement."""
+    cache, measured = tmp_path / "cache", {}
+    for kept, extra in ((True, ["detection.fp32_heads=[conf,loc]"]), (False, [])):
+        setup = _setup(world, cache, *extra)
+        try:
+            heads = ("loc", "conf") if kept else ()
+            assert setup.accuracy.pipeline.fp32_heads == heads and setup.holdout.pipeline.fp32_heads == heads
+            assert setup.latency.fp32_scope == setup.accuracy.pipeline.fp32_scope()
+            assert (setup.latency.fp32_scope is not None) is kept
+            arch = setup.supernet.space.min_arch()
+            assert setup.accuracy.cache_key(arch).get("fp32_heads") == (list(heads) or None)
+            assert setup.context.get("fp32_heads") == (list(heads) or None)
+            irs, measured[kept] = _int8_irs(setup, tmp_path, str(kept))
+            for name, xml in irs.items():
+                convs = _head_convolutions(ov.Core().read_model(xml))
+                assert len(convs) == 12, (name, sorted(convs))
+                assert all(fp32 is kept for fp32 in convs.values()), (kept, name, convs)
+        finally:
+            setup.close()
+    assert measured[True] == {**measured[False], "fp32_heads": ["loc", "conf"]}
+
+
 # ----------------------------------------------------------------------------- the search, end to end
 
 
@@ -224,15 +300,13 @@ def _search(world: dict, run: Path, cache: Path, *extra: str) -> dict:
     """rlnas-search (in process) on ssd_tiny: random agent, budget 2, finalists.k=2 fine-tuned one
     epoch (two steps), confirmed in two short passes, exported."""
     root = world["root"]
-    timing = {"warmup_iters": 2, "block_iters": 3, "block_skip": 1, "min_rounds": 2, "min_iters": 6,
-              "min_time_s": 0.05, "max_time_s": 5.0}
     confirm = {"min_rounds": 3, "min_time_s": 0.2, "max_time_s": 5.0}
     return search(
         "model=ssd_tiny", "dataset=scenes", f"dataset.root={world['scenes']}", f"dataset.num_classes={CLASSES}",
         "device=host", "agent=random", "budget=2", "threads=1", f"a0.checkpoint={root / 'a0.pt'}",
         f"supernet.checkpoint={root / 'supernet.pt'}", f"cache_dir={cache}", f"run_dir={run}",
         "accuracy.recal_images=4", "accuracy.calib_images=4", "accuracy.batch_size=4",
-        "latency.quantization.random_subset_size=2", *[f"latency.timing.{k}={v}" for k, v in timing.items()],
+        "latency.quantization.random_subset_size=2", *[f"latency.timing.{k}={v}" for k, v in TIMING.items()],
         "finalists.k=2", "finalists.margin=1.0", "finalists.epochs=1", "finalists.batch_size=4",
         "finalists.checkpoint_every=1", "finalists.calib_images=4", "finalists.confirm_passes=2",
         *[f"finalists.confirm_timing.{k}={v}" for k, v in confirm.items()],

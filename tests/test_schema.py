@@ -214,6 +214,8 @@ def search_command(console_command, tmp_path: Path):
     ("latency.timing.block_skip=5", "latency.timing.block_skip=5 is not valid: latency.timing.block_skip must be "
                                     "below block_iters (5)"),
     ("agent=nope", "Could not find 'agent/nope'; Available options in 'agent': evolution, ppo, ppo_model, random"),
+    ("detection.fp32_heads=[loc,cls]", "detection.fp32_heads=['loc', 'cls'] is not valid: detection.fp32_heads must "
+                                       "be a list of loc, conf"),
 ])
 def test_a_bad_value_is_one_line_exit_2_and_nothing_written(search_command, tmp_path: Path, override: str,
                                                             says: str) -> None:

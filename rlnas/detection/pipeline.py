@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,11 @@ import torch
 from torch import nn
 
 from rlnas.detection import evaluate
+from rlnas.errors import ConfigError
 from rlnas.oracles.accuracy import AccuracyOracle, TaskPipeline
+from rlnas.oracles.irbuild import FP32Scope
 from rlnas.ovtools import quantize_int8_with_accuracy_control
+from rlnas.rules import check_fields, each_of, ruled
 from rlnas.stats import (
     BootstrapBoundTest,
     DetectionMatches,
@@ -22,6 +26,24 @@ from rlnas.stats import (
 )
 
 
+@dataclass(frozen=True)
+class DetectionOptions:
+    """``cfg.detection`` of ``rlnas-search`` (its node: :mod:`rlnas.schema`): how a detection
+    run quantizes its networks, the same way wherever one is quantized (the accuracy oracle, the
+    latency oracle's timed IRs, the finalists, accuracy control, the export).
+
+    :param fp32_heads: head groups (of :data:`~rlnas.detection.evaluate.HEADS`: ``loc``, ``conf``)
+        left in floating point (see :class:`DetectionPipeline` for why and what it costs); empty
+        (default): NNCF quantizes them like the rest, and every cache key stays as it was.
+    """
+
+    fp32_heads: tuple[str, ...] = ruled((), each_of(*evaluate.HEADS))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        object.__setattr__(self, "fp32_heads", tuple(self.fp32_heads))
+
+
 class DetectionPipeline(TaskPipeline):
     """COCO mAP with :mod:`rlnas.detection.evaluate` (mAP@.5 is the accuracy): only the network
     (raw ``loc``/``conf``) is converted and quantized, at batch 1 on the first images of the
@@ -30,7 +52,7 @@ class DetectionPipeline(TaskPipeline):
     scoring decodes them.
 
     :param fp32_heads: head groups (``loc``, ``conf``; :data:`~rlnas.detection.evaluate.HEADS`)
-        every quantization of this pipeline (search scoring, finalists, accuracy control) leaves
+        every quantization of this pipeline (search scoring, finalists, accuracy control, export) leaves
         in floating point by an ``nncf.IgnoredScope`` over their convolutions; empty (default):
         NNCF quantizes them like the rest. Why one would: the heads are the detector's raw
         outputs, read by the post-processing with nothing after them to absorb a quantization
@@ -42,9 +64,11 @@ class DetectionPipeline(TaskPipeline):
         six maps): ~18 % of the MACs with 10 classes, ~55 % with COCO's 80 (``conf`` grows with
         the classes, ``loc`` does not: keeping only ``loc`` costs ~5 % with 10 classes). The
         activations the heads share with the backbone stay quantized for the backbone. Accuracy
-        control never reverts what is ignored from the start. The latency oracle's timed IR does
-        not know about it (quantized from random tensors, heads included); the finalists'
-        confirmation times the IRs actually exported.
+        control never reverts what is ignored from the start. A run sets them by
+        ``detection.fp32_heads`` (:class:`DetectionOptions`); its setup hands :meth:`fp32_scope` to
+        the latency oracle too, so the IRs the search times leave the same heads in FP32 (and
+        their cache keys say so); the finalists' confirmation times the IRs actually exported.
+    :raises ConfigError: a head group not among :data:`~rlnas.detection.evaluate.HEADS`.
 
     Per image (the finalists' bound test): the detections matched to the ground truth at IoU 0.5
     (:class:`~rlnas.stats.DetectionMatches`), packed by :func:`~rlnas.stats.pack_matches` into the
@@ -63,18 +87,22 @@ class DetectionPipeline(TaskPipeline):
     fp32_heads: tuple[str, ...] = ()
 
     def __init__(self, fp32_heads: Iterable[str] = ()) -> None:
-        heads = tuple(h for h in evaluate.HEADS if h in set(fp32_heads))
-        unknown = sorted(set(fp32_heads) - set(evaluate.HEADS))
+        given = set(fp32_heads)
+        heads = tuple(h for h in evaluate.HEADS if h in given)
+        unknown = sorted(given - set(evaluate.HEADS))
         if unknown:
-            raise ValueError(f"fp32_heads: unknown head groups {unknown}; give some of {evaluate.HEADS}")
+            raise ConfigError(f"fp32_heads: unknown head groups {unknown}; give some of {', '.join(evaluate.HEADS)}")
         self.fp32_heads = heads
 
-    def ignored_scope(self, ov_model: Any) -> Any:
-        return evaluate.head_scope(ov_model, self.fp32_heads) if self.fp32_heads else None
+    def fp32_scope(self) -> FP32Scope | None:
+        """The head convolutions of :attr:`fp32_heads`, resolved per model by
+        :func:`~rlnas.detection.evaluate.head_scope` (None: no head kept in FP32)."""
+        return FP32Scope("fp32_heads", self.fp32_heads, evaluate.head_scope) if self.fp32_heads else None
 
     def key(self) -> dict[str, Any]:
         # records made before they held the matches are not this pipeline's
-        return {"per_image": "matches", **({"fp32_heads": list(self.fp32_heads)} if self.fp32_heads else {})}
+        scope = self.fp32_scope()
+        return {"per_image": "matches", **(scope.identity() if scope is not None else {})}
 
     def recalibrate(self, oracle: AccuracyOracle, model: nn.Module) -> nn.Module:
         return evaluate.recalibrate(model, oracle.data, oracle.recal_images)

@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 
 from rlnas.arch import Arch
 from rlnas.distributed.cluster import NODE_DIR, node_dataset, node_info, ray, write_atomic
-from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult
+from rlnas.oracles.accuracy import AccuracyOracle, AccuracyResult, TaskPipeline
 from rlnas.supernet import load_supernet
-from rlnas.tasks import build_data, get_task
+from rlnas.tasks import build_data
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 @ray.remote(max_restarts=0)
 class AccuracyActor:
     """On any node with CPUs: the supernet (from checkpoint bytes) and the images (built here from
-    the dataset config) behind an :class:`AccuracyOracle` without a store."""
+    the dataset config) behind an :class:`AccuracyOracle` without a store, measuring with the
+    driver's task pipeline (its settings, e.g. a detector's heads kept in FP32, are in the key)."""
 
     def __init__(self, checkpoint: bytes, digest: str, options: dict[str, Any], dataset: dict[str, Any],
-                 resolution: int) -> None:
+                 resolution: int, pipeline: TaskPipeline) -> None:
         torch.set_num_threads(int(options["threads"]))
         NODE_DIR.mkdir(parents=True, exist_ok=True)
         path = NODE_DIR / f"supernet-{digest}.pt"
@@ -41,7 +42,7 @@ class AccuracyActor:
         supernet, meta = load_supernet(path)
         data = build_data(OmegaConf.create(dataset), int(resolution))
         self.oracle = AccuracyOracle(supernet, data, None, meta["checkpoint_id"],
-                                     pipeline=get_task(supernet.task).pipeline, **options)
+                                     pipeline=pipeline, **options)
         self.info = node_info()
 
     def evaluate(self, arch: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +62,7 @@ class RemoteAccuracyOracle(AccuracyOracle):
         blob = Path(checkpoint_path).read_bytes()
         dataset = node_dataset(dataset)
         self._actor_args = (ray.put(blob), hashlib.sha256(blob).hexdigest()[:16], self._actor_options(), dataset,
-                            int(resolution))
+                            int(resolution), self.pipeline)
         self._idle: Queue = Queue()
         for _ in range(int(workers)):
             self._idle.put(self._new_actor())

@@ -44,6 +44,7 @@ from torch import nn
 from rlnas import machinelock
 from rlnas.arch import Arch, InvalidArchError
 from rlnas.oracles.device import RELEVANT_FLAGS, host_cpu_flags
+from rlnas.oracles.irbuild import FP32Scope
 from rlnas.oracles.store import MeasurementStore, StoredResult
 from rlnas.ovtools import (
     compile_cpu,
@@ -478,10 +479,17 @@ class TaskPipeline(abc.ABC):
     def int8_scores(self, oracle: AccuracyOracle, compiled: Any, count: int) -> dict[str, float]:
         """Scores of a compiled OpenVINO model on ``count`` validation images."""
 
+    def fp32_scope(self) -> FP32Scope | None:
+        """What this pipeline's quantizations leave in floating point, by name (None: nothing): what
+        :meth:`ignored_scope` resolves, and what the run setup gives the latency oracle, so that the
+        IRs it times are quantized as the ones scored, fine-tuned and exported."""
+        return None
+
     def ignored_scope(self, ov_model: Any) -> Any:
         """The ``nncf.IgnoredScope`` of ``ov_model`` that this pipeline's quantizations leave in
-        floating point (None: NNCF quantizes all it can)."""
-        return None
+        floating point: :meth:`fp32_scope` resolved (None: NNCF quantizes all it can)."""
+        scope = self.fp32_scope()
+        return None if scope is None else scope.ignored_scope(ov_model)
 
     def key(self) -> dict[str, Any]:
         """This pipeline's own settings that change its numbers, added to the oracle's cache key

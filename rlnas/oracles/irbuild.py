@@ -4,14 +4,15 @@
 The contract of what is timed lives here: the ``(1, C, H, W)`` input (:func:`check_input_shape`,
 :func:`ir_measure_shape` for an existing IR), the precisions and the IR each one runs
 (:data:`IR_VARIANT`), a module's identity without its weights (:func:`structural_key`), the NNCF
-settings (:class:`QuantizationConfig`) and the build itself (:func:`build_ir`). The generic
-OpenVINO steps (conversion, quantization, saving, IR files) are :mod:`rlnas.ovtools`'.
+settings (:class:`QuantizationConfig`), what an INT8 IR keeps in floating point (:class:`FP32Scope`)
+and the build itself (:func:`build_ir`). The generic OpenVINO steps (conversion, quantization,
+saving, IR files) are :mod:`rlnas.ovtools`'.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,35 @@ class QuantizationConfig:
         return int(np.prod(shape[2:])) >= self.inplace_min_pixels
 
 
+@dataclass(frozen=True)
+class FP32Scope:
+    """Operations every INT8 build leaves in floating point, given by name so that it is plain
+    data (picklable; part of cache keys and IR paths) and resolved against each converted model:
+    ``resolve(ov_model, names) -> nncf.IgnoredScope``, a module-level function (e.g.
+    :func:`rlnas.detection.evaluate.head_scope` with ``names`` the head groups ``("loc",)``).
+    ``key`` names the entry in cache keys (e.g. ``fp32_heads``). A task pipeline gives one
+    (:meth:`~rlnas.oracles.accuracy.TaskPipeline.fp32_scope`), so that the latency oracle's IRs
+    keep in floating point what the accuracy oracle's keep."""
+
+    key: str
+    names: tuple[str, ...]
+    resolve: Callable[[Any, tuple[str, ...]], Any]
+
+    def ignored_scope(self, ov_model: Any) -> Any:
+        """The ``nncf.IgnoredScope`` of ``ov_model``'s operations that :attr:`names` name."""
+        return self.resolve(ov_model, self.names)
+
+    def identity(self) -> dict[str, list[str]]:
+        """Its entry in cache keys and IR paths: ``{key: names}``."""
+        return {self.key: list(self.names)}
+
+
+def scope_identity(scope: FP32Scope | None, variant: str) -> dict[str, list[str]]:
+    """What ``scope`` adds to the cache key and the IR path of an IR ``variant``: its identity for
+    an INT8 IR, else nothing (so the keys of IRs without one stay as they were)."""
+    return scope.identity() if scope is not None and variant == "int8" else {}
+
+
 class IRBuildError(RuntimeError):
     """Conversion, quantization or saving failed; ``stage_seconds`` says how far it got."""
 
@@ -126,9 +156,10 @@ class IRBuildError(RuntimeError):
 
 
 def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path, calibration: Iterable | None,
-             quant: QuantizationConfig) -> dict[str, float]:
+             quant: QuantizationConfig, fp32_scope: FP32Scope | None = None) -> dict[str, float]:
     """Build ``model`` (if a builder), convert it to an IR at ``path`` (variant int8, fp32 or
-    fp16); return stage seconds. Raises IRBuildError naming the failed stage."""
+    fp16; an INT8 one leaves ``fp32_scope`` in floating point); return stage seconds. Raises
+    IRBuildError naming the failed stage."""
     stages = StageTimer()
     try:
         with quiet(quant.quiet):
@@ -138,7 +169,7 @@ def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path,
                 ov_model = convert(module, shape)
             if variant == "int8":
                 with stages("quantize"):
-                    ov_model = quantize(ov_model, shape, calibration, quant)
+                    ov_model = quantize(ov_model, shape, calibration, quant, fp32_scope)
             else:
                 stages.seconds["quantize"] = 0.0
             with stages("save"):
@@ -148,11 +179,14 @@ def build_ir(model: ModelLike, shape: tuple[int, ...], variant: str, path: Path,
     return stages.seconds
 
 
-def quantize(ov_model: Any, shape: tuple[int, ...], calibration: Iterable | None, quant: QuantizationConfig) -> Any:
+def quantize(ov_model: Any, shape: tuple[int, ...], calibration: Iterable | None, quant: QuantizationConfig,
+             fp32_scope: FP32Scope | None = None) -> Any:
     """``nncf.quantize`` on the ov.Model with ``quant``'s settings: real calibration data (bias
-    correction on unless ``quant`` says otherwise) or random tensors (ranges only, no bias correction)."""
+    correction on unless ``quant`` says otherwise) or random tensors (ranges only, no bias
+    correction); ``fp32_scope`` (None: nothing) is left in floating point."""
     calibrated = calibration is not None
     data = calibration_samples(calibration, shape, quant.samples(calibrated))
     bias_correction = quant.bias_correction if quant.bias_correction is not None else calibrated
+    ignored = fp32_scope.ignored_scope(ov_model) if fp32_scope is not None else None
     return quantize_int8(ov_model, data, bias_correction=bias_correction, inplace_statistics=quant.inplace(shape),
-                         target_device=quant.target_device)
+                         target_device=quant.target_device, ignored_scope=ignored)

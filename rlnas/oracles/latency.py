@@ -37,6 +37,7 @@ from rlnas.oracles.device import (
 from rlnas.oracles.irbuild import (
     IR_VARIANT,
     PRECISIONS,
+    FP32Scope,
     IRBuildError,
     ModelLike,
     QuantizationConfig,
@@ -45,6 +46,7 @@ from rlnas.oracles.irbuild import (
     check_input_shape,
     check_precision,
     ir_measure_shape,
+    scope_identity,
     structural_key,
 )
 from rlnas.oracles.latency_results import Confirmation, LatencyResult
@@ -102,6 +104,10 @@ class LatencyOracle:
         images, one stream) or ``throughput`` (OpenVINO's throughput mode on the profile's
         threads, as time per image); either way a ratio is candidate / reference time, lower is
         faster. Part of the cache keys except for ``latency`` (whose keys predate the choice).
+    :param fp32_scope: what every INT8 IR it builds (candidates and the reference) leaves in floating
+        point (:class:`~rlnas.oracles.irbuild.FP32Scope`: the accuracy pipeline's, e.g. a detector's heads
+        kept in FP32, so that the IR timed is quantized as the one scored); None: NNCF quantizes all
+        it can. Part of the INT8 cache keys and IR paths only when given (the others predate it).
     """
 
     def __init__(self, profile: DeviceProfile | str, store: MeasurementStore | str | Path | None = None,
@@ -109,7 +115,8 @@ class LatencyOracle:
                  timing: TimingConfig | None = None, quantization: QuantizationConfig | None = None,
                  ratio_method: str = "median_round_p10", timeout_s: float = 600.0,
                  lock_path: str | None = DEFAULT_LOCK_PATH, retry_failed: bool = False,
-                 check_host: bool = True, metric: str = "latency") -> None:
+                 check_host: bool = True, metric: str = "latency",
+                 fp32_scope: FP32Scope | None = None) -> None:
         self.metric = check_metric(metric)
         if isinstance(profile, str):
             profile = load_profile(profile, check_host=check_host)
@@ -122,6 +129,7 @@ class LatencyOracle:
             raise ValueError(f"ratio_method {ratio_method!r} not in {RATIO_METHODS}")
         self.timing = timing or TimingConfig()
         self.quantization = quantization or QuantizationConfig()
+        self.fp32_scope = fp32_scope
         self.ratio_method = ratio_method
         self.timeout_s = timeout_s
         self.lock_path = lock_path
@@ -265,12 +273,14 @@ class LatencyOracle:
 
     def cache_key(self, model_key: str, input_shape: Sequence[int], precision: str) -> dict[str, Any]:
         """Everything that changes the number of one measurement (the metric only when it is not
-        ``latency``, whose keys predate the choice)."""
+        ``latency``, and the INT8 IRs' ``fp32_scope`` only when there is one: the other keys predate
+        them)."""
         return {
             "model": model_key, "input_shape": list(check_input_shape(input_shape)),
             "precision": check_precision(precision), "profile": self.profile.key(), "cpu": self.timing_cpu(),
             "openvino": self.versions["openvino"], "nncf": self.versions["nncf"],
             "protocol": PROTOCOL_VERSION, "reference": self._reference_id, **_metric_entry(self.metric),
+            **scope_identity(self.fp32_scope, IR_VARIANT[check_precision(precision)]),
         }
 
     def ir_path(self, model_key: str, input_shape: Sequence[int], precision: str) -> Path:
@@ -281,6 +291,7 @@ class LatencyOracle:
         if variant == "int8":
             ident["nncf"] = self.versions["nncf"]
             ident["target_device"] = self.quantization.target_device
+            ident.update(scope_identity(self.fp32_scope, variant))
         digest = hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:24]
         return self.cache_dir / "ir" / f"{variant}-{digest}.xml"
 
@@ -292,7 +303,7 @@ class LatencyOracle:
             return path, dict(_REUSED), True
         with machinelock.shared(self.lock_path):  # conversion and NNCF: never beside a timing run
             stages = build_ir(model, check_input_shape(input_shape), IR_VARIANT[precision], path, calibration,
-                              self.quantization)
+                              self.quantization, self.fp32_scope)
         return path, stages, False
 
     def timing_cpu(self) -> str:

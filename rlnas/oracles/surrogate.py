@@ -56,8 +56,8 @@ TABLE_FORMAT = 1
 TARGETS = ("latency_ratio", "acc_int8")
 MODELS = ("additive", "ridge", "trees")
 #: The context fields a run must share with the table: same supernet and network builder, images
-#: and accuracy settings, device and a0.
-MATCHING_CONTEXT = ("model", "checkpoint_id", "dataset", "accuracy", "device", "a0")
+#: and accuracy settings, device, a0 and the detector heads kept in FP32 (absent: none).
+MATCHING_CONTEXT = ("model", "checkpoint_id", "dataset", "accuracy", "device", "a0", "fp32_heads")
 #: Where a table comes from (the builder runs real searches, so it lives with the experiments).
 BUILD_HINT = ("build one with `python experiments/surrogate_benchmark.py build` in an rlnas source checkout "
               "(see its --help) and pass oracle.table=<its table.json>")
