@@ -104,3 +104,16 @@ def train_a0_argv(model: str, tmp_path: Path, train: int, val: int) -> list[str]
             "--override", "dataset.store_size=32", "--override", "dataset.eval_crop=1.0",
             "--override", f"dataset.cache_dir={tmp_path / 'cache'}", "--override", "log.progress=false",
             "--override", "eval.recal_images=16"]
+
+
+def head_convolutions(ov_model) -> dict[str, bool]:
+    """Each SSD head convolution of ``ov_model`` by name: whether it runs in floating point (no
+    FakeQuantize on its input, f32 constant weights)."""
+    out = {}
+    for op in ov_model.get_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() == "Convolution" and "_heads." in name:
+            act, weight = op.input_value(0).get_node(), op.input_value(1).get_node()
+            out[name] = (act.get_type_name() != "FakeQuantize" and weight.get_type_name() == "Constant"
+                         and str(weight.get_output_element_type(0)) == "<Type: 'float32'>")
+    return out

@@ -16,6 +16,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from helpers import head_convolutions
 from omegaconf import OmegaConf
 
 import rlnas
@@ -225,18 +226,6 @@ def test_detection_finalist_finetune_mixes_multibox_and_resumes(world: dict, tmp
 # ----------------------------------------------------------------------------- heads kept in FP32
 
 
-def _head_convolutions(ov_model) -> dict[str, bool]:
-    """Each SSD head convolution of ``ov_model`` by name: whether it runs in floating point (no
-    FakeQuantize on its input, f32 constant weights)."""
-    out = {}
-    for op in ov_model.get_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() == "Convolution" and "_heads." in name:
-            act, weight = op.input_value(0).get_node(), op.input_value(1).get_node()
-            out[name] = (act.get_type_name() != "FakeQuantize" and weight.get_type_name() == "Constant"
-                         and str(weight.get_output_element_type(0)) == "<Type: 'float32'>")
-    return out
-
 
 def _setup(world: dict, cache: Path, *extra: str) -> RunSetup:
     """The run setup of an ssd_tiny search on the world's scenes, supernet and a0, from the composed
@@ -285,7 +274,7 @@ def test_fp32_heads_are_the_same_in_the_accuracy_and_the_latency_oracle(world: d
             assert setup.context.get("fp32_heads") == (list(heads) or None)
             irs, measured[kept] = _int8_irs(setup, tmp_path, str(kept))
             for name, xml in irs.items():
-                convs = _head_convolutions(ov.Core().read_model(xml))
+                convs = head_convolutions(ov.Core().read_model(xml))
                 assert len(convs) == 12, (name, sorted(convs))
                 assert all(fp32 is kept for fp32 in convs.values()), (kept, name, convs)
         finally:

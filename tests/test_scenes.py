@@ -13,6 +13,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from helpers import head_convolutions
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -348,18 +349,6 @@ def test_detection_accuracy_control_reverts_quantizers_judged_on_validation_scen
     assert quantizers(lenient) == quantizers(plain)  # nothing to restore
 
 
-def _head_convolutions(ov_model) -> dict[str, bool]:
-    """Each SSD head convolution of ``ov_model`` by name: whether it runs in floating point (f32
-    constant weights, no FakeQuantize on its input)."""
-    out = {}
-    for op in ov_model.get_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() == "Convolution" and "_heads." in name:
-            act, weight = op.input_value(0).get_node(), op.input_value(1).get_node()
-            out[name] = (act.get_type_name() != "FakeQuantize" and weight.get_type_name() == "Constant"
-                         and str(weight.get_output_element_type(0)) == "<Type: 'float32'>")
-    return out
-
 
 def test_detection_heads_can_stay_in_fp32(scenes: Path) -> None:
     """DetectionPipeline(fp32_heads=...): the search's PTQ and accuracy control leave the named head
@@ -381,16 +370,16 @@ def test_detection_heads_can_stay_in_fp32(scenes: Path) -> None:
     model = plain.prepare(arch)
     assert "fp32_heads" not in plain.cache_key(arch)
     assert loc.cache_key(arch)["fp32_heads"] == ["loc"] and both.cache_key(arch)["fp32_heads"] == ["loc", "conf"]
-    heads = _head_convolutions(plain.quantize(model))
+    heads = head_convolutions(plain.quantize(model))
     assert len(heads) == 12 and not any(heads.values())  # 6 feature maps x (loc, conf), all INT8
-    heads = _head_convolutions(loc.quantize(model))
+    heads = head_convolutions(loc.quantize(model))
     assert all(fp32 == ("loc_heads" in name) for name, fp32 in heads.items())
 
     def quantizers(ov_model) -> int:
         return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
 
     controlled = both.quantize_with_accuracy_control(model, max_drop=0.99)
-    assert all(_head_convolutions(controlled).values())
+    assert all(head_convolutions(controlled).values())
     assert 0 < quantizers(controlled) == quantizers(both.quantize(model))  # the backbone stays INT8
     with pytest.raises(ValueError, match="unknown head groups"):
         DetectionPipeline(["cls"])
