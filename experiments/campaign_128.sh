@@ -26,7 +26,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-outputs/campaign-128}
+# The supernet's recipe: from_a0_long (8 epochs). Session 12's run used from_a0 (3 epochs) in
+# outputs/campaign-128: OUT=outputs/campaign-128 RECIPE=from_a0 continues that one.
+RECIPE=${RECIPE:-from_a0_long}
+OUT=${OUT:-outputs/campaign-128-long}
 A0=${A0:-outputs/a0/resnet50-imagenette-128}
 BIN=.venv/bin
 SEARCH_OVERRIDES=(reward=hard "supernet.checkpoint=$OUT/supernet")
@@ -78,7 +81,7 @@ result_of() {
 run_stage() {
   case $1 in
     a0) train_a0 resnet50 ;;
-    supernet) run "$BIN/rlnas-train-supernet" model=resnet50 dataset=imagenette resolution=128 recipe=from_a0 \
+    supernet) run "$BIN/rlnas-train-supernet" model=resnet50 dataset=imagenette resolution=128 "recipe=$RECIPE" \
                 "a0.checkpoint=$A0/a0.pt" "output_dir=$OUT/supernet" ;;
     search_avx2) search avx2 ppo_model ;;
     search_vnni) search vnni ppo_model ;;

@@ -56,7 +56,7 @@ def test_search_and_supernet_commands_compose(tmp_path: Path) -> None:
     assert compose_search(*cmds["search_avx2"][1:]).device.name == "kabylake_avx2"
     assert compose_search(*cmds["search_vnni"][1:]).device.name == "icelake_vnni"
     train = check_train(compose_config(cmds["supernet"][1:]))
-    assert train.recipe.name == "from_a0" and train.resolution == 128
+    assert train.recipe.name == "from_a0_long" and train.resolution == 128
     assert train.a0.checkpoint == str(tmp_path / "a0" / "a0.pt")
 
 
