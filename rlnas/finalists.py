@@ -249,6 +249,22 @@ def tune_all(setup: RunSetup, models: dict[str, nn.Module], teacher: nn.Module, 
         return dict(zip(models, pool.map(tune, models), strict=True))
 
 
+def recorded_result(out: Path, cfg: FinalistsConfig, chosen: list[Measurement]) -> dict[str, Any] | None:
+    """What a finished run of this stage wrote in ``out``, when it was for the same finalists and
+    settings and its IRs are still there: a resumed run reuses it (timing the same IRs again would
+    report another, slightly different speed-up for the same network)."""
+    path = out / FINALISTS_JSON
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    settings = {k: v for k, v in json.loads(json.dumps(asdict(cfg), default=str)).items() if k != "progress"}
+    same_settings = {k: v for k, v in recorded.get("config", {}).items() if k != "progress"} == settings
+    rows = recorded.get("finalists", [])
+    same_finalists = [r["arch"] for r in rows] == json.loads(json.dumps([m.arch.to_dict() for m in chosen]))
+    complete = not rows or ("confirmation" in recorded and all(Path(r["ir_path"]).is_file() for r in rows))
+    return recorded if same_settings and same_finalists and complete else None
+
+
 def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, target: float, tau: float,
                   run_dir: Path, cfg: FinalistsConfig, seed: int = 0, writer: Any = None,
                   on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -258,6 +274,11 @@ def run_finalists(setup: RunSetup, candidates: list[Measurement], reward: Any, t
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     chosen = select(candidates, reward, target, cfg.k, cfg.margin, cfg.rank)
+    recorded = recorded_result(out, cfg, chosen)
+    if recorded is not None:
+        log.info("finalists: reusing %s (same finalists and settings; delete it to fine-tune, score and "
+                 "confirm again)", out / FINALISTS_JSON)
+        return recorded
     if not chosen:
         result = {"finalists": [], "note": f"no candidate within {cfg.margin} of the target {target:.4f}",
                   "target": target, "config": asdict(cfg)}

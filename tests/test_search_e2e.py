@@ -288,3 +288,20 @@ def test_export_command_rewrites_a_finished_run(resumed_run):
     after = json.loads((run / "export" / "report.json").read_text())
     assert after["found"]["arch"] == before["found"]["arch"]
     assert after["found"]["exported_ir_acc_int8"] is None and before["found"]["exported_ir_acc_int8"] is not None
+
+
+def test_a_finished_finalists_stage_is_reused_not_timed_again(ws, resumed_run, tmp_path):
+    """Rerunning a finished run (a copy) keeps its finalists' record as it was: the same
+    confirmation, not a second timing of the same IRs with another speed-up."""
+    assert resumed_run.second.returncode == 0, resumed_run.second.stderr[-3000:]
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    shutil.copytree(resumed_run.run, run)
+    shutil.copytree(resumed_run.cache, cache)
+    record = run / "finalists" / "finalists.json"
+    before = record.read_bytes()
+    again = search(ws, "budget=3", f"run_dir={run}", cache=cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert record.read_bytes() == before
+    assert "finalists: reusing" in (run / "search.log").read_text()
+    report = json.loads((run / "export" / "report.json").read_text())
+    assert report["finalists"]["confirmation"] == json.loads(before)["confirmation"]
