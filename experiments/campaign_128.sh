@@ -30,7 +30,8 @@ cd "$(dirname "$0")/.."
 # outputs/campaign-128: OUT=outputs/campaign-128 RECIPE=from_a0 continues that one.
 RECIPE=${RECIPE:-from_a0_long}
 OUT=${OUT:-outputs/campaign-128-long}
-A0=${A0:-outputs/a0/resnet50-imagenette-128}
+A0_ROOT=${A0_ROOT:-outputs/a0}
+A0=${A0:-$A0_ROOT/resnet50-imagenette-128}
 BIN=.venv/bin
 SEARCH_OVERRIDES=(reward=hard "supernet.checkpoint=$OUT/supernet")
 STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
@@ -42,7 +43,7 @@ run() {  # the command, or under DRY=1 its quoted form
 
 train_a0() {  # train_a0 MODEL: a0's recipe at 128 px, 40 epochs
   run "$BIN/python" experiments/train_a0.py --model "$1" --dataset imagenette --resolution 128 --epochs 40 \
-    --out "outputs/a0/$1-imagenette-128"
+    --out "$A0_ROOT/$1-imagenette-128"
 }
 
 search() {  # search PROFILE AGENT
@@ -52,7 +53,7 @@ search() {  # search PROFILE AGENT
 
 baselines() {  # baselines PROFILE
   run "$BIN/python" experiments/baselines.py --run "$OUT/$1-ppo_model" \
-    --baseline outputs/a0/resnet18-imagenette-128/a0.pt --baseline outputs/a0/mobilenet_v2-imagenette-128/a0.pt
+    --baseline "$A0_ROOT/resnet18-imagenette-128/a0.pt" --baseline "$A0_ROOT/mobilenet_v2-imagenette-128/a0.pt"
 }
 
 agreement() {  # agreement PROFILE
@@ -66,7 +67,7 @@ result_of() {
     supernet) echo "$OUT/supernet/supernet.pt" ;;
     search_avx2) echo "$OUT/avx2-ppo_model/export/report.json" ;;
     search_vnni) echo "$OUT/vnni-ppo_model/export/report.json" ;;
-    resnet18 | mobilenet_v2) echo "outputs/a0/$1-imagenette-128/a0.json" ;;
+    resnet18 | mobilenet_v2) echo "$A0_ROOT/$1-imagenette-128/a0.json" ;;
     baselines_avx2) echo "$OUT/avx2-ppo_model/baselines/baselines.json" ;;
     baselines_vnni) echo "$OUT/vnni-ppo_model/baselines/baselines.json" ;;
     agreement_avx2) echo "$OUT/avx2-ppo_model/latency_agreement.json" ;;

@@ -21,7 +21,8 @@ STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet
 
 
 def dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "campaign"), "A0": str(tmp_path / "a0")}
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "campaign"), "A0": str(tmp_path / "a0"),
+           "A0_ROOT": str(tmp_path / "baselines")}
     return subprocess.run(["bash", str(SCRIPT), *stages], env=env, capture_output=True, text=True, cwd=ROOT)
 
 
