@@ -21,6 +21,12 @@
 #   evolution_avx2  evolution at the same budget                           $OUT/avx2-evolution/export/report.json
 #   evolution_vnni
 #   hardware        one candidate pool timed on every profile              $OUT/hardware_awareness/hardware_awareness.json
+#   supernet_r18    a space that reaches ResNet-18: the ResNet-18 family (basic blocks, 1-2 blocks a
+#                   stage) from the ResNet-18 trained with a0's recipe   $OUT/supernet-resnet18/supernet.pt
+#   search_r18_avx2 model-based PPO, finalists, export in that space on kabylake_avx2 (a0 = that
+#                   ResNet-18)                                            $OUT/avx2-r18-ppo_model/export/report.json
+#   baselines_r18_avx2  the ResNet-50 a0 timed beside that run's a0 and finalists
+#                                                                          $OUT/avx2-r18-ppo_model/baselines/baselines.json
 #
 # Logs: $OUT/<stage>.log. Time nothing else while it runs (it times latency): no tests, no training.
 set -euo pipefail
@@ -34,8 +40,10 @@ A0_ROOT=${A0_ROOT:-outputs/a0}
 A0=${A0:-$A0_ROOT/resnet50-imagenette-128}
 BIN=.venv/bin
 SEARCH_OVERRIDES=(reward=hard "supernet.checkpoint=$OUT/supernet")
+R18=$A0_ROOT/resnet18-imagenette-128
 STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
-        agreement_avx2 agreement_vnni evolution_avx2 evolution_vnni hardware)
+        agreement_avx2 agreement_vnni evolution_avx2 evolution_vnni hardware
+        supernet_r18 search_r18_avx2 baselines_r18_avx2)
 
 run() {  # the command, or under DRY=1 its quoted form
   if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
@@ -49,6 +57,11 @@ train_a0() {  # train_a0 MODEL: a0's recipe at 128 px, 40 epochs
 search() {  # search PROFILE AGENT
   run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$1" "${SEARCH_OVERRIDES[@]}" "agent=$2" \
     "run_dir=$OUT/$1-$2"
+}
+
+search_r18() {  # search_r18 PROFILE AGENT: the ResNet-18 space, a0 = the ResNet-18 of a0's recipe
+  run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$1" reward=hard model=resnet18 \
+    "a0.checkpoint=$R18/a0.pt" "supernet.checkpoint=$OUT/supernet-resnet18" "agent=$2" "run_dir=$OUT/$1-r18-$2"
 }
 
 baselines() {  # baselines PROFILE
@@ -75,6 +88,9 @@ result_of() {
     evolution_avx2) echo "$OUT/avx2-evolution/export/report.json" ;;
     evolution_vnni) echo "$OUT/vnni-evolution/export/report.json" ;;
     hardware) echo "$OUT/hardware_awareness/hardware_awareness.json" ;;
+    supernet_r18) echo "$OUT/supernet-resnet18/supernet.pt" ;;
+    search_r18_avx2) echo "$OUT/avx2-r18-ppo_model/export/report.json" ;;
+    baselines_r18_avx2) echo "$OUT/avx2-r18-ppo_model/baselines/baselines.json" ;;
     *) echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2; return 2 ;;
   esac
 }
@@ -96,6 +112,11 @@ run_stage() {
     hardware) run "$BIN/python" experiments/hardware_awareness.py --supernet "$OUT/supernet" \
                 --experiment resnet50_imagenette_avx2 --candidates-from "$OUT/avx2-ppo_model" \
                 --out "$OUT/hardware_awareness" ;;
+    supernet_r18) run "$BIN/rlnas-train-supernet" model=resnet18 dataset=imagenette resolution=128 "recipe=$RECIPE" \
+                    "a0.checkpoint=$R18/a0.pt" "output_dir=$OUT/supernet-resnet18" ;;
+    search_r18_avx2) search_r18 avx2 ppo_model ;;
+    baselines_r18_avx2) run "$BIN/python" experiments/baselines.py --run "$OUT/avx2-r18-ppo_model" \
+                          --baseline "$A0/a0.pt" ;;
   esac
 }
 

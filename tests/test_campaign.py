@@ -17,7 +17,8 @@ from rlnas.validate import check_train
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "campaign_128.sh"
 STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet_v2", "baselines_avx2",
-          "baselines_vnni", "agreement_avx2", "agreement_vnni", "evolution_avx2", "evolution_vnni", "hardware"]
+          "baselines_vnni", "agreement_avx2", "agreement_vnni", "evolution_avx2", "evolution_vnni", "hardware",
+          "supernet_r18", "search_r18_avx2", "baselines_r18_avx2"]
 
 
 def dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
@@ -59,6 +60,18 @@ def test_search_and_supernet_commands_compose(tmp_path: Path) -> None:
     train = check_train(compose_config(cmds["supernet"][1:]))
     assert train.recipe.name == "from_a0_long" and train.resolution == 128
     assert train.a0.checkpoint == str(tmp_path / "a0" / "a0.pt")
+
+
+def test_the_resnet18_space_stages_use_the_resnet18_a0_and_its_own_supernet(tmp_path: Path) -> None:
+    cmds = commands(dry_run(tmp_path).stdout)
+    resnet18 = str(tmp_path / "baselines" / "resnet18-imagenette-128" / "a0.pt")
+    train = check_train(compose_config(cmds["supernet_r18"][1:]))
+    assert train.model.name == "resnet18" and train.recipe.name == "from_a0_long" and train.a0.checkpoint == resnet18
+    search = compose_search(*cmds["search_r18_avx2"][1:])
+    assert search.model.name == "resnet18" and search.a0.checkpoint == resnet18
+    assert search.supernet.checkpoint == str(tmp_path / "campaign" / "supernet-resnet18") == train.output_dir
+    assert search.device.name == "kabylake_avx2" and search.reward._target_ == "rlnas.search.reward.HardReward"
+    assert cmds["baselines_r18_avx2"][-1] == str(tmp_path / "a0" / "a0.pt")  # the ResNet-50 a0 beside them
 
 
 @pytest.mark.parametrize("script", ["train_a0.py", "baselines.py", "latency_agreement.py", "hardware_awareness.py"])

@@ -58,7 +58,9 @@ def test_every_group_option_composes(group, option):
         path = CONF / group / f"{option}.yaml"
         place = "" if "@package _global_" in path.read_text() else group
         placed = _leaves(OmegaConf.to_container(OmegaConf.select(cfg, place) if place else cfg))
-        for leaf, value in _leaves(OmegaConf.to_container(OmegaConf.load(path))).items():
+        own = OmegaConf.to_container(OmegaConf.load(path))
+        own.pop("defaults", None)  # an option may extend another of its group (recipe=from_a0_long)
+        for leaf, value in _leaves(own).items():
             assert placed[leaf] == value, f"{group}={option}: {leaf}"
     assert OmegaConf.get_type(cfg) is SearchConfig
     OmegaConf.resolve(cfg)
@@ -123,6 +125,29 @@ def test_search_app_defaults_and_overrides():
         _compose("config", ["no_such_option=1"])
     with pytest.raises(ConfigCompositionException):
         _compose("config", ["agent=no_such_agent"])
+
+
+
+def test_options_that_extend_another_differ_only_where_they_say():
+    """``recipe=from_a0_long`` is from_a0 for 8 epochs; the Imagenette experiments per profile are
+    ``experiment=resnet50_imagenette`` with a device (and the run directory that names it)."""
+    short, long = (plain(_compose("config", [f"recipe={name}"]).recipe) for name in ("from_a0", "from_a0_long"))
+    assert long.pop("name") == "from_a0_long" and short.pop("name") == "from_a0"
+    assert [phase.pop("epochs") for phase in long["phases"]] == [8] != [p.pop("epochs") for p in short["phases"]]
+    assert long == short
+
+    def unresolved(overrides: list[str]) -> dict:
+        tree = OmegaConf.to_container(_compose("config", overrides), resolve=False)
+        del tree["hydra"]
+        return tree
+
+    for profile, device in (("avx2", "kabylake_avx2"), ("vnni", "icelake_vnni")):
+        cfg = unresolved([f"experiment=resnet50_imagenette_{profile}"])
+        assert cfg == unresolved(["experiment=resnet50_imagenette", f"device={device}"])
+        assert cfg["device"]["name"] == device and cfg["model"]["name"] == "resnet50"
+        assert cfg["resolution"] == 128 and cfg["recipe"]["name"] == "from_a0_long"
+    run_dir = _compose("config", ["experiment=resnet50_imagenette_vnni"]).run_dir
+    assert run_dir.startswith("outputs/search/resnet50_imagenette_icelake_vnni/")
 
 
 # -- what each config builds, short of data and weights ---------------------------------------------
