@@ -29,6 +29,12 @@ a0; writes ``--out``/baselines.json (default ``<run>/baselines/``) and ``baselin
 held-out top-1 against the confirmed ratio, beside the search's Pareto front in the search's own
 ratios and validation top-1). Scores and confirmations are kept in the run's measurement store: a
 rerun only measures what is new (and keeps the baselines' IRs it wrote).
+
+``--reference NAME`` (a baseline's name) makes that network the bound's reference and the ratios'
+denominator instead of the run's a0: for a run whose a0 is not the model you deploy (a search in
+the ResNet-18 space, judged against the ResNet-50 you have). Every network is then judged against
+its FP32 scores on the same images, and each ratio is that of the same confirmation rounds divided
+by the reference's, pass by pass (the timing itself stays interleaved with the run's a0).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import argparse
 import hashlib
 import json
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -112,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="Hydra override of the run's config (repeatable)")
     p.add_argument("--out", help="output directory (default <run>/baselines)")
+    p.add_argument("--reference", default=A0_NAME, metavar="NAME",
+                   help="the network the bound and the ratios refer to: a0 (default) or a baseline's name")
     args = p.parse_args(argv)
     if args.passes is not None and args.passes < 1:
         p.error("--passes must be at least 1")
@@ -261,6 +270,18 @@ def confirm_all(setup: RunSetup, irs: dict[str, Path], passes: int, overrides: d
     return {**combine_passes(runs), "timing": asdict(timing), "cached": [r.cached for r in runs]}
 
 
+def relative_to(confirmation: dict[str, Any], reference: str) -> dict[str, Any]:
+    """``confirmation`` with every ratio divided by ``reference``'s of the same pass (medians over the
+    passes again; the 95 % CIs scaled by the reference's median ratio, its own spread not added)."""
+    by_pass = {n: [r / ref for r, ref in zip(rs, confirmation["ratio_by_pass"][reference], strict=True)]
+               for n, rs in confirmation["ratio_by_pass"].items()}
+    scale = confirmation["ratio"][reference]
+    return {**confirmation, "reference": reference, "ratio_by_pass": by_pass,
+            "ratio": {n: statistics.median(rs) for n, rs in by_pass.items()},
+            "ratio_ci": {n: [c / scale for c in ci] for n, ci in confirmation["ratio_ci"].items()},
+            "timed_with": confirmation["reference"], "reference_ratio_to_timed_with": scale}
+
+
 def table_rows(entries: list[dict[str, Any]], confirmation: dict[str, Any]) -> list[dict[str, Any]]:
     """One JSON row per network: scores, held-out interval, confirmed latency and ratio."""
     rows = []
@@ -285,10 +306,12 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
               "INT8 held-out top-1 [95% CI]": f"{r['holdout_int8']:.4f} [{r['holdout_int8_interval'][0]:.4f}, "
                                               f"{r['holdout_int8_interval'][1]:.4f}]",
               "bound (held-out)": bound(r), "latency ms": f"{r['latency_ms']:.3f}",
-              "ratio to a0": f"{r['ratio']:.3f}", "speed-up": f"{r['speedup']:.2f}x"} for r in rows]
+              f"ratio to {summary['reference']}": f"{r['ratio']:.3f}", "speed-up": f"{r['speedup']:.2f}x"}
+             for r in rows]
     print(tabulate(table, headers="keys", tablefmt="github"))
     p = summary["profile"]
-    print(f"held-out images {rows[0]['holdout_images']}; bound: INT8 >= tau * a0 FP32 (tau {summary['tau']}), paired "
+    print(f"held-out images {rows[0]['holdout_images']}; bound: INT8 >= tau * {summary['reference']} FP32 "
+          f"(tau {summary['tau']}), paired "
           f"test at {summary['confidence']:.0%}; ratio: median over {summary['passes']} confirmation pass(es), "
           f"profile {p['name']} (ISA {p['isa'] or 'native'}, {p['threads']} threads), host CPU {summary['host_cpu']}")
 
@@ -302,18 +325,20 @@ def run_config(run: Path, overrides: list[str], device: str | None) -> DictConfi
     return check_search(cfg)
 
 
-def figure(rows: list[dict[str, Any]], front: list[Measurement], path: Path) -> Path:
-    """INT8 held-out top-1 (95 % Wilson interval) against the confirmed ratio to a0 of every timed
-    network, beside the search's Pareto front (its own ratios and validation INT8 top-1)."""
+def figure(rows: list[dict[str, Any]], front: list[Measurement], path: Path, reference: str = A0_NAME,
+           front_scale: float = 1.0) -> Path:
+    """INT8 held-out top-1 (95 % Wilson interval) against the confirmed ratio to ``reference`` of
+    every timed network, beside the search's Pareto front (its own ratios to a0 divided by
+    ``front_scale``, the reference's confirmed ratio to a0; validation INT8 top-1)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     if front:
-        ax.plot([m.latency_ratio for m in front], [m.acc_int8 for m in front], "o--", color="0.6", ms=3,
+        ax.plot([m.latency_ratio / front_scale for m in front], [m.acc_int8 for m in front], "o--", color="0.6", ms=3,
                 label="search's Pareto front (search ratio, validation INT8)")
     for r in rows:
         low, high = r["holdout_int8_interval"]
         ax.errorbar(r["ratio"], r["holdout_int8"], yerr=[[r["holdout_int8"] - low], [high - r["holdout_int8"]]],
                     fmt="s" if r["kind"] == "baseline" else "o", capsize=3, label=f"{r['name']} ({r['kind']})")
-    ax.set_xlabel("latency / a0's (confirmed, INT8)")
+    ax.set_xlabel(f"latency / {reference}'s (confirmed, INT8)")
     ax.set_ylabel("INT8 top-1 (held-out, 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -327,8 +352,9 @@ def figure(rows: list[dict[str, Any]], front: list[Measurement], path: Path) -> 
 
 
 def compare(setup: RunSetup, run: Path, baselines: list[Baseline], out: Path, passes: int | None,
-            overrides: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score, quantize and confirm a0, the run's networks and the baselines: rows and confirmation."""
+            overrides: dict[str, Any], reference: str = A0_NAME) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score, quantize and confirm a0, the run's networks and the baselines: rows and confirmation
+    (bounds and ratios against ``reference``)."""
     finalists_cfg = setup.cfg.finalists
     calib, confidence = int(finalists_cfg.calib_images), float(finalists_cfg.confidence)
     a0_row, a0_ir = a0_entry(setup, run, out, calib)
@@ -337,8 +363,14 @@ def compare(setup: RunSetup, run: Path, baselines: list[Baseline], out: Path, pa
     judge(a0_row, a0_row, float(setup.cfg.tau), confidence, 1)
     entries = [a0, *run_entries(setup, run),
                *[baseline_entry(setup, b, a0_row, out, calib, confidence) for b in baselines]]
+    if reference != A0_NAME:
+        ref_row = next(e["row"] for e in entries if e["name"] == reference)
+        for e in entries:
+            judge(e["row"], ref_row, float(setup.cfg.tau), confidence, 1)
     confirmation = confirm_all(setup, {e["name"]: e["ir"] for e in entries},
                                passes or int(finalists_cfg.confirm_passes), overrides)
+    if reference != A0_NAME:
+        confirmation = relative_to(confirmation, reference)
     return table_rows(entries, confirmation), confirmation
 
 
@@ -352,12 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = timing_overrides(args.timing)
         baselines = unique_names([parse_baseline(spec) for spec in args.baseline])
+        if args.reference not in (A0_NAME, *(b.name for b in baselines)):
+            raise BaselineError(f"--reference {args.reference!r}: not a0 nor a baseline "
+                                f"({', '.join(b.name for b in baselines)})")
         cfg = run_config(run, args.override, args.device)
         for b in baselines:
             check_resolution(b, int(cfg.resolution))
         setup = setup_of_run(cfg, run)
         try:
-            rows, confirmation = compare(setup, run, baselines, out, args.passes, overrides)
+            rows, confirmation = compare(setup, run, baselines, out, args.passes, overrides, args.reference)
             front = pareto_front(load_run(run)[1])
             profile = setup.latency.profile.to_dict()
         finally:
@@ -367,12 +402,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {"run": str(run), "command": command, "profile": profile, "host_cpu": host_cpu_model(),
                "tau": float(cfg.tau), "confidence": float(cfg.finalists.confidence), "passes": confirmation["passes"],
+               "reference": args.reference,
                "seconds": time.perf_counter() - t0}
     print_table(rows, summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps({"summary": summary, "rows": rows, "confirmation": confirmation},
                                                    indent=1, default=str) + "\n")
-    print(f"written: {out / 'baselines.json'}, {figure(rows, front, out / 'baselines.png')}")
+    png = figure(rows, front, out / "baselines.png", args.reference,
+                 confirmation.get("reference_ratio_to_timed_with", 1.0))
+    print(f"written: {out / 'baselines.json'}, {png}")
     return 0
 
 

@@ -25,8 +25,11 @@
 #                   stage) from the ResNet-18 trained with a0's recipe   $OUT/supernet-resnet18/supernet.pt
 #   search_r18_avx2 model-based PPO, finalists, export in that space on kabylake_avx2 (a0 = that
 #                   ResNet-18)                                            $OUT/avx2-r18-ppo_model/export/report.json
-#   baselines_r18_avx2  the ResNet-50 a0 timed beside that run's a0 and finalists
-#                                                                          $OUT/avx2-r18-ppo_model/baselines/baselines.json
+#   search_r18_vnni the same on icelake_vnni (accuracy cached: mostly latency)
+#                                                                          $OUT/vnni-r18-ppo_model/export/report.json
+#   baselines_r18_avx2  the ResNet-50 a0 timed beside that run's a0 and finalists, the bound and the
+#                   ratios against it                                      $OUT/avx2-r18-ppo_model/baselines/baselines.json
+#   baselines_r18_vnni
 #
 # Logs: $OUT/<stage>.log. Time nothing else while it runs (it times latency): no tests, no training.
 set -euo pipefail
@@ -43,7 +46,7 @@ SEARCH_OVERRIDES=(reward=hard "supernet.checkpoint=$OUT/supernet")
 R18=$A0_ROOT/resnet18-imagenette-128
 STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
         agreement_avx2 agreement_vnni evolution_avx2 evolution_vnni hardware
-        supernet_r18 search_r18_avx2 baselines_r18_avx2)
+        supernet_r18 search_r18_avx2 baselines_r18_avx2 search_r18_vnni baselines_r18_vnni)
 
 run() {  # the command, or under DRY=1 its quoted form
   if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
@@ -62,6 +65,10 @@ search() {  # search PROFILE AGENT
 search_r18() {  # search_r18 PROFILE AGENT: the ResNet-18 space, a0 = the ResNet-18 of a0's recipe
   run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$1" reward=hard model=resnet18 \
     "a0.checkpoint=$R18/a0.pt" "supernet.checkpoint=$OUT/supernet-resnet18" "agent=$2" "run_dir=$OUT/$1-r18-$2"
+}
+
+baselines_r18() {  # baselines_r18 PROFILE: the ResNet-50 a0 beside the ResNet-18 space's run, the reference
+  run "$BIN/python" experiments/baselines.py --run "$OUT/$1-r18-ppo_model" --baseline "$A0/a0.pt" --reference resnet50
 }
 
 baselines() {  # baselines PROFILE
@@ -91,6 +98,8 @@ result_of() {
     supernet_r18) echo "$OUT/supernet-resnet18/supernet.pt" ;;
     search_r18_avx2) echo "$OUT/avx2-r18-ppo_model/export/report.json" ;;
     baselines_r18_avx2) echo "$OUT/avx2-r18-ppo_model/baselines/baselines.json" ;;
+    search_r18_vnni) echo "$OUT/vnni-r18-ppo_model/export/report.json" ;;
+    baselines_r18_vnni) echo "$OUT/vnni-r18-ppo_model/baselines/baselines.json" ;;
     *) echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2; return 2 ;;
   esac
 }
@@ -115,8 +124,9 @@ run_stage() {
     supernet_r18) run "$BIN/rlnas-train-supernet" model=resnet18 dataset=imagenette resolution=128 "recipe=$RECIPE" \
                     "a0.checkpoint=$R18/a0.pt" "output_dir=$OUT/supernet-resnet18" ;;
     search_r18_avx2) search_r18 avx2 ppo_model ;;
-    baselines_r18_avx2) run "$BIN/python" experiments/baselines.py --run "$OUT/avx2-r18-ppo_model" \
-                          --baseline "$A0/a0.pt" ;;
+    baselines_r18_avx2) baselines_r18 avx2 ;;
+    search_r18_vnni) search_r18 vnni ppo_model ;;
+    baselines_r18_vnni) baselines_r18 vnni ;;
   esac
 }
 

@@ -88,6 +88,22 @@ def test_baselines_are_timed_beside_a0_and_the_finalists(run: Path, trained: dic
     assert again["confirmation"]["cached"] == [True]
     assert [r["ratio"] for r in again["rows"]] == [r["ratio"] for r in first["rows"]]
 
+    # the same networks against ResNet-18: its FP32 scores are the bound's, its time the ratios' unit
+    assert baselines.main([*argv, "--reference", "resnet18"]) == 0
+    versus = json.loads((out / "baselines.json").read_text())
+    by_name = {r["name"]: r for r in versus["rows"]}
+    assert versus["summary"]["reference"] == "resnet18" and versus["confirmation"]["cached"] == [True]
+    assert by_name["resnet18"]["ratio"] == pytest.approx(1.0)
+    for name, r in by_name.items():
+        assert r["ratio"] == pytest.approx(rows[name]["ratio"] / rows["resnet18"]["ratio"])
+        assert r["latency_ms"] == rows[name]["latency_ms"]
+        assert r["holdout_bound"]["margin"] == pytest.approx(
+            r["holdout_int8"] - versus["summary"]["tau"] * rows["resnet18"]["holdout_fp32"]
+        )
+    assert "ratio to resnet18" in capsys.readouterr().out
+    assert baselines.main([*argv, "--reference", "vgg11"]) == 2
+    assert "--reference 'vgg11': not a0 nor a baseline (resnet18, mobilenet_v2)" in capsys.readouterr().err
+
 
 @pytest.mark.slow
 def test_a_baseline_of_another_resolution_is_one_line(run: Path, tmp_path: Path, capsys) -> None:

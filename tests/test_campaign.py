@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "campaign_128.sh"
 STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet_v2", "baselines_avx2",
           "baselines_vnni", "agreement_avx2", "agreement_vnni", "evolution_avx2", "evolution_vnni", "hardware",
-          "supernet_r18", "search_r18_avx2", "baselines_r18_avx2"]
+          "supernet_r18", "search_r18_avx2", "baselines_r18_avx2", "search_r18_vnni", "baselines_r18_vnni"]
 
 
 def dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
@@ -71,7 +71,12 @@ def test_the_resnet18_space_stages_use_the_resnet18_a0_and_its_own_supernet(tmp_
     assert search.model.name == "resnet18" and search.a0.checkpoint == resnet18
     assert search.supernet.checkpoint == str(tmp_path / "campaign" / "supernet-resnet18") == train.output_dir
     assert search.device.name == "kabylake_avx2" and search.reward._target_ == "rlnas.search.reward.HardReward"
-    assert cmds["baselines_r18_avx2"][-1] == str(tmp_path / "a0" / "a0.pt")  # the ResNet-50 a0 beside them
+    vnni = compose_search(*cmds["search_r18_vnni"][1:])
+    assert vnni.device.name == "icelake_vnni" and vnni.model.name == "resnet18" and vnni.a0.checkpoint == resnet18
+    assert vnni.supernet.checkpoint == search.supernet.checkpoint and Path(vnni.run_dir).name == "vnni-r18-ppo_model"
+    baselines = cmds["baselines_r18_avx2"]  # the ResNet-50 a0 beside them, the reference of the bound
+    assert baselines[baselines.index("--baseline") + 1] == str(tmp_path / "a0" / "a0.pt")
+    assert baselines[baselines.index("--reference") + 1] == "resnet50"
 
 
 @pytest.mark.parametrize("script", ["train_a0.py", "baselines.py", "latency_agreement.py", "hardware_awareness.py"])
