@@ -243,16 +243,24 @@ def _exported_arch(run: Path) -> str:
     return json.loads(path.read_text()).get("short", "") if path.is_file() else ""
 
 
-def baseline_entry(setup: RunSetup, baseline: Baseline, a0_row: dict[str, Any], out: Path,
-                   calib_images: int, confidence: float) -> dict[str, Any]:
-    """A baseline scored and quantized like a finalist, with the bound tests against a0."""
+def baseline_entry(setup: RunSetup, baseline: Baseline, out: Path, calib_images: int) -> dict[str, Any]:
+    """A baseline scored and quantized like a finalist (judged by :func:`judge_entries`)."""
     model = load_baseline(setup, baseline)
     row = accuracy_row(setup, model, baseline.key)
-    judge(row, a0_row, float(setup.cfg.tau), confidence, 1)
     ir = int8_ir(setup, model, baseline.key, out / baseline.name / "model.xml", calib_images)
     record = {k: baseline.record.get(k) for k in ("command", "epochs", "train_seconds", "top1_as_deployed", "sha256")}
     return {"name": baseline.name, "kind": "baseline", "network": f"torchvision {baseline.family}", "ir": ir,
             "row": row, "checkpoint": str(baseline.path), "kwargs": baseline.kwargs, "trained": record}
+
+
+def judge_entries(entries: list[dict[str, Any]], reference: str, tau: float, confidence: float) -> None:
+    """The bound tests against ``reference``'s FP32 scores into the rows, one comparison each. Against
+    a0, the finalists keep their run's tests (which allowed for how many finalists it compared) and
+    an exported IR without finalists has none; against another reference every scored row is judged."""
+    ref_row = next(e["row"] for e in entries if e["name"] == reference)
+    for e in entries:
+        if e["kind"] in ("a0", "maximal subnet", "baseline") or (reference != A0_NAME and e["kind"] != "exported"):
+            judge(e["row"], ref_row, tau, confidence, 1)
 
 
 # -- confirmation ----------------------------------------------------------------------------------------
@@ -360,13 +368,8 @@ def compare(setup: RunSetup, run: Path, baselines: list[Baseline], out: Path, pa
     a0_row, a0_ir = a0_entry(setup, run, out, calib)
     a0 = {"name": A0_NAME, "kind": "a0" if setup.a0 is not None else "maximal subnet", "network": "a0",
           "ir": a0_ir, "row": a0_row}
-    judge(a0_row, a0_row, float(setup.cfg.tau), confidence, 1)
-    entries = [a0, *run_entries(setup, run),
-               *[baseline_entry(setup, b, a0_row, out, calib, confidence) for b in baselines]]
-    if reference != A0_NAME:
-        ref_row = next(e["row"] for e in entries if e["name"] == reference)
-        for e in entries:
-            judge(e["row"], ref_row, float(setup.cfg.tau), confidence, 1)
+    entries = [a0, *run_entries(setup, run), *[baseline_entry(setup, b, out, calib) for b in baselines]]
+    judge_entries(entries, reference, float(setup.cfg.tau), confidence)
     confirmation = confirm_all(setup, {e["name"]: e["ir"] for e in entries},
                                passes or int(finalists_cfg.confirm_passes), overrides)
     if reference != A0_NAME:

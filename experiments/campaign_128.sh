@@ -16,8 +16,8 @@
 #   mobilenet_v2
 #   baselines_avx2  baselines timed beside a0 and the finalists            <run>/baselines/baselines.json
 #   baselines_vnni
-#   agreement_avx2  20 candidates re-timed: search vs confirmation vs benchmark_app   <run>/latency_agreement.json
-#   agreement_vnni
+#   agreement_avx2  20 candidates of avx2-ppo_model re-timed: search vs confirmation vs benchmark_app
+#                                                                          <run>/latency_agreement.json
 #   evolution_avx2  evolution at the same budget                           $OUT/avx2-evolution/export/report.json
 #   evolution_vnni
 #   hardware        one candidate pool timed on every profile              $OUT/hardware_awareness/hardware_awareness.json
@@ -27,9 +27,12 @@
 #                   ResNet-18)                                            $OUT/avx2-r18-ppo_model/export/report.json
 #   search_r18_vnni the same on icelake_vnni (accuracy cached: mostly latency)
 #                                                                          $OUT/vnni-r18-ppo_model/export/report.json
-#   baselines_r18_avx2  the ResNet-50 a0 timed beside that run's a0 and finalists, the bound and the
-#                   ratios against it                                      $OUT/avx2-r18-ppo_model/baselines/baselines.json
+#   baselines_r18_avx2  the ResNet-50 a0 and MobileNetV2 timed beside that run's a0 and finalists, the
+#                   bound and the ratios against the ResNet-50   $OUT/avx2-r18-ppo_model/baselines/baselines.json
 #   baselines_r18_vnni
+#   agreement_r18_vnni  agreement_avx2's check on vnni-r18-ppo_model
+#   search_r18_avx2_seed1, _seed2 (and baselines_r18_avx2_seed1, _seed2)  search_r18_avx2 with another
+#                   search seed (the same supernet)              $OUT/avx2-r18-ppo_model-seed<N>/export/report.json
 #
 # Logs: $OUT/<stage>.log. Time nothing else while it runs (it times latency): no tests, no training.
 set -euo pipefail
@@ -42,11 +45,17 @@ OUT=${OUT:-outputs/campaign-128-long}
 A0_ROOT=${A0_ROOT:-outputs/a0}
 A0=${A0:-$A0_ROOT/resnet50-imagenette-128}
 BIN=.venv/bin
-SEARCH_OVERRIDES=(reward=hard "supernet.checkpoint=$OUT/supernet")
 R18=$A0_ROOT/resnet18-imagenette-128
+MOBILENET_V2=$A0_ROOT/mobilenet_v2-imagenette-128
 STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
-        agreement_avx2 agreement_vnni evolution_avx2 evolution_vnni hardware
-        supernet_r18 search_r18_avx2 baselines_r18_avx2 search_r18_vnni baselines_r18_vnni)
+        agreement_avx2 evolution_avx2 evolution_vnni hardware
+        supernet_r18 search_r18_avx2 baselines_r18_avx2 search_r18_vnni baselines_r18_vnni agreement_r18_vnni
+        search_r18_avx2_seed1 baselines_r18_avx2_seed1 search_r18_avx2_seed2 baselines_r18_avx2_seed2)
+
+# The two search spaces: the ResNet-50 a0's, and the ResNet-18 family from the ResNet-18 of a0's recipe
+# (then that ResNet-18 is the run's a0, and the ResNet-50 a0 the reference of baselines_r18_*).
+R50_SPACE=("supernet.checkpoint=$OUT/supernet")
+R18_SPACE=(model=resnet18 "a0.checkpoint=$R18/a0.pt" "supernet.checkpoint=$OUT/supernet-resnet18")
 
 run() {  # the command, or under DRY=1 its quoted form
   if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
@@ -57,27 +66,41 @@ train_a0() {  # train_a0 MODEL: a0's recipe at 128 px, 40 epochs
     --out "$A0_ROOT/$1-imagenette-128"
 }
 
-search() {  # search PROFILE AGENT
-  run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$1" "${SEARCH_OVERRIDES[@]}" "agent=$2" \
-    "run_dir=$OUT/$1-$2"
+search() {  # search STAGE AGENT SPACE_OVERRIDES...: one search run on the stage's profile, in its run
+  local stage=$1 agent=$2
+  shift 2
+  run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$(profile_of "$stage")" reward=hard "$@" "agent=$agent" \
+    "run_dir=$OUT/$(run_of "$stage")"
 }
 
-search_r18() {  # search_r18 PROFILE AGENT: the ResNet-18 space, a0 = the ResNet-18 of a0's recipe
-  run "$BIN/rlnas-search" "experiment=resnet50_imagenette_$1" reward=hard model=resnet18 \
-    "a0.checkpoint=$R18/a0.pt" "supernet.checkpoint=$OUT/supernet-resnet18" "agent=$2" "run_dir=$OUT/$1-r18-$2"
+baselines() {  # baselines STAGE: ResNet-18 and MobileNetV2 beside a ResNet-50-space run
+  run "$BIN/python" experiments/baselines.py --run "$OUT/$(run_of "$1")" --baseline "$R18/a0.pt" \
+    --baseline "$MOBILENET_V2/a0.pt"
 }
 
-baselines_r18() {  # baselines_r18 PROFILE: the ResNet-50 a0 beside the ResNet-18 space's run, the reference
-  run "$BIN/python" experiments/baselines.py --run "$OUT/$1-r18-ppo_model" --baseline "$A0/a0.pt" --reference resnet50
+baselines_r18() {  # baselines_r18 STAGE: the ResNet-50 a0 and MobileNetV2 beside a ResNet-18-space run, the
+  # ResNet-50 the reference of the bound and the ratios
+  run "$BIN/python" experiments/baselines.py --run "$OUT/$(run_of "$1")" --baseline "$A0/a0.pt" \
+    --baseline "$MOBILENET_V2/a0.pt" --reference resnet50
 }
 
-baselines() {  # baselines PROFILE
-  run "$BIN/python" experiments/baselines.py --run "$OUT/$1-ppo_model" \
-    --baseline "$A0_ROOT/resnet18-imagenette-128/a0.pt" --baseline "$A0_ROOT/mobilenet_v2-imagenette-128/a0.pt"
+agreement() {  # agreement STAGE
+  run "$BIN/python" experiments/latency_agreement.py --run "$OUT/$(run_of "$1")" --n 20 --passes 3 --benchmark-app
 }
 
-agreement() {  # agreement PROFILE
-  run "$BIN/python" experiments/latency_agreement.py --run "$OUT/$1-ppo_model" --n 20 --passes 3 --benchmark-app
+profile_of() {  # the profile a stage runs on: avx2 (kabylake_avx2) or vnni (icelake_vnni)
+  case $1 in *avx2*) echo avx2 ;; *) echo vnni ;; esac
+}
+
+run_of() {  # the search run (under $OUT) a search, baselines or agreement stage makes or reads
+  local profile
+  profile=$(profile_of "$1")
+  case $1 in
+    search_avx2 | search_vnni | baselines_avx2 | baselines_vnni | agreement_avx2) echo "$profile-ppo_model" ;;
+    evolution_*) echo "$profile-evolution" ;;
+    *_r18_avx2_seed[0-9]) echo "$profile-r18-ppo_model-seed${1: -1}" ;;
+    *_r18_*) echo "$profile-r18-ppo_model" ;;
+  esac
 }
 
 # the file whose existence marks the stage done
@@ -85,21 +108,12 @@ result_of() {
   case $1 in
     a0) echo "$A0/a0.json" ;;
     supernet) echo "$OUT/supernet/supernet.pt" ;;
-    search_avx2) echo "$OUT/avx2-ppo_model/export/report.json" ;;
-    search_vnni) echo "$OUT/vnni-ppo_model/export/report.json" ;;
-    resnet18 | mobilenet_v2) echo "$A0_ROOT/$1-imagenette-128/a0.json" ;;
-    baselines_avx2) echo "$OUT/avx2-ppo_model/baselines/baselines.json" ;;
-    baselines_vnni) echo "$OUT/vnni-ppo_model/baselines/baselines.json" ;;
-    agreement_avx2) echo "$OUT/avx2-ppo_model/latency_agreement.json" ;;
-    agreement_vnni) echo "$OUT/vnni-ppo_model/latency_agreement.json" ;;
-    evolution_avx2) echo "$OUT/avx2-evolution/export/report.json" ;;
-    evolution_vnni) echo "$OUT/vnni-evolution/export/report.json" ;;
-    hardware) echo "$OUT/hardware_awareness/hardware_awareness.json" ;;
     supernet_r18) echo "$OUT/supernet-resnet18/supernet.pt" ;;
-    search_r18_avx2) echo "$OUT/avx2-r18-ppo_model/export/report.json" ;;
-    baselines_r18_avx2) echo "$OUT/avx2-r18-ppo_model/baselines/baselines.json" ;;
-    search_r18_vnni) echo "$OUT/vnni-r18-ppo_model/export/report.json" ;;
-    baselines_r18_vnni) echo "$OUT/vnni-r18-ppo_model/baselines/baselines.json" ;;
+    resnet18 | mobilenet_v2) echo "$A0_ROOT/$1-imagenette-128/a0.json" ;;
+    hardware) echo "$OUT/hardware_awareness/hardware_awareness.json" ;;
+    search_* | evolution_*) echo "$OUT/$(run_of "$1")/export/report.json" ;;
+    baselines_*) echo "$OUT/$(run_of "$1")/baselines/baselines.json" ;;
+    agreement_*) echo "$OUT/$(run_of "$1")/latency_agreement.json" ;;
     *) echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2; return 2 ;;
   esac
 }
@@ -109,31 +123,26 @@ run_stage() {
     a0) train_a0 resnet50 ;;
     supernet) run "$BIN/rlnas-train-supernet" model=resnet50 dataset=imagenette resolution=128 "recipe=$RECIPE" \
                 "a0.checkpoint=$A0/a0.pt" "output_dir=$OUT/supernet" ;;
-    search_avx2) search avx2 ppo_model ;;
-    search_vnni) search vnni ppo_model ;;
+    supernet_r18) run "$BIN/rlnas-train-supernet" model=resnet18 dataset=imagenette resolution=128 "recipe=$RECIPE" \
+                    "a0.checkpoint=$R18/a0.pt" "output_dir=$OUT/supernet-resnet18" ;;
     resnet18 | mobilenet_v2) train_a0 "$1" ;;
-    baselines_avx2) baselines avx2 ;;
-    baselines_vnni) baselines vnni ;;
-    agreement_avx2) agreement avx2 ;;
-    agreement_vnni) agreement vnni ;;
-    evolution_avx2) search avx2 evolution ;;
-    evolution_vnni) search vnni evolution ;;
     hardware) run "$BIN/python" experiments/hardware_awareness.py --supernet "$OUT/supernet" \
                 --experiment resnet50_imagenette_avx2 --candidates-from "$OUT/avx2-ppo_model" \
                 --out "$OUT/hardware_awareness" ;;
-    supernet_r18) run "$BIN/rlnas-train-supernet" model=resnet18 dataset=imagenette resolution=128 "recipe=$RECIPE" \
-                    "a0.checkpoint=$R18/a0.pt" "output_dir=$OUT/supernet-resnet18" ;;
-    search_r18_avx2) search_r18 avx2 ppo_model ;;
-    baselines_r18_avx2) baselines_r18 avx2 ;;
-    search_r18_vnni) search_r18 vnni ppo_model ;;
-    baselines_r18_vnni) baselines_r18 vnni ;;
+    search_avx2 | search_vnni) search "$1" ppo_model "${R50_SPACE[@]}" ;;
+    evolution_*) search "$1" evolution "${R50_SPACE[@]}" ;;
+    search_r18_avx2 | search_r18_vnni) search "$1" ppo_model "${R18_SPACE[@]}" ;;
+    search_r18_avx2_seed*) search "$1" ppo_model "${R18_SPACE[@]}" "seed=${1: -1}" ;;
+    baselines_r18_*) baselines_r18 "$1" ;;
+    baselines_*) baselines "$1" ;;
+    agreement_*) agreement "$1" ;;
   esac
 }
 
 main() {
   local wanted=("$@")
   [ ${#wanted[@]} -gt 0 ] || wanted=("${STAGES[@]}")
-  for stage in "${wanted[@]}"; do result_of "$stage" >/dev/null || exit 2; done
+  for stage in "${wanted[@]}"; do valid_stage "$stage" || exit 2; done
   [ -n "${DRY:-}" ] || mkdir -p "$OUT"
   for stage in "${wanted[@]}"; do
     local result
@@ -149,6 +158,13 @@ main() {
       [ -e "$result" ] || { echo "[$stage] finished without $result" >&2; exit 1; }
     fi
   done
+}
+
+valid_stage() {  # the stage is one of STAGES (the patterns above accept more names than that)
+  local known
+  for known in "${STAGES[@]}"; do [ "$known" = "$1" ] && return 0; done
+  echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2
+  return 2
 }
 
 main "$@"

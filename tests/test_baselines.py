@@ -106,6 +106,26 @@ def test_baselines_are_timed_beside_a0_and_the_finalists(run: Path, trained: dic
 
 
 @pytest.mark.slow
+def test_against_a0_the_finalists_keep_their_runs_bound_tests(run: Path) -> None:
+    finals = baselines.load_finalists(run)
+    a0_row, finalist_row = finals["a0"], finals["finalists"][0]["after"]
+    baseline_row = {k: v for k, v in finalist_row.items() if not k.endswith("_bound")}  # scored, not judged
+    finalist_row["val_bound"] = "the run's test"
+    entries = [{"name": "a0", "kind": "a0", "row": a0_row}, {"name": "f0", "kind": "finalist", "row": finalist_row},
+               {"name": "mine", "kind": "baseline", "row": baseline_row}]
+    tau = float(finals["tau"])
+    baselines.judge_entries(entries, "a0", tau, 0.9)
+    assert finalist_row["val_bound"] == "the run's test"
+    held_int8, held_fp32 = baseline_row["holdout_int8"], a0_row["holdout_fp32"]
+    assert baseline_row["holdout_bound"]["margin"] == pytest.approx(held_int8 - tau * held_fp32)
+
+    baselines.judge_entries(entries, "mine", tau, 0.9)  # another reference: every row against its FP32
+    assert finalist_row["val_bound"]["margin"] == pytest.approx(
+        finalist_row["val_int8"] - tau * baseline_row["val_fp32"])
+    assert a0_row["holdout_bound"]["margin"] == pytest.approx(a0_row["holdout_int8"] - tau * baseline_row["holdout_fp32"])
+
+
+@pytest.mark.slow
 def test_a_baseline_of_another_resolution_is_one_line(run: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "a0.json").write_text(json.dumps({"family": "mobilenet_v2", "resolution": 128}))
     torch.save(torchvision.models.mobilenet_v2(num_classes=10).state_dict(), tmp_path / "a0.pt")

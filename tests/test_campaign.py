@@ -17,8 +17,10 @@ from rlnas.validate import check_train
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "campaign_128.sh"
 STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet_v2", "baselines_avx2",
-          "baselines_vnni", "agreement_avx2", "agreement_vnni", "evolution_avx2", "evolution_vnni", "hardware",
-          "supernet_r18", "search_r18_avx2", "baselines_r18_avx2", "search_r18_vnni", "baselines_r18_vnni"]
+          "baselines_vnni", "agreement_avx2", "evolution_avx2", "evolution_vnni", "hardware",
+          "supernet_r18", "search_r18_avx2", "baselines_r18_avx2", "search_r18_vnni", "baselines_r18_vnni",
+          "agreement_r18_vnni", "search_r18_avx2_seed1", "baselines_r18_avx2_seed1", "search_r18_avx2_seed2",
+          "baselines_r18_avx2_seed2"]
 
 
 def dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
@@ -74,9 +76,37 @@ def test_the_resnet18_space_stages_use_the_resnet18_a0_and_its_own_supernet(tmp_
     vnni = compose_search(*cmds["search_r18_vnni"][1:])
     assert vnni.device.name == "icelake_vnni" and vnni.model.name == "resnet18" and vnni.a0.checkpoint == resnet18
     assert vnni.supernet.checkpoint == search.supernet.checkpoint and Path(vnni.run_dir).name == "vnni-r18-ppo_model"
-    baselines = cmds["baselines_r18_avx2"]  # the ResNet-50 a0 beside them, the reference of the bound
-    assert baselines[baselines.index("--baseline") + 1] == str(tmp_path / "a0" / "a0.pt")
-    assert baselines[baselines.index("--reference") + 1] == "resnet50"
+    baselines = cmds["baselines_r18_avx2"]  # the ResNet-50 a0 and MobileNetV2 beside them, the ResNet-50 the reference
+    assert option_values(baselines, "--baseline") == [
+        str(tmp_path / "a0" / "a0.pt"), str(tmp_path / "baselines" / "mobilenet_v2-imagenette-128" / "a0.pt")]
+    assert option_values(baselines, "--reference") == ["resnet50"]
+    assert option_values(baselines, "--run") == [search.run_dir]
+    assert option_values(cmds["agreement_r18_vnni"], "--run") == [vnni.run_dir]
+
+
+def option_values(args: list[str], option: str) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args) if arg == option]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_seed_stage_is_its_search_with_another_seed_in_its_own_run(tmp_path: Path, seed: int) -> None:
+    cmds = commands(dry_run(tmp_path).stdout)
+    first, again = compose_search(*cmds["search_r18_avx2"][1:]), compose_search(*cmds[f"search_r18_avx2_seed{seed}"][1:])
+    assert first.seed == 0 and again.seed == seed
+    assert Path(again.run_dir).name == f"avx2-r18-ppo_model-seed{seed}"
+    first.seed, first.run_dir = again.seed, again.run_dir
+    assert first == again
+    assert option_values(cmds[f"baselines_r18_avx2_seed{seed}"], "--run") == [again.run_dir]
+
+
+def test_the_resnet50_space_baselines_are_resnet18_and_mobilenet_v2(tmp_path: Path) -> None:
+    cmds = commands(dry_run(tmp_path).stdout)
+    for profile in ("avx2", "vnni"):
+        baselines = cmds[f"baselines_{profile}"]
+        assert option_values(baselines, "--run") == [compose_search(*cmds[f"search_{profile}"][1:]).run_dir]
+        assert [Path(b).parent.name for b in option_values(baselines, "--baseline")] == [
+            "resnet18-imagenette-128", "mobilenet_v2-imagenette-128"]
+        assert not option_values(baselines, "--reference")
 
 
 @pytest.mark.parametrize("script", ["train_a0.py", "baselines.py", "latency_agreement.py", "hardware_awareness.py"])
