@@ -1,0 +1,169 @@
+"""Does ``make search`` reproduce from fresh clones (issue 23, item 7; item 2 at 32 px)?
+
+    .venv/bin/python experiments/reproduce_quick.py               # 3 clones, one after another
+    .venv/bin/python experiments/reproduce_quick.py --dry-run     # what each clone would run
+
+For each clone ``<parent>/<this checkout's name>-quick-<i>`` (beside this checkout, so ``../shared``
+is the same; nothing else shared: its own ``.venv``, ``data/``, ``cache/`` and ``outputs/``):
+
+1. ``git clone`` of this checkout's HEAD, then ``make search`` in it, timed (install included);
+2. ``experiments/latency_agreement.py --run <its run> --n 16 --passes 3 --benchmark-app`` in the
+   clone: the search's ratios re-timed in confirmations and in benchmark_app (item 2 at 32 px);
+3. benchmark_app (``-hint latency``, the export's profile and ISA cap) on the exported IR and a0's,
+   alternated ``--bapp-rounds`` times: the per-round ratio's median.
+
+A clone with its ``reproduce.json`` is done and skipped, so a rerun resumes after a kill (a clone
+killed half-way is cloned again). Then prints each clone's confirmed speed-up, benchmark_app's,
+the held-out top-1 and the wall time, and the spread: every speed-up against the median of the
+clones (the issue's target: within +-10 %). Writes ``<out>/reproduce_quick.json``. It times
+latency: run it on a quiet machine (no tests, no training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_benchmark_app import run_benchmark_app  # experiments/ (the script's directory)
+from tabulate import tabulate
+
+from rlnas.oracles.device import host_cpu_model, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+BAPP_MODE = ("-hint", "latency", "-nireq", "1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clones", type=int, default=3)
+    p.add_argument("--parent", type=Path, default=ROOT.parent, help="where the clones go (beside ../shared)")
+    p.add_argument("--n", type=int, default=16, help="candidates re-timed by latency_agreement.py (the budget)")
+    p.add_argument("--bapp-rounds", type=int, default=5)
+    p.add_argument("--bapp-seconds", type=float, default=10.0)
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "reproduce_quick")
+    p.add_argument("--dry-run", action="store_true")
+    return p.parse_args(argv)
+
+
+def clone_dir(parent: Path, i: int) -> Path:
+    return parent / f"{ROOT.name}-quick-{i}"
+
+
+def steps(clone: Path, n: int) -> list[list[str]]:
+    """The commands run in ``clone`` (the run directory is found after ``make search``)."""
+    return [["make", "search"],
+            [".venv/bin/python", "experiments/latency_agreement.py", "--run", "<run>", "--n", str(n),
+             "--passes", "3", "--benchmark-app"]]
+
+
+def the_run(clone: Path) -> Path:
+    runs = sorted((clone / "outputs" / "search" / "quick").glob("*/export/report.json"))
+    if len(runs) != 1:
+        raise RuntimeError(f"{clone}: expected one exported quick run, found {len(runs)}")
+    return runs[0].parent.parent
+
+
+def bapp_speedup(run: Path, rounds: int, seconds: float) -> dict[str, Any]:
+    """benchmark_app on the export and a0's IR, alternated: per-round ratios and their median."""
+    report = json.loads((run / "export" / "report.json").read_text())
+    profile = load_profile(report["setup"]["device profile"])
+    irs = {"a0": run / "finalists" / "a0" / "model.xml", "export": run / "export" / "model.xml"}
+    times: dict[str, list[float]] = {name: [] for name in irs}
+    for r in range(rounds):
+        for name in list(irs)[:: 1 if r % 2 == 0 else -1]:
+            times[name].append(run_benchmark_app(str(irs[name]), profile, profile.inference_precision, seconds,
+                                                 BAPP_MODE)["latency_ms"])
+    ratios = [e / a for e, a in zip(times["export"], times["a0"], strict=True)]
+    return {"latency_ms": times, "ratios": ratios, "ratio": statistics.median(ratios),
+            "speedup": 1.0 / statistics.median(ratios)}
+
+
+def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
+    if clone.exists():
+        shutil.rmtree(clone)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    t0 = time.perf_counter()
+    with open(clone / "make_search.log", "w") as log:
+        subprocess.run(steps(clone, args.n)[0], cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
+    wall = time.perf_counter() - t0
+    run = the_run(clone)
+    agreement = [a if a != "<run>" else str(run.relative_to(clone)) for a in steps(clone, args.n)[1]]
+    with open(clone / "latency_agreement.log", "w") as log:
+        subprocess.run(agreement, cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
+    report = json.loads((run / "export" / "report.json").read_text())
+    result = {"clone": str(clone), "commit": git_head(clone), "run": str(run), "make_search_seconds": wall,
+              "found": report["found"]["arch"], "confirmed_ratio": report["found"]["confirmed_ratio"],
+              "confirmed_speedup": 1.0 / report["found"]["confirmed_ratio"],
+              "holdout_int8": report["found"].get("holdout_int8"), "feasible": report["found"].get("feasible"),
+              "a0_holdout_fp32": report["a0"].get("holdout_fp32"),
+              "benchmark_app": bapp_speedup(run, args.bapp_rounds, args.bapp_seconds),
+              "agreement": json.loads((run / "latency_agreement.json").read_text()).get("summary")}
+    (clone / "reproduce.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def git_head(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Each value against the median of all (as a fraction), and the largest such deviation."""
+    med = statistics.median(values)
+    deviations = [v / med - 1.0 for v in values]
+    return {"median": med, "deviations": deviations, "max_abs_deviation": max(abs(d) for d in deviations),
+            "max_over_min": max(values) / min(values)}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"host_cpu": host_cpu_model(), "clones": len(results),
+            "confirmed_speedup": spread([r["confirmed_speedup"] for r in results]),
+            "benchmark_app_speedup": spread([r["benchmark_app"]["speedup"] for r in results]),
+            "make_search_seconds": [r["make_search_seconds"] for r in results]}
+
+
+def print_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    rows = [{"clone": Path(r["clone"]).name, "make search (min)": f"{r['make_search_seconds'] / 60:.1f}",
+             "found": r["found"], "confirmed": f"{r['confirmed_speedup']:.2f}x",
+             "benchmark_app": f"{r['benchmark_app']['speedup']:.2f}x",
+             "held-out INT8": f"{r['holdout_int8']:.4f}" if r["holdout_int8"] is not None else "-",
+             "bound held-out": "yes" if r["holdout_int8"] is not None and r["a0_holdout_fp32"] is not None
+             and r["holdout_int8"] >= 0.99 * r["a0_holdout_fp32"] else "no"} for r in results]
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    for key in ("confirmed_speedup", "benchmark_app_speedup"):
+        s = summary[key]
+        print(f"{key}: median {s['median']:.2f}x, max |deviation from the median| {100 * s['max_abs_deviation']:.1f} %"
+              f" (target <= 10 %), max/min {s['max_over_min']:.3f}")
+    print(f"host CPU: {summary['host_cpu']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    clones = [clone_dir(args.parent, i) for i in range(1, args.clones + 1)]
+    if args.dry_run:
+        for clone in clones:
+            state = "done" if (clone / "reproduce.json").is_file() else "to run"
+            print(f"{clone} ({state}): git clone {ROOT} {clone}; " + "; ".join(" ".join(s) for s in steps(clone, args.n)))
+        return 0
+    results = []
+    for clone in clones:
+        done = clone / "reproduce.json"
+        results.append(json.loads(done.read_text()) if done.is_file() else reproduce(clone, args))
+        print(f"{clone.name}: confirmed {results[-1]['confirmed_speedup']:.2f}x, benchmark_app "
+              f"{results[-1]['benchmark_app']['speedup']:.2f}x", flush=True)
+    summary = summarize(results)
+    print_table(results, summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reproduce_quick.json").write_text(json.dumps({"summary": summary, "clones": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""experiments/reproduce_quick.py: where the clones go, what is resumed, and the spread it reports
+(the runs themselves are ``make search``: tested by the pipeline's tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import reproduce_quick  # noqa: E402
+
+
+def test_the_dry_run_puts_clones_beside_each_other_and_skips_finished_ones(tmp_path: Path, capsys) -> None:
+    done = reproduce_quick.clone_dir(tmp_path, 2)
+    done.mkdir()
+    (done / "reproduce.json").write_text("{}")
+    assert reproduce_quick.main(["--dry-run", "--parent", str(tmp_path), "--clones", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [str(reproduce_quick.clone_dir(tmp_path, i)) for i in (1, 2, 3)]
+    assert ["(done)" in line for line in lines] == [False, True, False]
+    assert all("make search" in line and "latency_agreement.py --run <run> --n 16" in line for line in lines)
+    assert not reproduce_quick.clone_dir(tmp_path, 1).exists()
+
+
+def test_the_spread_is_each_speedup_against_the_median() -> None:
+    s = reproduce_quick.spread([2.0, 2.2, 1.8])
+    assert s["median"] == 2.0
+    assert s["deviations"] == pytest.approx([0.0, 0.1, -0.1])
+    assert s["max_abs_deviation"] == pytest.approx(0.1) and s["max_over_min"] == pytest.approx(2.2 / 1.8)
+
+
+def test_a_clone_must_hold_exactly_one_exported_quick_run(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="found 0"):
+        reproduce_quick.the_run(tmp_path)
+    for stamp in ("2026-12-07_10-00-00", "2026-12-07_11-00-00"):
+        export = tmp_path / "outputs" / "search" / "quick" / stamp / "export"
+        export.mkdir(parents=True)
+        (export / "report.json").write_text(json.dumps({}))
+    with pytest.raises(RuntimeError, match="found 2"):
+        reproduce_quick.the_run(tmp_path)
+    (tmp_path / "outputs" / "search" / "quick" / "2026-12-07_10-00-00" / "export" / "report.json").unlink()
+    assert reproduce_quick.the_run(tmp_path).name == "2026-12-07_11-00-00"
