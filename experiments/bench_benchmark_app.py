@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from filelock import FileLock
@@ -94,6 +94,17 @@ def run_benchmark_app(ir: str, profile: DeviceProfile, inference_precision: str,
     return {"latency_ms": _ms(median), "average_ms": _ms(_AVERAGE.search(text)),
             "iterations": int(count.group(1)) if count else None,
             "command": " ".join(cmd), "env": profile.env()}
+
+
+def alternate(irs: Mapping[str, str | Path], profile: DeviceProfile, seconds: float, rounds: int,
+              mode: Sequence[str]) -> dict[str, list[dict]]:
+    """:func:`run_benchmark_app` on every IR in turn, ``rounds`` times, the order reversed every
+    other round so that the machine's drift falls on all alike: each IR's runs, in order."""
+    runs: dict[str, list[dict]] = {name: [] for name in irs}
+    for r in range(rounds):
+        for name in list(irs)[:: 1 if r % 2 == 0 else -1]:
+            runs[name].append(run_benchmark_app(str(irs[name]), profile, profile.inference_precision, seconds, mode))
+    return runs
 
 
 def oracle_once(oracle: LatencyOracle, shape: tuple[int, ...]) -> LatencyResult:

@@ -33,6 +33,11 @@
 #   agreement_r18_vnni  agreement_avx2's check on vnni-r18-ppo_model
 #   search_r18_avx2_seed1, _seed2 (and baselines_r18_avx2_seed1, _seed2)  search_r18_avx2 with another
 #                   search seed (the same supernet)              $OUT/avx2-r18-ppo_model-seed<N>/export/report.json
+#   supernet_mnv2   a space that reaches MobileNetV2 (elastic depth, width, expand ratio) from the
+#                   MobileNetV2 trained with a0's recipe             $OUT/supernet-mobilenet_v2/supernet.pt
+#   search_mnv2_avx2, _vnni  model-based PPO, finalists, export in that space (a0 = that MobileNetV2)
+#                                                                    $OUT/avx2-mnv2-ppo_model/export/report.json
+#   baselines_mnv2_avx2, _vnni  the ResNet-50 a0 and ResNet-18 beside it, the ResNet-50 the reference
 #
 # Logs: $OUT/<stage>.log. Time nothing else while it runs (it times latency): no tests, no training.
 set -euo pipefail
@@ -50,12 +55,14 @@ MOBILENET_V2=$A0_ROOT/mobilenet_v2-imagenette-128
 STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
         agreement_avx2 evolution_avx2 evolution_vnni hardware
         supernet_r18 search_r18_avx2 baselines_r18_avx2 search_r18_vnni baselines_r18_vnni agreement_r18_vnni
-        search_r18_avx2_seed1 baselines_r18_avx2_seed1 search_r18_avx2_seed2 baselines_r18_avx2_seed2)
+        search_r18_avx2_seed1 baselines_r18_avx2_seed1 search_r18_avx2_seed2 baselines_r18_avx2_seed2
+        supernet_mnv2 search_mnv2_avx2 baselines_mnv2_avx2 search_mnv2_vnni baselines_mnv2_vnni)
 
 # The two search spaces: the ResNet-50 a0's, and the ResNet-18 family from the ResNet-18 of a0's recipe
 # (then that ResNet-18 is the run's a0, and the ResNet-50 a0 the reference of baselines_r18_*).
 R50_SPACE=("supernet.checkpoint=$OUT/supernet")
 R18_SPACE=(model=resnet18 "a0.checkpoint=$R18/a0.pt" "supernet.checkpoint=$OUT/supernet-resnet18")
+MNV2_SPACE=(model=mobilenet_v2 "a0.checkpoint=$MOBILENET_V2/a0.pt" "supernet.checkpoint=$OUT/supernet-mobilenet_v2")
 
 run() {  # the command, or under DRY=1 its quoted form
   if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
@@ -73,15 +80,10 @@ search() {  # search STAGE AGENT SPACE_OVERRIDES...: one search run on the stage
     "run_dir=$OUT/$(run_of "$stage")"
 }
 
-baselines() {  # baselines STAGE: ResNet-18 and MobileNetV2 beside a ResNet-50-space run
-  run "$BIN/python" experiments/baselines.py --run "$OUT/$(run_of "$1")" --baseline "$R18/a0.pt" \
-    --baseline "$MOBILENET_V2/a0.pt"
-}
-
-baselines_r18() {  # baselines_r18 STAGE: the ResNet-50 a0 and MobileNetV2 beside a ResNet-18-space run, the
-  # ResNet-50 the reference of the bound and the ratios
-  run "$BIN/python" experiments/baselines.py --run "$OUT/$(run_of "$1")" --baseline "$A0/a0.pt" \
-    --baseline "$MOBILENET_V2/a0.pt" --reference resnet50
+baselines() {  # baselines STAGE ARGS...: experiments/baselines.py on the stage's run (the networks, the reference)
+  local stage=$1
+  shift
+  run "$BIN/python" experiments/baselines.py --run "$OUT/$(run_of "$stage")" "$@"
 }
 
 agreement() {  # agreement STAGE
@@ -98,8 +100,10 @@ run_of() {  # the search run (under $OUT) a search, baselines or agreement stage
   case $1 in
     search_avx2 | search_vnni | baselines_avx2 | baselines_vnni | agreement_avx2) echo "$profile-ppo_model" ;;
     evolution_*) echo "$profile-evolution" ;;
-    *_r18_avx2_seed[0-9]) echo "$profile-r18-ppo_model-seed${1: -1}" ;;
+    *_r18_avx2_seed[0-9]) echo "$profile-r18-ppo_model-seed${1##*seed}" ;;
     *_r18_*) echo "$profile-r18-ppo_model" ;;
+    *_mnv2_*) echo "$profile-mnv2-ppo_model" ;;
+    *) return 2 ;;
   esac
 }
 
@@ -109,6 +113,7 @@ result_of() {
     a0) echo "$A0/a0.json" ;;
     supernet) echo "$OUT/supernet/supernet.pt" ;;
     supernet_r18) echo "$OUT/supernet-resnet18/supernet.pt" ;;
+    supernet_mnv2) echo "$OUT/supernet-mobilenet_v2/supernet.pt" ;;
     resnet18 | mobilenet_v2) echo "$A0_ROOT/$1-imagenette-128/a0.json" ;;
     hardware) echo "$OUT/hardware_awareness/hardware_awareness.json" ;;
     search_* | evolution_*) echo "$OUT/$(run_of "$1")/export/report.json" ;;
@@ -125,16 +130,21 @@ run_stage() {
                 "a0.checkpoint=$A0/a0.pt" "output_dir=$OUT/supernet" ;;
     supernet_r18) run "$BIN/rlnas-train-supernet" model=resnet18 dataset=imagenette resolution=128 "recipe=$RECIPE" \
                     "a0.checkpoint=$R18/a0.pt" "output_dir=$OUT/supernet-resnet18" ;;
+    supernet_mnv2) run "$BIN/rlnas-train-supernet" model=mobilenet_v2 dataset=imagenette resolution=128 \
+                     "recipe=$RECIPE" "a0.checkpoint=$MOBILENET_V2/a0.pt" "output_dir=$OUT/supernet-mobilenet_v2" ;;
     resnet18 | mobilenet_v2) train_a0 "$1" ;;
     hardware) run "$BIN/python" experiments/hardware_awareness.py --supernet "$OUT/supernet" \
-                --experiment resnet50_imagenette_avx2 --candidates-from "$OUT/avx2-ppo_model" \
+                --experiment resnet50_imagenette_avx2 --candidates-from "$OUT/$(run_of search_avx2)" \
                 --out "$OUT/hardware_awareness" ;;
     search_avx2 | search_vnni) search "$1" ppo_model "${R50_SPACE[@]}" ;;
     evolution_*) search "$1" evolution "${R50_SPACE[@]}" ;;
     search_r18_avx2 | search_r18_vnni) search "$1" ppo_model "${R18_SPACE[@]}" ;;
-    search_r18_avx2_seed*) search "$1" ppo_model "${R18_SPACE[@]}" "seed=${1: -1}" ;;
-    baselines_r18_*) baselines_r18 "$1" ;;
-    baselines_*) baselines "$1" ;;
+    search_r18_avx2_seed[0-9]) search "$1" ppo_model "${R18_SPACE[@]}" "seed=${1##*seed}" ;;
+    search_mnv2_avx2 | search_mnv2_vnni) search "$1" ppo_model "${MNV2_SPACE[@]}" ;;
+    # the ResNet-18 and MobileNetV2 spaces' runs: the ResNet-50 a0 is the reference of the bound and the ratios
+    baselines_r18_*) baselines "$1" --baseline "$A0/a0.pt" --baseline "$MOBILENET_V2/a0.pt" --reference resnet50 ;;
+    baselines_mnv2_*) baselines "$1" --baseline "$A0/a0.pt" --baseline "$R18/a0.pt" --reference resnet50 ;;
+    baselines_*) baselines "$1" --baseline "$R18/a0.pt" --baseline "$MOBILENET_V2/a0.pt" ;;
     agreement_*) agreement "$1" ;;
   esac
 }

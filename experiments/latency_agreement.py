@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from bench_benchmark_app import benchmark_app_path, run_benchmark_app  # experiments/ (the script's directory)
+from bench_benchmark_app import alternate, benchmark_app_path  # experiments/ (the script's directory)
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -279,10 +279,7 @@ def bapp_ratio(store: MeasurementStore, oracle: LatencyOracle, a0_ir: Path, c: C
     record = None if force else store.get(BAPP_KIND, key)
     if record is not None:
         return {**record, "cached": True}
-    times: dict[str, list[dict[str, Any]]] = {A0: [], c.name: []}
-    for r in range(runs):
-        for name, ir in ((A0, a0_ir), (c.name, c.ir))[:: 1 if r % 2 == 0 else -1]:
-            times[name].append(run_benchmark_app(str(ir), profile, profile.inference_precision, seconds, BAPP_MODE))
+    times = alternate({A0: a0_ir, c.name: c.ir}, profile, seconds, runs, BAPP_MODE)
     med = {n: statistics.median(t["latency_ms"] for t in ts) for n, ts in times.items()}
     avg = {n: statistics.median(t["average_ms"] for t in ts) if all(t["average_ms"] for t in ts) else None
            for n, ts in times.items()}

@@ -9,8 +9,8 @@ is the same; nothing else shared: its own ``.venv``, ``data/``, ``cache/`` and `
 1. ``git clone`` of this checkout's HEAD, then ``make search`` in it, timed (install included);
 2. ``experiments/latency_agreement.py --run <its run> --n 16 --passes 3 --benchmark-app`` in the
    clone: the search's ratios re-timed in confirmations and in benchmark_app (item 2 at 32 px);
-3. benchmark_app (``-hint latency``, the export's profile and ISA cap) on the exported IR and a0's,
-   alternated ``--bapp-rounds`` times: the per-round ratio's median.
+3. benchmark_app (latency_agreement.py's mode, the export's profile and ISA cap) on the exported
+   IR and a0's, alternated ``--bapp-rounds`` times: the ratio of their medians.
 
 A clone with its ``reproduce.json`` is done and skipped, so a rerun resumes after a kill (a clone
 killed half-way is cloned again). Then prints each clone's confirmed speed-up, benchmark_app's,
@@ -31,13 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_benchmark_app import run_benchmark_app  # experiments/ (the script's directory)
+from bench_benchmark_app import alternate  # experiments/ (the script's directory)
+from latency_agreement import BAPP_MODE
 from tabulate import tabulate
 
 from rlnas.oracles.device import host_cpu_model, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-BAPP_MODE = ("-hint", "latency", "-nireq", "1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,18 +71,28 @@ def the_run(clone: Path) -> Path:
 
 
 def bapp_speedup(run: Path, rounds: int, seconds: float) -> dict[str, Any]:
-    """benchmark_app on the export and a0's IR, alternated: per-round ratios and their median."""
+    """benchmark_app on the export and a0's IR, alternated: the ratio of their medians (as
+    latency_agreement.py's) and the per-round ratios."""
     report = json.loads((run / "export" / "report.json").read_text())
     profile = load_profile(report["setup"]["device profile"])
     irs = {"a0": run / "finalists" / "a0" / "model.xml", "export": run / "export" / "model.xml"}
-    times: dict[str, list[float]] = {name: [] for name in irs}
-    for r in range(rounds):
-        for name in list(irs)[:: 1 if r % 2 == 0 else -1]:
-            times[name].append(run_benchmark_app(str(irs[name]), profile, profile.inference_precision, seconds,
-                                                 BAPP_MODE)["latency_ms"])
-    ratios = [e / a for e, a in zip(times["export"], times["a0"], strict=True)]
-    return {"latency_ms": times, "ratios": ratios, "ratio": statistics.median(ratios),
-            "speedup": 1.0 / statistics.median(ratios)}
+    times = {name: [t["latency_ms"] for t in ts] for name, ts in alternate(irs, profile, seconds, rounds,
+                                                                          BAPP_MODE).items()}
+    ratio = statistics.median(times["export"]) / statistics.median(times["a0"])
+    return {"latency_ms": times, "ratio": ratio, "speedup": 1.0 / ratio, "mode": list(BAPP_MODE),
+            "round_ratios": [e / a for e, a in zip(times["export"], times["a0"], strict=True)]}
+
+
+def exported(report: dict[str, Any]) -> dict[str, Any]:
+    """The export's confirmed speed-up, held-out top-1 and held-out bound test (None where the run
+    has none: no finalists, or no a0)."""
+    found, finals = report["found"], report.get("finalists") or {}
+    chosen = next((f for f in finals.get("finalists", []) if f["name"] == finals.get("chosen")), None)
+    ratio = found.get("confirmed_ratio")
+    return {"found": found["arch"], "confirmed_ratio": ratio, "confirmed_speedup": 1.0 / ratio if ratio else None,
+            "holdout_int8": found.get("holdout_int8"), "feasible": found.get("feasible"),
+            "holdout_bound_holds": chosen["after"]["holdout_bound"]["holds"] if chosen else None,
+            "a0_holdout_fp32": (report["a0"] or {}).get("holdout_fp32")}
 
 
 def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -97,12 +107,8 @@ def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
     agreement = [a if a != "<run>" else str(run.relative_to(clone)) for a in steps(clone, args.n)[1]]
     with open(clone / "latency_agreement.log", "w") as log:
         subprocess.run(agreement, cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
-    report = json.loads((run / "export" / "report.json").read_text())
     result = {"clone": str(clone), "commit": git_head(clone), "run": str(run), "make_search_seconds": wall,
-              "found": report["found"]["arch"], "confirmed_ratio": report["found"]["confirmed_ratio"],
-              "confirmed_speedup": 1.0 / report["found"]["confirmed_ratio"],
-              "holdout_int8": report["found"].get("holdout_int8"), "feasible": report["found"].get("feasible"),
-              "a0_holdout_fp32": report["a0"].get("holdout_fp32"),
+              **exported(json.loads((run / "export" / "report.json").read_text())),
               "benchmark_app": bapp_speedup(run, args.bapp_rounds, args.bapp_seconds),
               "agreement": json.loads((run / "latency_agreement.json").read_text()).get("summary")}
     (clone / "reproduce.json").write_text(json.dumps(result, indent=1))
@@ -114,12 +120,16 @@ def git_head(repo: Path) -> str:
                           check=True).stdout.strip()
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    """Each value against the median of all (as a fraction), and the largest such deviation."""
-    med = statistics.median(values)
-    deviations = [v / med - 1.0 for v in values]
-    return {"median": med, "deviations": deviations, "max_abs_deviation": max(abs(d) for d in deviations),
-            "max_over_min": max(values) / min(values)}
+def spread(values: list[float | None]) -> dict[str, Any] | None:
+    """Each value against the median of all (as a fraction), and the largest such deviation; None
+    values (a run without the figure) are left out."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    med = statistics.median(present)
+    deviations = [v / med - 1.0 for v in present]
+    return {"median": med, "values": present, "deviations": deviations,
+            "max_abs_deviation": max(abs(d) for d in deviations), "max_over_min": max(present) / min(present)}
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,18 +139,22 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "make_search_seconds": [r["make_search_seconds"] for r in results]}
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def print_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     rows = [{"clone": Path(r["clone"]).name, "make search (min)": f"{r['make_search_seconds'] / 60:.1f}",
-             "found": r["found"], "confirmed": f"{r['confirmed_speedup']:.2f}x",
-             "benchmark_app": f"{r['benchmark_app']['speedup']:.2f}x",
-             "held-out INT8": f"{r['holdout_int8']:.4f}" if r["holdout_int8"] is not None else "-",
-             "bound held-out": "yes" if r["holdout_int8"] is not None and r["a0_holdout_fp32"] is not None
-             and r["holdout_int8"] >= 0.99 * r["a0_holdout_fp32"] else "no"} for r in results]
+             "found": r["found"], "confirmed": _fmt(r["confirmed_speedup"], ".2f") + "x",
+             "benchmark_app": f"{r['benchmark_app']['speedup']:.2f}x", "held-out INT8": _fmt(r["holdout_int8"], ".4f"),
+             "bound held-out (paired test)": {True: "holds", False: "not shown", None: "-"}[r["holdout_bound_holds"]]}
+            for r in results]
     print(tabulate(rows, headers="keys", tablefmt="github"))
     for key in ("confirmed_speedup", "benchmark_app_speedup"):
         s = summary[key]
-        print(f"{key}: median {s['median']:.2f}x, max |deviation from the median| {100 * s['max_abs_deviation']:.1f} %"
-              f" (target <= 10 %), max/min {s['max_over_min']:.3f}")
+        if s:
+            print(f"{key}: median {s['median']:.2f}x, max |deviation from the median| "
+                  f"{100 * s['max_abs_deviation']:.1f} % (target <= 10 %), max/min {s['max_over_min']:.3f}")
     print(f"host CPU: {summary['host_cpu']}")
 
 
@@ -156,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for clone in clones:
         done = clone / "reproduce.json"
         results.append(json.loads(done.read_text()) if done.is_file() else reproduce(clone, args))
-        print(f"{clone.name}: confirmed {results[-1]['confirmed_speedup']:.2f}x, benchmark_app "
+        print(f"{clone.name}: confirmed {_fmt(results[-1]['confirmed_speedup'], '.2f')}x, benchmark_app "
               f"{results[-1]['benchmark_app']['speedup']:.2f}x", flush=True)
     summary = summarize(results)
     print_table(results, summary)

@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--a0", required=True, help="the a0 state dict (trained on the dataset's train split)")
     p.add_argument("--dataset", default=str(ROOT / "rlnas" / "conf" / "dataset" / "imagenette.yaml"))
     p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--stem", choices=["imagenet", "cifar"], default="imagenet", help="a0's stem (model.kwargs.stem)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return p.parse_args(argv)
@@ -44,17 +45,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def features_and_predictions(model: nn.Module, data: ClassificationData, split: str) -> tuple[Tensor, Tensor, Tensor]:
     """Unit-norm pooled features (the last Linear's input), predicted and true labels of ``split``."""
-    if split == "train":
-        images, labels = data.eval_transform(data.train.images), data.train.labels
-    else:
-        images, labels = data.eval_images(split)
+    if split == "train":  # stored images, eval-transformed a batch at a time
+        images, labels, transform = data.train.images, data.train.labels, data.eval_transform
+    else:  # eval_images: already eval-transformed
+        (images, labels), transform = data.eval_images(split), (lambda batch: batch)
     captured: list[Tensor] = []
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     handle = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
     predictions = []
     with torch.no_grad():
         for i in range(0, len(images), 256):
-            predictions.append(model(data.normalize(images[i:i + 256])).argmax(1))
+            predictions.append(model(data.normalize(transform(images[i:i + 256]))).argmax(1))
     handle.remove()
     return nn.functional.normalize(torch.cat(captured), dim=1), torch.cat(predictions), labels
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = build_classification_data(OmegaConf.load(args.dataset), args.resolution)
-    model = build_a0(args.family, {"stem": "imagenet"}, args.a0)
+    model = build_a0(args.family, {"stem": args.stem}, args.a0)
     train_feats, _, _ = features_and_predictions(model, data, "train")
     train_thumbs = thumbnails(data.train.images)
     rows = []

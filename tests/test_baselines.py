@@ -111,8 +111,10 @@ def test_against_a0_the_finalists_keep_their_runs_bound_tests(run: Path) -> None
     a0_row, finalist_row = finals["a0"], finals["finalists"][0]["after"]
     baseline_row = {k: v for k, v in finalist_row.items() if not k.endswith("_bound")}  # scored, not judged
     finalist_row["val_bound"] = "the run's test"
+    exported_row = {"holdout_int8": 0.5, "images": {"holdout": 1}, "bits": {}}  # what score_ir gives
     entries = [{"name": "a0", "kind": "a0", "row": a0_row}, {"name": "f0", "kind": "finalist", "row": finalist_row},
-               {"name": "mine", "kind": "baseline", "row": baseline_row}]
+               {"name": "mine", "kind": "baseline", "row": baseline_row},
+               {"name": "exported", "kind": "exported", "row": exported_row}]
     tau = float(finals["tau"])
     baselines.judge_entries(entries, "a0", tau, 0.9)
     assert finalist_row["val_bound"] == "the run's test"
@@ -123,6 +125,7 @@ def test_against_a0_the_finalists_keep_their_runs_bound_tests(run: Path) -> None
     assert finalist_row["val_bound"]["margin"] == pytest.approx(
         finalist_row["val_int8"] - tau * baseline_row["val_fp32"])
     assert a0_row["holdout_bound"]["margin"] == pytest.approx(a0_row["holdout_int8"] - tau * baseline_row["holdout_fp32"])
+    assert "holdout_bound" not in exported_row
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet
           "baselines_vnni", "agreement_avx2", "evolution_avx2", "evolution_vnni", "hardware",
           "supernet_r18", "search_r18_avx2", "baselines_r18_avx2", "search_r18_vnni", "baselines_r18_vnni",
           "agreement_r18_vnni", "search_r18_avx2_seed1", "baselines_r18_avx2_seed1", "search_r18_avx2_seed2",
-          "baselines_r18_avx2_seed2"]
+          "baselines_r18_avx2_seed2", "supernet_mnv2", "search_mnv2_avx2", "baselines_mnv2_avx2", "search_mnv2_vnni",
+          "baselines_mnv2_vnni"]
 
 
 def dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
@@ -128,3 +129,20 @@ def test_a_finished_stage_is_skipped_and_an_unknown_one_refused(tmp_path: Path) 
     assert list(commands(result.stdout)) == ["supernet"]
     refused = dry_run(tmp_path, "a0", "nope")
     assert refused.returncode == 2 and "unknown stage 'nope'" in refused.stderr and not refused.stdout
+
+
+def test_the_mobilenet_v2_space_stages_use_the_mobilenet_v2_a0_and_its_own_supernet(tmp_path: Path) -> None:
+    cmds = commands(dry_run(tmp_path).stdout)
+    mobilenet = str(tmp_path / "baselines" / "mobilenet_v2-imagenette-128" / "a0.pt")
+    train = check_train(compose_config(cmds["supernet_mnv2"][1:]))
+    assert train.model.name == "mobilenet_v2" and train.recipe.name == "from_a0_long" and train.a0.checkpoint == mobilenet
+    for profile, device in (("avx2", "kabylake_avx2"), ("vnni", "icelake_vnni")):
+        search = compose_search(*cmds[f"search_mnv2_{profile}"][1:])
+        assert search.model.name == "mobilenet_v2" and search.a0.checkpoint == mobilenet
+        assert search.supernet.checkpoint == train.output_dir and search.device.name == device
+        assert Path(search.run_dir).name == f"{profile}-mnv2-ppo_model"
+        baselines = cmds[f"baselines_mnv2_{profile}"]
+        assert option_values(baselines, "--run") == [search.run_dir]
+        assert [Path(b).parent.name for b in option_values(baselines, "--baseline")] == [
+            "a0", "resnet18-imagenette-128"]
+        assert option_values(baselines, "--reference") == ["resnet50"]

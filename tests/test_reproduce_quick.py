@@ -43,3 +43,29 @@ def test_a_clone_must_hold_exactly_one_exported_quick_run(tmp_path: Path) -> Non
         reproduce_quick.the_run(tmp_path)
     (tmp_path / "outputs" / "search" / "quick" / "2026-12-07_10-00-00" / "export" / "report.json").unlink()
     assert reproduce_quick.the_run(tmp_path).name == "2026-12-07_11-00-00"
+
+
+def finished_report(chosen_holds: bool | None) -> dict:
+    """The keys of an export's report.json that reproduce_quick reads (rlnas/export.py writes them)."""
+    finalists = [] if chosen_holds is None else [
+        {"name": "f1", "after": {"holdout_bound": {"holds": not chosen_holds}}},
+        {"name": "f0", "after": {"holdout_bound": {"holds": chosen_holds}}}]
+    found = {"arch": "resnet50[...]", "holdout_int8": 0.80, "feasible": True}
+    if finalists:
+        found["confirmed_ratio"] = 0.4
+    return {"found": found, "finalists": {"finalists": finalists, "chosen": "f0"} if finalists else None,
+            "a0": {"holdout_fp32": 0.81} if finalists else None}
+
+
+def test_the_export_is_read_with_its_chosen_finalists_held_out_test() -> None:
+    got = reproduce_quick.exported(finished_report(chosen_holds=False))
+    assert got["confirmed_speedup"] == pytest.approx(2.5) and got["holdout_bound_holds"] is False
+    assert got["a0_holdout_fp32"] == 0.81
+    assert reproduce_quick.exported(finished_report(chosen_holds=True))["holdout_bound_holds"] is True
+
+
+def test_a_run_without_finalists_or_a0_is_reported_without_those_figures() -> None:
+    got = reproduce_quick.exported(finished_report(chosen_holds=None))
+    assert got["confirmed_speedup"] is None and got["holdout_bound_holds"] is None and got["a0_holdout_fp32"] is None
+    assert reproduce_quick.spread([None, None]) is None
+    assert reproduce_quick.spread([2.0, None, 2.2])["values"] == [2.0, 2.2]
