@@ -67,6 +67,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
+from scipy.stats import spearmanr
 from tabulate import tabulate
 
 from rlnas.errors import UserError
@@ -303,6 +304,20 @@ def spread(values: list[float | None]) -> dict[str, Any] | None:
     return {"n": len(xs), "median": float(np.median(xs)), "p90": float(np.percentile(xs, 90)), "max": max(xs)}
 
 
+def shift_of(search: list[float | None], confirmed: list[float | None]) -> dict[str, Any] | None:
+    """Is the search-vs-confirmation difference one common shift or scatter? The signed median of
+    ``confirmed / search - 1``, the Spearman rank correlation of the two ratios (what the agent's
+    ranking needs), and the median |difference| left after dividing out the common factor."""
+    pairs = [(s, c) for s, c in zip(search, confirmed, strict=True) if s and c]
+    if len(pairs) < 3:
+        return None
+    signed = float(np.median([c / s - 1.0 for s, c in pairs]))
+    residual = float(np.median([abs(c / (s * (1.0 + signed)) - 1.0) for s, c in pairs]))
+    rho = float(spearmanr([s for s, _ in pairs], [c for _, c in pairs]).statistic)
+    return {"n": len(pairs), "signed_median": signed, "spearman": rho, "residual_median": residual,
+            "confirmed_faster": sum(c < s for s, c in pairs)}
+
+
 def summary_of(chosen: list[Candidate], profile: DeviceProfile, run_profile_name: str, timing: TimingConfig,
                args: argparse.Namespace, command: str, seconds: float) -> dict[str, Any]:
     """The figures the experiment reports."""
@@ -311,6 +326,7 @@ def summary_of(chosen: list[Candidate], profile: DeviceProfile, run_profile_name
             "host_cpu": host_cpu_model(), "command": command, "run": str(args.run), "seed": args.seed,
             "passes": args.passes, "group_size": args.groups, "confirm_timing": asdict(timing),
             "search_vs_confirmed": spread([c.diff_confirmed for c in chosen]),
+            "search_vs_confirmed_shift": shift_of([c.search_ratio for c in chosen], [c.confirmed_ratio for c in chosen]),
             "bapp_vs_confirmed": spread([c.diff_bapp for c in chosen]),
             "bapp_vs_search": spread([c.diff_bapp_search for c in chosen]),
             "benchmark_app": {"mode": list(BAPP_MODE), "seconds": args.bapp_seconds, "runs": args.bapp_runs}
@@ -337,6 +353,11 @@ def print_report(chosen: list[Candidate], summary: dict[str, Any]) -> None:
         if s is not None:
             print(f"{label}: |ratio difference| median {s['median']:.1%}, p90 {s['p90']:.1%}, max {s['max']:.1%} "
                   f"(n={s['n']})")
+    shift = summary.get("search_vs_confirmed_shift")
+    if shift is not None:
+        print(f"search vs confirmation, one shift or scatter: signed median {shift['signed_median']:+.1%} "
+              f"({shift['confirmed_faster']} of {shift['n']} confirmed faster), Spearman {shift['spearman']:.3f}, "
+              f"median |difference| after the common factor {shift['residual_median']:.1%}")
     p = summary["profile"]
     print(f"n={summary['n']}, profile {p['name']} (ISA {p['isa'] or 'native'}, {p['threads']} threads, "
           f"{p['inference_precision']}; the search's: {summary['search_profile']}), host CPU {summary['host_cpu']}, "

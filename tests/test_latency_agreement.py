@@ -107,3 +107,13 @@ def test_candidates_spread_over_the_ratio_range() -> None:
     assert latency_agreement.select(cands, 10, seed=1) == cands
     with pytest.raises(latency_agreement.AgreementError, match="10 measured candidates"):
         latency_agreement.select(cands, 11, seed=0)
+
+
+def test_a_common_shift_is_told_apart_from_scatter() -> None:
+    search = [0.5, 0.6, 0.8, 0.9]
+    shifted = latency_agreement.shift_of(search, [0.9 * s for s in search])
+    assert shifted["signed_median"] == pytest.approx(-0.1) and shifted["residual_median"] == pytest.approx(0.0)
+    assert shifted["spearman"] == pytest.approx(1.0) and shifted["confirmed_faster"] == 4
+    scattered = latency_agreement.shift_of(search, [0.55, 0.54, 0.88, 0.81])
+    assert scattered["spearman"] < 1.0 and scattered["residual_median"] > 0.05
+    assert latency_agreement.shift_of([0.5, None], [0.5, 0.6]) is None
