@@ -12,8 +12,9 @@ is the same; nothing else shared: its own ``.venv``, ``data/``, ``cache/`` and `
 3. benchmark_app (latency_agreement.py's mode, the export's profile and ISA cap) on the exported
    IR and a0's, alternated ``--bapp-rounds`` times: the ratio of their medians.
 
-A clone with its ``reproduce.json`` is done and skipped, so a rerun resumes after a kill (a clone
-killed half-way is cloned again). Then prints each clone's confirmed speed-up, benchmark_app's,
+A clone with its ``reproduce.json`` is done and skipped, and one with its ``make_search.json``
+resumes after ``make search``, so a rerun resumes after a kill (a clone killed during ``make
+search`` is cloned again). Then prints each clone's confirmed speed-up, benchmark_app's,
 the held-out top-1 and the wall time, and the spread: every speed-up against the median of the
 clones (the issue's target: within +-10 %). Writes ``<out>/reproduce_quick.json``. It times
 latency: run it on a quiet machine (no tests, no training).
@@ -95,14 +96,25 @@ def exported(report: dict[str, Any]) -> dict[str, Any]:
             "a0_holdout_fp32": (report["a0"] or {}).get("holdout_fp32")}
 
 
-def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
+def made_search(clone: Path, n: int) -> float:
+    """A fresh clone with ``make search`` run in it: its wall time (seconds). A clone whose
+    ``make_search.json`` says it finished is kept; any other is cloned again."""
+    stamp = clone / "make_search.json"
+    if stamp.is_file():
+        return float(json.loads(stamp.read_text())["seconds"])
     if clone.exists():
         shutil.rmtree(clone)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     t0 = time.perf_counter()
     with open(clone / "make_search.log", "w") as log:
-        subprocess.run(steps(clone, args.n)[0], cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(steps(clone, n)[0], cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall = time.perf_counter() - t0
+    stamp.write_text(json.dumps({"seconds": wall}))
+    return wall
+
+
+def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
+    wall = made_search(clone, args.n)
     run = the_run(clone)
     agreement = [a if a != "<run>" else str(run.relative_to(clone)) for a in steps(clone, args.n)[1]]
     with open(clone / "latency_agreement.log", "w") as log:

@@ -69,3 +69,12 @@ def test_a_run_without_finalists_or_a0_is_reported_without_those_figures() -> No
     assert got["confirmed_speedup"] is None and got["holdout_bound_holds"] is None and got["a0_holdout_fp32"] is None
     assert reproduce_quick.spread([None, None]) is None
     assert reproduce_quick.spread([2.0, None, 2.2])["values"] == [2.0, 2.2]
+
+
+def test_a_clone_whose_make_search_finished_is_kept(tmp_path: Path) -> None:
+    clone = reproduce_quick.clone_dir(tmp_path, 1)
+    clone.mkdir()
+    (clone / "kept").write_text("the clone's own files")
+    (clone / "make_search.json").write_text(json.dumps({"seconds": 812.5}))
+    assert reproduce_quick.made_search(clone, 16) == 812.5
+    assert (clone / "kept").read_text() == "the clone's own files"
