@@ -57,8 +57,8 @@ def clone_dir(parent: Path, i: int) -> Path:
     return parent / f"{ROOT.name}-quick-{i}"
 
 
-def steps(clone: Path, n: int) -> list[list[str]]:
-    """The commands run in ``clone`` (the run directory is found after ``make search``)."""
+def steps(n: int) -> list[list[str]]:
+    """The commands run in a clone (the run directory is found after ``make search``)."""
     return [["make", "search"],
             [".venv/bin/python", "experiments/latency_agreement.py", "--run", "<run>", "--n", str(n),
              "--passes", "3", "--benchmark-app"]]
@@ -107,7 +107,7 @@ def made_search(clone: Path, n: int) -> float:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     t0 = time.perf_counter()
     with open(clone / "make_search.log", "w") as log:
-        subprocess.run(steps(clone, n)[0], cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(steps(n)[0], cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall = time.perf_counter() - t0
     stamp.write_text(json.dumps({"seconds": wall}))
     return wall
@@ -116,7 +116,7 @@ def made_search(clone: Path, n: int) -> float:
 def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
     wall = made_search(clone, args.n)
     run = the_run(clone)
-    agreement = [a if a != "<run>" else str(run.relative_to(clone)) for a in steps(clone, args.n)[1]]
+    agreement = [a if a != "<run>" else str(run.relative_to(clone)) for a in steps(args.n)[1]]
     with open(clone / "latency_agreement.log", "w") as log:
         subprocess.run(agreement, cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
     result = {"clone": str(clone), "commit": git_head(clone), "run": str(run), "make_search_seconds": wall,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for clone in clones:
             state = "done" if (clone / "reproduce.json").is_file() else "to run"
-            print(f"{clone} ({state}): git clone {ROOT} {clone}; " + "; ".join(" ".join(s) for s in steps(clone, args.n)))
+            print(f"{clone} ({state}): git clone {ROOT} {clone}; " + "; ".join(" ".join(s) for s in steps(args.n)))
         return 0
     results = []
     for clone in clones:
