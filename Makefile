@@ -59,7 +59,7 @@ scenes: install data
 	$(PY) experiments/make_detection_scenes.py --source $(DATA)/imagenette-128 --out $(DATA)/scenes-300 $(ARGS)
 
 test: install data
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -X faulthandler -m pytest -q --skip-interpreter-teardown $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check rlnas tests experiments

@@ -9,8 +9,10 @@ runs the model twice more per candidate.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import hashlib
 import io
 import logging
@@ -177,6 +179,15 @@ def compile_cpu(ov_model: Any, batch_size: int, resolution: int, inference_preci
 @functools.lru_cache(maxsize=1)
 def _core() -> Any:
     return ov.Core()
+
+
+@atexit.register
+def release_core() -> None:
+    """Drop the shared Core (and, with a collection, the compiled models nobody holds) while the
+    interpreter is whole: a Core left to the interpreter's teardown is destroyed in no set order
+    with OpenVINO's own static objects (openvinotoolkit/openvino#34477)."""
+    _core.cache_clear()
+    gc.collect()
 
 
 def primitive_types(compiled: Any) -> list[str]:

@@ -4,6 +4,8 @@ reshaped to batch 1) hold the same operations with the same shapes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +37,21 @@ def test_search_and_finalist_irs_are_one_graph(family: str, tmp_path: Path) -> N
     search, finalist = (core.read_model(tmp_path / f"{name}.xml") for name in ("search", "finalist"))
     assert not {"ShapeOf", "Gather"} & {op.get_type_name() for op in finalist.get_ops()}
     assert graph(finalist) == graph(search)
+
+
+def test_the_shared_core_is_released_at_exit_before_the_interpreters_teardown(tmp_path: Path) -> None:
+    # atexit runs handlers last-registered-first: this check, registered before ovtools is imported,
+    # runs after ovtools' release_core, while a compiled model is still held by a global
+    program = """
+import atexit, sys
+atexit.register(lambda: print("core held at exit:", ovtools._core.cache_info().currsize))
+import openvino as ov
+import openvino.opset13 as ops
+from rlnas import ovtools
+x = ops.parameter([1, 3, 8, 8], ov.Type.f32)
+compiled = ovtools.compile_cpu(ov.Model([ops.relu(x)], [x]), 1, 8)
+print("core held before exit:", ovtools._core.cache_info().currsize)
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["core held before exit: 1", "core held at exit: 0"]
