@@ -43,7 +43,7 @@ def test_the_shared_core_is_released_at_exit_before_the_interpreters_teardown(tm
     # atexit runs handlers last-registered-first: this check, registered before ovtools is imported,
     # runs after ovtools' release_core, while a compiled model is still held by a global
     program = """
-import atexit, sys
+import atexit
 atexit.register(lambda: print("core held at exit:", ovtools._core.cache_info().currsize))
 import openvino as ov
 import openvino.opset13 as ops
