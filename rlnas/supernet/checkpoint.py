@@ -104,10 +104,20 @@ def unsafe_globals(path: str | os.PathLike) -> list[str]:
 
 def refusal(path: str | os.PathLike, what: str) -> str:
     """The one line that refuses a file needing code to load and says how to convert it."""
-    names = unsafe_globals(path)
-    holds = f" (it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
-    return (f"refused to load {what} {path}: loading it would run code{holds}, as files from older rlnas versions "
-            f"or other tools may; if you trust it, convert it once with `{CONVERT_COMMAND} {path}`")
+    return (f"refused to load {what} {path}: loading it would run code{_holding(unsafe_globals(path))}, as files "
+            f"from older rlnas versions or other tools may; if you trust it, convert it once with "
+            f"`{CONVERT_COMMAND} {path}`")
+
+
+def _holding(names: list[str]) -> str:
+    """' (it holds a, b, c, ... N names from packages p, q)': sorted, so the same file gives the same line."""
+    if not names:
+        return ""
+    names = sorted(names)
+    if len(names) <= 3:
+        return f" (it holds {', '.join(names)})"
+    packages = sorted({name.split(".")[0] for name in names})
+    return f" (it holds {', '.join(names[:3])}, ... {len(names)} names from {', '.join(packages)})"
 
 
 def safe_load(path: str | os.PathLike, error: type[Exception] = CheckpointError, what: str = "checkpoint") -> Any:
