@@ -65,7 +65,8 @@ class FinalistsConfig(FineTuneOptions):
     :param margin: candidates up to this much accuracy below the target may be finalists.
     :param rank: how the eligible candidates are ordered: ``objective`` (the reward's, so a hard
         reward puts every feasible one first) or ``latency`` (the fastest first: near-misses that
-        fine-tuning may lift over the target compete with feasible ones on speed alone).
+        fine-tuning may lift over the target compete with feasible ones on speed alone; the fastest
+        feasible one keeps a slot).
     :param calib_images: real training images to quantize each finalist (and a0) by NNCF.
     :param confidence: with which the chosen finalist must meet the bound on validation images
         (one-sided, split over the finalists compared; the task's test: :func:`rlnas.stats.bound_test`

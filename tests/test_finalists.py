@@ -112,6 +112,24 @@ def test_finalists_are_the_best_by_objective_within_the_margin() -> None:
     assert [m.arch for m in select(candidates, HardReward(), target, k=2, margin=0.01)] == [archs[2], archs[3]]
 
 
+def test_ranked_by_latency_the_fastest_feasible_candidate_keeps_a_slot() -> None:
+    space = create_supernet("resnet_tiny", num_classes=10).space
+    rng = np.random.default_rng(1)
+    archs = [space.sample(rng) for _ in range(5)]
+    target = 0.80
+    near_misses = [_m(archs[i], 0.3 + 0.1 * i, 0.795) for i in range(3)]  # the three fastest, all under
+    feasible = [_m(archs[3], 0.8, 0.81), _m(archs[4], 0.7, 0.805)]
+    chosen = select(near_misses + feasible, HardReward(), target, k=3, margin=0.01, rank="latency")
+    assert [m.arch for m in chosen] == [archs[0], archs[1], archs[4]]  # the faster feasible one, last
+    assert [m.arch for m in select(near_misses + feasible, HardReward(), target, k=1, margin=0.01,
+                                   rank="latency")] == [archs[4]]
+    assert [m.arch for m in select(near_misses, HardReward(), target, k=2, margin=0.01, rank="latency")] == [
+        archs[0], archs[1]]  # none feasible: the fastest near-misses
+    mixed = near_misses[:1] + feasible  # a feasible one among the k fastest already: nothing moves
+    assert [m.arch for m in select(mixed, HardReward(), target, k=2, margin=0.01, rank="latency")] == [
+        archs[0], archs[4]]
+
+
 class _Counting:
     """Oracles that count calls; numbers from the built network's parameter count."""
 
