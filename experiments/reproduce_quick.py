@@ -2,13 +2,15 @@
 
     .venv/bin/python experiments/reproduce_quick.py               # 3 clones, one after another
     .venv/bin/python experiments/reproduce_quick.py --dry-run     # what each clone would run
+    .venv/bin/python experiments/reproduce_quick.py --n 0         # make search alone (no step 2)
 
 For each clone ``<parent>/<this checkout's name>-quick-<i>`` (beside this checkout, so ``../shared``
 is the same; nothing else shared: its own ``.venv``, ``data/``, ``cache/`` and ``outputs/``):
 
 1. ``git clone`` of this checkout's HEAD, then ``make search`` in it, timed (install included);
 2. ``experiments/latency_agreement.py --run <its run> --n 16 --passes 3 --benchmark-app`` in the
-   clone: the search's ratios re-timed in confirmations and in benchmark_app (item 2 at 32 px);
+   clone: the search's ratios re-timed in confirmations and in benchmark_app (item 2 at 32 px;
+   ~20 min a clone, skipped under ``--n 0``);
 3. benchmark_app (latency_agreement.py's mode, the export's profile and ISA cap) on the exported
    IR and a0's, alternated ``--bapp-rounds`` times: the ratio of their medians.
 
@@ -45,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clones", type=int, default=3)
     p.add_argument("--parent", type=Path, default=ROOT.parent, help="where the clones go (beside ../shared)")
-    p.add_argument("--n", type=int, default=16, help="candidates re-timed by latency_agreement.py (the budget)")
+    p.add_argument("--n", type=int, default=16,
+                   help="candidates re-timed by latency_agreement.py (the budget; 0: no agreement step)")
     p.add_argument("--bapp-rounds", type=int, default=5)
     p.add_argument("--bapp-seconds", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "reproduce_quick")
@@ -58,10 +61,11 @@ def clone_dir(parent: Path, i: int) -> Path:
 
 
 def steps(n: int) -> list[list[str]]:
-    """The commands run in a clone (the run directory is found after ``make search``)."""
-    return [["make", "search"],
-            [".venv/bin/python", "experiments/latency_agreement.py", "--run", "<run>", "--n", str(n),
-             "--passes", "3", "--benchmark-app"]]
+    """The commands run in a clone (the run directory is found after ``make search``); ``n=0``:
+    ``make search`` alone."""
+    agreement = [".venv/bin/python", "experiments/latency_agreement.py", "--run", "<run>", "--n", str(n),
+                 "--passes", "3", "--benchmark-app"]
+    return [["make", "search"]] + ([agreement] if n > 0 else [])
 
 
 def the_run(clone: Path) -> Path:
@@ -116,13 +120,15 @@ def made_search(clone: Path, n: int) -> float:
 def reproduce(clone: Path, args: argparse.Namespace) -> dict[str, Any]:
     wall = made_search(clone, args.n)
     run = the_run(clone)
-    agreement = [a if a != "<run>" else str(run.relative_to(clone)) for a in steps(args.n)[1]]
-    with open(clone / "latency_agreement.log", "w") as log:
-        subprocess.run(agreement, cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
+    for step in steps(args.n)[1:]:
+        command = [a if a != "<run>" else str(run.relative_to(clone)) for a in step]
+        with open(clone / "latency_agreement.log", "w") as log:
+            subprocess.run(command, cwd=clone, stdout=log, stderr=subprocess.STDOUT, check=True)
+    agreement_json = run / "latency_agreement.json"
     result = {"clone": str(clone), "commit": git_head(clone), "run": str(run), "make_search_seconds": wall,
               **exported(json.loads((run / "export" / "report.json").read_text())),
               "benchmark_app": bapp_speedup(run, args.bapp_rounds, args.bapp_seconds),
-              "agreement": json.loads((run / "latency_agreement.json").read_text()).get("summary")}
+              "agreement": json.loads(agreement_json.read_text()).get("summary") if agreement_json.is_file() else None}
     (clone / "reproduce.json").write_text(json.dumps(result, indent=1))
     return result
 

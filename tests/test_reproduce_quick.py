@@ -23,6 +23,9 @@ def test_the_dry_run_puts_clones_beside_each_other_and_skips_finished_ones(tmp_p
     assert ["(done)" in line for line in lines] == [False, True, False]
     assert all("make search" in line and "latency_agreement.py --run <run> --n 16" in line for line in lines)
     assert not reproduce_quick.clone_dir(tmp_path, 1).exists()
+    assert reproduce_quick.main(["--dry-run", "--parent", str(tmp_path), "--clones", "1", "--n", "0"]) == 0
+    alone = capsys.readouterr().out
+    assert alone.rstrip().endswith("make search") and "latency_agreement" not in alone
 
 
 def test_the_spread_is_each_speedup_against_the_median() -> None:
