@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from rlnas.detection.evaluate import head_scope
 from rlnas.detection.loss import MultiBoxLoss
 from rlnas.detection.metrics import DetectionMAP
 from rlnas.detection.pipeline import DetectionOptions, DetectionPipeline
+from rlnas.detection.train import detection_train_step
 from rlnas.errors import ConfigError
 from rlnas.oracles.device import DeviceProfile
 from rlnas.oracles.irbuild import FP32Scope
@@ -35,7 +38,10 @@ from rlnas.oracles.store import key_hash
 from rlnas.rules import FieldError
 from rlnas.runsetup import build_latency_oracle, detection_options, load_profile, run_pipeline
 from rlnas.spaces import create_supernet
+from rlnas.supernet.a0 import A0Error, frozen_teacher
+from rlnas.supernet.checkpoint import load_supernet
 from rlnas.supernet.finetune import FineTune, FineTuneOptions
+from rlnas.supernet.train import compose_config
 from rlnas.tasks import get_task, task_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,9 +285,6 @@ class Killed(Exception):
 
 
 def test_detection_training_resumes_and_writes_a_loadable_supernet(tmp_path: Path) -> None:
-    from rlnas.supernet import load_supernet
-    from rlnas.supernet.train import compose_config
-
     _tiny_yolo(tmp_path / "data")
     cfg = compose_config(["model=ssd_tiny", "dataset=coco128", "recipe=tiny", f"output_dir={tmp_path / 'run'}",
                           "threads=1", f"dataset.root={tmp_path / 'data'}", "dataset.train_split=train",
@@ -301,6 +304,42 @@ def test_detection_training_resumes_and_writes_a_loadable_supernet(tmp_path: Pat
     assert meta["steps"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
     assert {"val_acc_max", "val_map_max", "val_acc_min", "val_map_min"} <= set(meta["final"])
     assert all(math.isfinite(v) for h in meta["history"] for v in h["losses"].values())
+
+
+def test_detection_supernet_from_a0_starts_as_a0_and_distils_from_it(tiny_ssd, tmp_path: Path) -> None:
+    """recipe=ssd_from_a0: the maximal network inherits the trained detector a0 (channels sorted,
+    same outputs), and every subnet, the largest included, learns from the frozen a0: at a0's own
+    function the distillation loss is zero, where the in-place loss (MultiBox) is not."""
+    _tiny_yolo(tmp_path / "data")
+    a0 = tiny_ssd.extract(tiny_ssd.space.max_arch()).eval()
+    torch.save(a0.state_dict(), tmp_path / "a0.pt")
+    overrides = ["model=ssd_tiny", "dataset=coco128", "recipe=ssd_from_a0", "threads=1",
+                 f"dataset.root={tmp_path / 'data'}", "dataset.train_split=train", "dataset.val_split=train",
+                 "dataset.num_classes=3", "recipe.batch_size=2", "eval.recal_images=3", "log.progress=false",
+                 "log.tensorboard=false"]
+    cfg = compose_config([*overrides, f"a0.checkpoint={tmp_path / 'a0.pt'}", f"output_dir={tmp_path / 'sn'}"])
+    trainer = get_task("detection").trainer(cfg)
+    trainer.init_weights()
+    trainer.supernet.sort_channels()
+    top = trainer.supernet.space.max_arch()
+    x, targets = next(iter(trainer.data.train_batches(2, 0)))
+    with torch.no_grad():
+        for mine, theirs in zip(trainer.supernet.extract(top).eval()(x), a0(x), strict=True):
+            assert torch.allclose(mine, theirs, atol=1e-4)
+
+    trainer.supernet.eval()  # a0's BN statistics on both sides: the same function
+    recipe = dataclasses.replace(trainer.recipe, kd_alpha=1.0)
+    frozen_sgd = torch.optim.SGD(trainer.supernet.parameters(), lr=0.0)
+
+    def max_loss(teacher: nn.Module | None) -> float:
+        return detection_train_step(trainer.supernet, x, targets, [("max", top)], recipe, frozen_sgd,
+                                    trainer.loss_fn, nullcontext, teacher)["max"]
+
+    assert max_loss(frozen_teacher(a0, channels_last=False)) < 1e-6 < max_loss(None)
+    _, meta = load_supernet(trainer.run())
+    assert meta["recipe"]["teacher"] == "a0" and meta["a0"]["sha256"] and meta["completed"]
+    with pytest.raises(A0Error, match="no a0.checkpoint"):
+        get_task("detection").trainer(compose_config([*overrides, f"output_dir={tmp_path / 'none'}"]))
 
 
 # ----------------------------------------------------------------------------- export

@@ -229,16 +229,19 @@ def test_a_bad_value_is_one_line_exit_2_and_nothing_written(search_command, tmp_
 
 
 def test_recipes_set_only_what_differs_from_the_schema() -> None:
-    """A recipe's YAML sets what differs from :class:`Recipe`'s defaults, and a phase what differs
-    from :class:`Phase`'s (its name, epochs and elastic dimensions always); ``default`` is the
-    defaults."""
+    """A recipe's YAML sets what differs from :class:`Recipe`'s defaults (or, for one that extends
+    another, from what that one sets), and a phase what differs from :class:`Phase`'s (its name,
+    epochs and elastic dimensions always); ``default`` is the defaults."""
     recipe_defaults = {f.name: f.default for f in fields(Recipe)}
     phase_defaults = {f.name: f.default for f in fields(Phase)}
     for path in sorted((rlnas.CONF_DIR / "recipe").glob("*.yaml")):
         recipe = yaml.safe_load(path.read_text())
+        parents = [p for p in recipe.get("defaults", []) if p != "_self_"]  # the recipe it extends
+        inherited = {**recipe_defaults, **{k: v for parent in parents for k, v in yaml.safe_load(
+            (path.parent / f"{parent}.yaml").read_text()).items()}}
         for key, value in recipe.items():
-            if key not in ("name", "phases", "defaults"):  # defaults: the recipe it extends
-                assert value != recipe_defaults[key], f"{path.name} repeats recipe.{key}'s default"
+            if key not in ("name", "phases", "defaults"):
+                assert value != inherited[key], f"{path.name} repeats recipe.{key}'s inherited value"
         for phase in recipe["phases"]:
             for key, value in phase.items():
                 if key not in ("name", "epochs", "elastic"):

@@ -6,9 +6,13 @@ phases (progressive shrinking, channel sorting), the learning-rate schedule, ``l
 oracle keys on. Per step, the sandwich rule runs the largest, the smallest and ``num_random``
 random subnets on one batch (ground truth matched once) and sums their gradients:
 
-- the largest subnet learns the MultiBox loss (:class:`~rlnas.detection.loss.MultiBoxLoss`);
-- the others learn ``(1 - kd_alpha) * MultiBox + kd_alpha * distillation`` from the largest
-  subnet's detached outputs (KL on every prior's class scores, smooth L1 on matched priors' offsets).
+- in place (no a0): the largest subnet learns the MultiBox loss
+  (:class:`~rlnas.detection.loss.MultiBoxLoss`), the others ``(1 - kd_alpha) * MultiBox + kd_alpha
+  * distillation`` from the largest subnet's detached outputs (KL on every prior's class scores,
+  smooth L1 on matched priors' offsets);
+- from a0 (``a0.checkpoint``; ``recipe=ssd_from_a0``: ``teacher=a0``): the maximal network starts as
+  the user's trained detector, and every subnet, the largest included, learns that mix from the
+  frozen a0's outputs, as the classification trainer's ``from_a0``.
 
 Validation reports mAP@.5 as ``val_acc_{max,min}`` (the accuracy the search constrains) and
 mAP@[.5:.95] as ``val_map_{max,min}``.
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from rlnas.arch import Arch
 from rlnas.data.detection import DetectionData, Target, build_detection_data
@@ -58,11 +62,17 @@ def distill_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor],
 
 def detection_train_step(supernet: Supernet, x: Tensor, targets: list[Target], archs: list[tuple[str, Arch]],
                          recipe: Recipe, optimizer: torch.optim.Optimizer, loss_fn: MultiBoxLoss,
-                         autocast: Callable[[], AbstractContextManager]) -> dict[str, float]:
-    """:func:`~rlnas.supernet.train.sandwich_step` for detection (ground truth matched once): the
-    largest subnet learns the MultiBox loss, the others ``(1 - kd_alpha) * MultiBox + kd_alpha *``
-    :func:`distill_loss`."""
+                         autocast: Callable[[], AbstractContextManager],
+                         teacher: nn.Module | None = None) -> dict[str, float]:
+    """:func:`~rlnas.supernet.train.sandwich_step` for detection (ground truth matched once). In
+    place (no ``teacher``): the largest subnet learns the MultiBox loss, the others ``(1 - kd_alpha)
+    * MultiBox + kd_alpha *`` :func:`distill_loss` from it. With a frozen ``teacher`` (a0), every
+    subnet, the largest included, learns that mix from the teacher's outputs."""
     loc_t, labels = loss_fn.targets(targets)
+    taught = None
+    if teacher is not None:
+        with torch.no_grad(), autocast():
+            taught = tuple(t.float() for t in teacher(x))
 
     def subnet_loss(output: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor] | None) -> Tensor:
         loss = loss_fn.from_matched(*output, loc_t, labels)["loss"]
@@ -71,7 +81,7 @@ def detection_train_step(supernet: Supernet, x: Tensor, targets: list[Target], a
         kd = distill_loss(output, teacher, labels, recipe.kd_temperature)
         return (1 - recipe.kd_alpha) * loss + recipe.kd_alpha * kd
 
-    return sandwich_step(supernet, x, archs, recipe, optimizer, autocast, subnet_loss)
+    return sandwich_step(supernet, x, archs, recipe, optimizer, autocast, subnet_loss, taught)
 
 
 @torch.no_grad()
@@ -115,6 +125,9 @@ class DetectionSupernetTrainer(SupernetTrainer):
         return build_detection_data(self.dataset_config(), self.resolution)
 
     def init_weights(self) -> None:
+        if self.a0_path is not None:  # the user's trained detector: the maximal network is a0
+            super().init_weights()
+            return
         init = self.cfg.get("init") or {}
         if init.get("checkpoint"):
             path = resolve_path(init["checkpoint"])
@@ -125,7 +138,7 @@ class DetectionSupernetTrainer(SupernetTrainer):
     def step(self, x: Tensor, y: list[Target], archs: list[tuple[str, Arch]]) -> dict[str, float]:
         """:func:`detection_train_step` on a batch of images and their ground-truth targets."""
         return detection_train_step(self.supernet, x, y, archs, self.recipe, self.optimizer, self.loss_fn,
-                                    self.autocast)
+                                    self.autocast, self.teacher)
 
     def evaluate_arch(self, arch: Arch, val_images: int | None, recal_images: int) -> dict[str, float]:
         """mAP@.5 as ``val_acc`` (what the search constrains) and mAP@[.5:.95] as ``val_map``."""
