@@ -1,4 +1,5 @@
-"""experiments/campaign_128.sh: every stage's command is valid, and finished stages are skipped."""
+"""experiments/campaign_128.sh and campaign_detection.sh: every stage's command is valid, and finished
+stages are skipped."""
 
 from __future__ import annotations
 
@@ -110,9 +111,12 @@ def test_the_resnet50_space_baselines_are_resnet18_and_mobilenet_v2(tmp_path: Pa
         assert not option_values(baselines, "--reference")
 
 
-@pytest.mark.parametrize("script", ["train_a0.py", "baselines.py", "latency_agreement.py", "hardware_awareness.py"])
-def test_experiment_arguments_parse(tmp_path: Path, script: str) -> None:
-    cmds = [args for args in commands(dry_run(tmp_path).stdout).values() if args[1].endswith(script)]
+@pytest.mark.parametrize(("campaign", "script"), [
+    ("128", "train_a0.py"), ("128", "baselines.py"), ("128", "latency_agreement.py"), ("128", "hardware_awareness.py"),
+    ("detection", "make_detection_scenes.py"), ("detection", "train_a0.py"), ("detection", "detection_int8.py")])
+def test_experiment_arguments_parse(tmp_path: Path, campaign: str, script: str) -> None:
+    printed = (dry_run if campaign == "128" else detection_dry_run)(tmp_path).stdout
+    cmds = [args for args in commands(printed).values() if args[1].endswith(script)]
     assert cmds
     help_text = subprocess.run([*cmds[0][:2], "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     for args in cmds:
@@ -146,3 +150,49 @@ def test_the_mobilenet_v2_space_stages_use_the_mobilenet_v2_a0_and_its_own_super
         assert [Path(b).parent.name for b in option_values(baselines, "--baseline")] == [
             "a0", "resnet18-imagenette-128"]
         assert option_values(baselines, "--reference") == ["resnet50"]
+
+
+# -- experiments/campaign_detection.sh (issue 21) ------------------------------------------------------
+
+DETECTION = ROOT / "experiments" / "campaign_detection.sh"
+DETECTION_STAGES = ["scenes", "backbone", "ssd", "int8_avx2", "int8_vnni", "supernet", "search_avx2", "search_vnni"]
+
+
+def detection_dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "campaign"), "A0_ROOT": str(tmp_path / "a0"),
+           "SCENES": str(tmp_path / "scenes")}
+    return subprocess.run(["bash", str(DETECTION), *stages], env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+def test_the_detection_campaign_goes_from_the_scenes_to_a_search_per_profile(tmp_path: Path) -> None:
+    result = detection_dry_run(tmp_path)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    assert list(cmds) == DETECTION_STAGES and not (tmp_path / "campaign").exists()
+    ssd = tmp_path / "a0" / "ssd_mobilenet_v1-scenes-300"
+    assert option_values(cmds["scenes"], "--out") == [str(tmp_path / "scenes")]
+    assert option_values(cmds["ssd"], "--backbone") == [str(tmp_path / "a0" / "mobilenet_v1-imagenette-128" / "a0.pt")]
+    assert option_values(cmds["ssd"], "--out") == [str(ssd)]
+    train = check_train(compose_config(cmds["supernet"][1:]))
+    assert train.model.name == "ssd_mobilenet_v1" and train.dataset.task == "detection" and train.resolution == 300
+    assert train.recipe.name == "ssd_from_a0" and train.recipe.teacher == "a0"
+    assert train.a0.checkpoint == str(ssd / "a0.pt") and train.dataset.root == str(tmp_path / "scenes")
+    for profile, device in (("avx2", "kabylake_avx2"), ("vnni", "icelake_vnni")):
+        search = compose_search(*cmds[f"search_{profile}"][1:])
+        assert search.model.name == "ssd_mobilenet_v1" and search.dataset.name == "scenes" and search.resolution == 300
+        assert search.device.name == device and search.reward._target_ == "rlnas.search.reward.HardReward"
+        assert search.agent._target_.rsplit(".", 1)[-1] == "ModelBasedPPO"
+        assert search.a0.checkpoint == train.a0.checkpoint and search.supernet.checkpoint == train.output_dir
+        assert search.dataset.root == train.dataset.root and Path(search.run_dir).name == f"{profile}-ppo_model"
+        assert option_values(cmds[f"int8_{profile}"], "--device") == [device]
+        assert option_values(cmds[f"int8_{profile}"], "--a0") == [str(ssd)]
+
+
+def test_a_finished_detection_stage_is_skipped_and_an_unknown_one_refused(tmp_path: Path) -> None:
+    (tmp_path / "scenes" / "annotations").mkdir(parents=True)
+    (tmp_path / "scenes" / "annotations" / "instances_holdout.json").write_text("{}")
+    result = detection_dry_run(tmp_path, "scenes", "backbone")
+    assert result.returncode == 0 and "[scenes] done:" in result.stdout
+    assert list(commands(result.stdout)) == ["backbone"]
+    refused = detection_dry_run(tmp_path, "ssd", "nope")
+    assert refused.returncode == 2 and "unknown stage 'nope'" in refused.stderr and not refused.stdout
