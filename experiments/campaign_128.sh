@@ -64,10 +64,6 @@ R50_SPACE=("supernet.checkpoint=$OUT/supernet")
 R18_SPACE=(model=resnet18 "a0.checkpoint=$R18/a0.pt" "supernet.checkpoint=$OUT/supernet-resnet18")
 MNV2_SPACE=(model=mobilenet_v2 "a0.checkpoint=$MOBILENET_V2/a0.pt" "supernet.checkpoint=$OUT/supernet-mobilenet_v2")
 
-run() {  # the command, or under DRY=1 its quoted form
-  if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
-}
-
 train_a0() {  # train_a0 MODEL: a0's recipe at 128 px, 40 epochs
   run "$BIN/python" experiments/train_a0.py --model "$1" --dataset imagenette --resolution 128 --epochs 40 \
     --out "$A0_ROOT/$1-imagenette-128"
@@ -149,32 +145,6 @@ run_stage() {
   esac
 }
 
-main() {
-  local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=("${STAGES[@]}")
-  for stage in "${wanted[@]}"; do valid_stage "$stage" || exit 2; done
-  [ -n "${DRY:-}" ] || mkdir -p "$OUT"
-  for stage in "${wanted[@]}"; do
-    local result
-    result=$(result_of "$stage")
-    if [ -e "$result" ]; then
-      echo "[$stage] done: $result"
-    elif [ -n "${DRY:-}" ]; then
-      echo "[$stage] to run:"
-      run_stage "$stage"
-    else
-      echo "[$stage] $(date -u +%FT%TZ) running, log $OUT/$stage.log"
-      run_stage "$stage" 2>&1 | tee -a "$OUT/$stage.log"
-      [ -e "$result" ] || { echo "[$stage] finished without $result" >&2; exit 1; }
-    fi
-  done
-}
-
-valid_stage() {  # the stage is one of STAGES (the patterns above accept more names than that)
-  local known
-  for known in "${STAGES[@]}"; do [ "$known" = "$1" ] && return 0; done
-  echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2
-  return 2
-}
-
+# shellcheck source=experiments/campaign_stages.sh
+source experiments/campaign_stages.sh
 main "$@"

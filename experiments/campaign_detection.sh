@@ -30,10 +30,6 @@ BACKBONE=$A0_ROOT/mobilenet_v1-imagenette-128
 SSD=$A0_ROOT/ssd_mobilenet_v1-scenes-300
 STAGES=(scenes backbone ssd int8_avx2 int8_vnni supernet search_avx2 search_vnni)
 
-run() {  # the command, or under DRY=1 its quoted form
-  if [ -n "${DRY:-}" ]; then printf '  '; printf '%q ' "$@"; echo; else "$@"; fi
-}
-
 device_of() {  # the device profile of a stage: kabylake_avx2 or icelake_vnni
   case $1 in *avx2) echo kabylake_avx2 ;; *) echo icelake_vnni ;; esac
 }
@@ -67,32 +63,6 @@ run_stage() {
   esac
 }
 
-valid_stage() {
-  local known
-  for known in "${STAGES[@]}"; do [ "$known" = "$1" ] && return 0; done
-  echo "campaign_detection.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2
-  return 2
-}
-
-main() {
-  local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=("${STAGES[@]}")
-  for stage in "${wanted[@]}"; do valid_stage "$stage" || exit 2; done
-  [ -n "${DRY:-}" ] || mkdir -p "$OUT"
-  for stage in "${wanted[@]}"; do
-    local result
-    result=$(result_of "$stage")
-    if [ -e "$result" ]; then
-      echo "[$stage] done: $result"
-    elif [ -n "${DRY:-}" ]; then
-      echo "[$stage] to run:"
-      run_stage "$stage"
-    else
-      echo "[$stage] $(date -u +%FT%TZ) running, log $OUT/$stage.log"
-      run_stage "$stage" 2>&1 | tee -a "$OUT/$stage.log"
-      [ -e "$result" ] || { echo "[$stage] finished without $result" >&2; exit 1; }
-    fi
-  done
-}
-
+# shellcheck source=experiments/campaign_stages.sh
+source experiments/campaign_stages.sh
 main "$@"
