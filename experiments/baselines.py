@@ -74,6 +74,7 @@ from rlnas.finalists import (
     teacher_of,
 )
 from rlnas.oracles.device import device_conf_dir, host_cpu_model, load_profile
+from rlnas.oracles.ratios import median_ci
 from rlnas.runsetup import RunSetup, plain
 from rlnas.search.measurement import Measurement
 from rlnas.search.pareto import pareto_front
@@ -279,15 +280,28 @@ def confirm_all(setup: RunSetup, irs: dict[str, Path], passes: int, overrides: d
 
 
 def relative_to(confirmation: dict[str, Any], reference: str) -> dict[str, Any]:
-    """``confirmation`` with every ratio divided by ``reference``'s of the same pass (medians over the
-    passes again; the 95 % CIs scaled by the reference's median ratio, its own spread not added)."""
-    by_pass = {n: [r / ref for r, ref in zip(rs, confirmation["ratio_by_pass"][reference], strict=True)]
-               for n, rs in confirmation["ratio_by_pass"].items()}
-    scale = confirmation["ratio"][reference]
-    return {**confirmation, "reference": reference, "ratio_by_pass": by_pass,
-            "ratio": {n: statistics.median(rs) for n, rs in by_pass.items()},
-            "ratio_ci": {n: [c / scale for c in ci] for n, ci in confirmation["ratio_ci"].items()},
-            "timed_with": confirmation["reference"], "reference_ratio_to_timed_with": scale}
+    """``confirmation`` with every ratio taken to ``reference`` instead, round by round: in each pass
+    the median over its rounds of the model's p10 time over the reference's in the same round, and
+    the bootstrap 95 % CI of that median (both models' spread counted); over the passes the median
+    and the CIs' envelope, as :func:`~rlnas.finalists.combine_passes`."""
+    passes = confirmation["runs"]
+    if not all(reference in run.get("round_p10", {}) for run in passes):
+        raise BaselineError("the confirmation has no per-round times (timed before they were kept): "
+                            "rerun with a fresh measurement store to compare against another reference")
+    per_pass = [{n: round_ratio_to(run["round_p10"], n, reference) for n in run["round_p10"]} for run in passes]
+    names = list(per_pass[0])
+    return {**confirmation, "reference": reference,
+            "ratio_by_pass": {n: [p[n][0] for p in per_pass] for n in names},
+            "ratio": {n: statistics.median(p[n][0] for p in per_pass) for n in names},
+            "ratio_ci": {n: [min(p[n][1][0] for p in per_pass), max(p[n][1][1] for p in per_pass)] for n in names},
+            "timed_with": confirmation["reference"],
+            "reference_ratio_to_timed_with": confirmation["ratio"][reference]}
+
+
+def round_ratio_to(p10: dict[str, list[float]], name: str, reference: str) -> tuple[float, list[float]]:
+    """The median over rounds of ``name``'s p10 time over ``reference``'s, and its 95 % CI."""
+    ratios = [t / ref for t, ref in zip(p10[name], p10[reference], strict=True)]
+    return statistics.median(ratios), median_ci(ratios)
 
 
 def table_rows(entries: list[dict[str, Any]], confirmation: dict[str, Any]) -> list[dict[str, Any]]:

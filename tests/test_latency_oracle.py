@@ -429,8 +429,12 @@ def test_confirmation_times_n_models_in_the_same_rounds(oracle, int8_result, tmp
         low, high = c.ratio_ci[name]
         assert low <= c.ratio[name] <= high and c.latency_ms[name] > 0
         assert any("i8" in k.lower() for k in c.kernels[name])
+        # each round's p10 times are kept: the ratio is their per-round quotient's median
+        assert len(c.round_p10[name]) == c.rounds
+        per_round = [t / ref for t, ref in zip(c.round_p10[name], c.round_p10["a0"], strict=True)]
+        assert c.ratio[name] == pytest.approx(float(np.median(per_round)))
     again = oracle.confirm(irs, "a0", timing)
-    assert again.cached and again.ratio == c.ratio
+    assert again.cached and again.ratio == c.ratio and again.round_p10 == c.round_p10
     assert not oracle.confirm(irs, "a0", timing, force=True).cached
     with pytest.raises(ValueError, match="reference"):
         oracle.confirm(irs, "nope", timing)

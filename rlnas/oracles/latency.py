@@ -58,6 +58,7 @@ from rlnas.oracles.ratios import (
     percentile,
     ratio_estimates,
     ratio_rel_error,
+    round_p10,
     round_ratios,
 )
 from rlnas.oracles.store import MeasurementStore, canonical_json
@@ -239,7 +240,8 @@ class LatencyOracle:
             kernels=reply["kernels"], inference_precision=reply["inference_precision"],
             above_cap={n: self._above_cap(k) for n, k in reply.get("layer_kernels", {}).items()},
             streams=reply.get("streams", {}), infer_requests=reply.get("infer_requests", {}),
-            orders=reply["orders"], timed_from=reply.get("timed_from"), timed_to=reply.get("timed_to"),
+            orders=reply["orders"], round_p10={n: round_p10(rounds[n]) for n in order},
+            timed_from=reply.get("timed_from"), timed_to=reply.get("timed_to"),
             stage_seconds={"compile": reply["compile_s"], "measure": reply["measure_s"],
                            "lock_wait": reply["lock_wait_s"], "total": timer.total()})
 

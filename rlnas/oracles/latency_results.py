@@ -89,7 +89,9 @@ class Confirmation(StoredResult):
     ``latency_ms`` each model's median time per image in ``metric`` (as :class:`LatencyResult`'s;
     ``streams`` and ``infer_requests`` per model). ``above_cap[name]`` lists the ``<layer type>:<kernel>``
     that ran above a capped profile's ISA (OpenVINO's own JIT kernels follow the host's ISA).
-    ``orders`` is the order the models ran in, round by round (:func:`~rlnas.oracles.worker.round_order`).
+    ``orders`` is the order the models ran in, round by round (:func:`~rlnas.oracles.worker.round_order`);
+    ``round_p10[name]`` the model's 10th-percentile time (ms) in each round, from which any two of
+    the models compare round by round (:func:`~rlnas.oracles.ratios.median_ci`).
     ``timed_from``/``timed_to``: the wall clock at the start and end of the timed section, under
     the machine lock held alone (as :class:`LatencyResult`'s).
     """
@@ -108,6 +110,7 @@ class Confirmation(StoredResult):
     infer_requests: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     orders: list[list[str]] = field(default_factory=list)
+    round_p10: dict[str, list[float]] = field(default_factory=dict)
     timed_from: float | None = None
     timed_to: float | None = None
     cached: bool = False

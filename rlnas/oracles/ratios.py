@@ -54,8 +54,7 @@ class TimingConfig:
 
 def round_ratios(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> list[float]:
     """Per-round ratio of the candidate's to the reference's 10th-percentile time."""
-    return [float(np.percentile(c, 10) / np.percentile(r, 10))
-            for c, r in zip(cand_rounds, ref_rounds, strict=False)]
+    return [c / r for c, r in zip(round_p10(cand_rounds), round_p10(ref_rounds), strict=False)]
 
 
 def ratio_rel_error(cand_rounds: list[list[float]], ref_rounds: list[list[float]]) -> float:
@@ -86,15 +85,27 @@ def ratio_estimates(cand_rounds: list[list[float]], ref_rounds: list[list[float]
     }
 
 
+def round_p10(rounds: list[list[float]]) -> list[float]:
+    """Each round's 10th-percentile time: what :func:`round_ratios` divides, kept in a confirmation
+    so that any two of its models can be compared round by round afterwards."""
+    return [float(np.percentile(r, 10)) for r in rounds]
+
+
 def bootstrap_ratio_ci(cand_rounds: list[list[float]], ref_rounds: list[list[float]], samples: int = 2000,
                        seed: int = 0) -> list[float]:
     """95 % percentile bootstrap interval (:func:`scipy.stats.bootstrap`, seeded) of the median
     per-round p10 ratio. Rounds are resampled, each as the pair (candidate, reference) timed in it.
     With fewer than two rounds, or one ratio in every round (the reference against itself), the
     interval is that median alone; no rounds raise ValueError."""
+    return median_ci(round_ratios(cand_rounds, ref_rounds), samples, seed)
+
+
+def median_ci(values: Sequence[float], samples: int = 2000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the median of per-round ratios (see
+    :func:`bootstrap_ratio_ci`)."""
     import scipy.stats  # here, not above: the worker process imports this module
 
-    ratios = np.asarray(round_ratios(cand_rounds, ref_rounds))
+    ratios = np.asarray(values, dtype=np.float64)
     if len(ratios) == 0:
         raise ValueError("no rounds to bootstrap")
     if len(ratios) < 2 or np.all(ratios == ratios[0]):
