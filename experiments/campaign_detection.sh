@@ -16,6 +16,9 @@
 #   supernet     the detection supernet from a0 (recipe ssd_from_a0)            $OUT/supernet/supernet.pt
 #   search_avx2  model-based PPO, finalists, export (experiment ssd_scenes_avx2)  $OUT/avx2-ppo_model/export/report.json
 #   search_vnni  the same on icelake_vnni (accuracy cached: mostly latency)
+#   row_avx2     the seed table's row: a0 FP32 / FP16 / INT8 and the export, held-out mAP, speed-ups in
+#   row_vnni     the same rounds, IR sizes, decoding + NMS apart (experiments/seed_row.py)
+#                                                              $OUT/<avx2|vnni>-ppo_model/seed_row/seed_row.json
 #
 # Logs: $OUT/<stage>.log. Time nothing else while a timing stage runs (int8_*, search_*): no tests,
 # no training.
@@ -28,7 +31,7 @@ SCENES=${SCENES:-data/scenes-300}
 BIN=.venv/bin
 BACKBONE=$A0_ROOT/mobilenet_v1-imagenette-128
 SSD=$A0_ROOT/ssd_mobilenet_v1-scenes-300
-STAGES=(scenes backbone ssd int8_avx2 int8_vnni supernet search_avx2 search_vnni)
+STAGES=(scenes backbone ssd int8_avx2 int8_vnni supernet search_avx2 search_vnni row_avx2 row_vnni)
 # bf16 autocast where the CPU computes it natively, channels-last: SSD300 trains at ~9.3 img/s instead
 # of ~7 in the recipe's fp32 on a 2-core AVX-512-BF16 Xeon (session 18), so an epoch of the scenes is
 # ~18 min and the a0's 12 epochs ~3.6 h
@@ -47,6 +50,7 @@ result_of() {  # the file whose existence marks the stage done
     supernet) echo "$OUT/supernet/supernet.pt" ;;
     search_avx2) echo "$OUT/avx2-ppo_model/export/report.json" ;;
     search_vnni) echo "$OUT/vnni-ppo_model/export/report.json" ;;
+    row_*) echo "$OUT/${1#row_}-ppo_model/seed_row/seed_row.json" ;;
   esac
 }
 
@@ -66,6 +70,7 @@ run_stage() {
     search_*) run "$BIN/rlnas-search" "experiment=ssd_scenes_${1#search_}" reward=hard agent=ppo_model \
                 "dataset.root=$SCENES" "a0.checkpoint=$SSD/a0.pt" "supernet.checkpoint=$OUT/supernet" \
                 "run_dir=$OUT/${1#search_}-ppo_model" ;;
+    row_*) run "$BIN/python" experiments/seed_row.py "$OUT/${1#row_}-ppo_model" --passes 3 ;;
   esac
 }
 

@@ -113,7 +113,8 @@ def test_the_resnet50_space_baselines_are_resnet18_and_mobilenet_v2(tmp_path: Pa
 
 @pytest.mark.parametrize(("campaign", "script"), [
     ("128", "train_a0.py"), ("128", "baselines.py"), ("128", "latency_agreement.py"), ("128", "hardware_awareness.py"),
-    ("detection", "make_detection_scenes.py"), ("detection", "train_a0.py"), ("detection", "detection_int8.py")])
+    ("detection", "make_detection_scenes.py"), ("detection", "train_a0.py"), ("detection", "detection_int8.py"),
+    ("detection", "seed_row.py")])
 def test_experiment_arguments_parse(tmp_path: Path, campaign: str, script: str) -> None:
     printed = (dry_run if campaign == "128" else detection_dry_run)(tmp_path).stdout
     cmds = [args for args in commands(printed).values() if args[1].endswith(script)]
@@ -155,7 +156,8 @@ def test_the_mobilenet_v2_space_stages_use_the_mobilenet_v2_a0_and_its_own_super
 # -- experiments/campaign_detection.sh (issue 21) ------------------------------------------------------
 
 DETECTION = ROOT / "experiments" / "campaign_detection.sh"
-DETECTION_STAGES = ["scenes", "backbone", "ssd", "int8_avx2", "int8_vnni", "supernet", "search_avx2", "search_vnni"]
+DETECTION_STAGES = ["scenes", "backbone", "ssd", "int8_avx2", "int8_vnni", "supernet", "search_avx2", "search_vnni",
+                    "row_avx2", "row_vnni"]
 
 
 def detection_dry_run(tmp_path: Path, *stages: str) -> subprocess.CompletedProcess:
@@ -186,6 +188,7 @@ def test_the_detection_campaign_goes_from_the_scenes_to_a_search_per_profile(tmp
         assert search.dataset.root == train.dataset.root and Path(search.run_dir).name == f"{profile}-ppo_model"
         assert option_values(cmds[f"int8_{profile}"], "--device") == [device]
         assert option_values(cmds[f"int8_{profile}"], "--a0") == [str(ssd)]
+        assert cmds[f"row_{profile}"][2] == search.run_dir  # the seed row of that search's export
 
 
 def test_a_finished_detection_stage_is_skipped_and_an_unknown_one_refused(tmp_path: Path) -> None:

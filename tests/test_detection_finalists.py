@@ -9,6 +9,8 @@ import copy
 import json
 import logging
 import shutil
+import statistics
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +42,9 @@ from rlnas.stats import (
 from rlnas.supernet.checkpoint import save_supernet
 from rlnas.supernet.finetune import FineTune
 from rlnas.tasks import get_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import seed_row  # noqa: E402
 
 COUNTS = {"train": 8, "val": 6, "holdout": 6}
 SPEC = SceneSpec(size=64, min_side=16, max_side=48)
@@ -400,3 +405,33 @@ def test_detection_finalists_quantized_with_accuracy_control(world: dict, detect
     chosen = next(f for f in finals["finalists"] if f["name"] == finals["chosen"])
     found = summary["export"]["found"]
     assert found["exported_ir_acc_int8"] == pytest.approx(chosen["after"]["val_int8"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_seed_row_of_a_detection_run(detection_run: tuple[Path, Path, dict], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """experiments/seed_row.py on the tiny detection run: a0 as an FP32 IR, an FP16 IR and INT8 and
+    the exported network, scored on the held-out scenes and timed in the same rounds; each speed-up
+    is the per-round quotient's median; decoding and NMS are timed apart."""
+    run, _, _ = detection_run
+    argv = [str(run), "--out", str(tmp_path), "--passes", "1", "--postprocess-images", "4",
+            *[a for t in ("min_rounds=3", "min_time_s=0", "max_time_s=5") for a in ("--timing", t)]]
+    assert seed_row.main(argv) == 0
+    row = json.loads((tmp_path / "seed_row.json").read_text())
+    nets = row["networks"]
+    assert list(nets) == ["a0_fp32", "a0_fp16", "a0", "exported"] and row["metric"] == "mAP@.5"
+    assert nets["a0"]["ir"] == str(run / "finalists" / "a0" / "model.xml")  # the finalists' a0 IR
+    assert nets["a0_fp16"]["ir_bytes"] < nets["a0_fp32"]["ir_bytes"]  # FP16-compressed weights
+    for name, net in nets.items():
+        assert set(net["holdout"]) == {"map50", "map", "map75"} and 0 <= net["holdout"]["map"] <= net["holdout"]["map50"]
+        assert net["latency_ms"] > 0, name
+    # the FP32 IR scores what a0 scores in PyTorch (the scenes are labelled with a0's detections)
+    assert nets["a0_fp32"]["holdout"]["map50"] == pytest.approx(row["a0_pytorch_fp32"]["holdout"], abs=1e-6)
+    p10 = row["confirmation"]["runs"][0]["round_p10"]
+    for name, s in row["speedup_of_exported_over"].items():
+        quotients = [t / ref for t, ref in zip(p10["exported"], p10[name], strict=True)]
+        assert s["speedup"] == pytest.approx(1 / statistics.median(quotients))
+        assert s["ci"][0] <= s["speedup"] <= s["ci"][1]
+    assert row["postprocess"]["images"] == 4 and row["postprocess"]["median_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "a0, FP16 IR" in printed and "decoding + NMS" in printed and "mAP@[.5:.95] held-out" in printed
