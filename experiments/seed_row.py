@@ -21,7 +21,8 @@ oracle's OpenVINO evaluation, and a0's PyTorch FP32 score (the bound's reference
 median over rounds of the a0 variant's 10th-percentile time over the exported IR's in the same round,
 its 95 % bootstrap CI (median and envelope over the passes). A detector's IR ends at the raw loc/conf
 outputs: decoding and NMS (``rlnas.detection.boxes.postprocess``, PyTorch) are outside every timed IR;
-their cost per image is measured apart and printed. Writes ``<out>/seed_row.json``.
+their cost per image is measured apart and printed. The throughput-mode speed-up over a0 INT8 is the
+export report's. Writes ``<out>/seed_row.json``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,17 @@ def postprocess_ms(setup: RunSetup, run: Path, xml: Path, images: int) -> dict[s
     return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "images": len(times)}
 
 
+def export_throughput(run: Path) -> dict[str, Any] | None:
+    """The export's throughput-mode images per second of a0 INT8 and the exported IR (its report's,
+    on the run's profile) and the speed-up they give; None where it was not measured."""
+    report = json.loads((run / "export" / "report.json").read_text())
+    measured = report.get("throughput") or {}
+    if not measured.get("fps") or "exported" not in measured.get("ratio", {}):
+        return None
+    return {"fps": measured["fps"], "speedup_over_a0_int8": 1.0 / measured["ratio"]["exported"],
+            "profile": measured.get("profile")}
+
+
 def seed_row(setup: RunSetup, run: Path, out: Path, passes: int | None, overrides: dict[str, Any],
              postprocess_images: int) -> dict[str, Any]:
     """Scores, sizes and speed-ups of the exported network over a0 in FP32, FP16 and INT8."""
@@ -134,7 +146,7 @@ def seed_row(setup: RunSetup, run: Path, out: Path, passes: int | None, override
                                 "holdout": scores[name], "latency_ms": confirmation["latency_ms"][name]}
                          for name, xml in irs.items()},
             "a0_pytorch_fp32": {"holdout": held.acc_fp32, "bytes": torch_size_bytes(setup.a0.model)},
-            "speedup_of_exported_over": speedups, "postprocess": postprocess_ms(setup, run, exported, postprocess_images),
+            "speedup_of_exported_over": speedups, "throughput": export_throughput(run), "postprocess": postprocess_ms(setup, run, exported, postprocess_images),
             "metric": setup.accuracy.pipeline.metric, "metrics": dict(setup.accuracy.pipeline.metrics),
             "accuracy_key": setup.accuracy.pipeline.accuracy_key,
             "inference_precision": confirmation["inference_precision"], "confirmation": confirmation}
@@ -153,6 +165,11 @@ def print_row(row: dict[str, Any], summary: dict[str, Any]) -> None:
     print(f"a0 in PyTorch FP32: held-out {row['metric']} {a0['holdout']:.4f}, {a0['bytes'] / 1e6:.2f} MB; "
           f"speed-ups: median over rounds of a0's time / the found IR's, 95 % CI, {summary['passes']} pass(es); "
           f"profile {summary['profile']}, INFERENCE_PRECISION_HINT {summary['precision']}, host {summary['host_cpu']}")
+    fps = row["throughput"]
+    if fps:
+        print(f"throughput mode (the export's measurement, profile {fps['profile']}): "
+              + ", ".join(f"{name} {value:.1f} img/s" for name, value in fps["fps"].items())
+              + f": {fps['speedup_over_a0_int8']:.2f}x over a0 INT8")
     post = row["postprocess"]
     if post:
         print(f"not in the timed IRs: decoding + NMS in PyTorch, {post['median_ms']:.2f} ms per image (median, p90 "

@@ -17,6 +17,7 @@ from helpers import search_data_overrides, tiny_a0
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import baselines  # noqa: E402
+import seed_row  # noqa: E402
 
 SHORT = ["--timing", "min_rounds=3", "--timing", "min_time_s=0", "--timing", "max_time_s=5"]
 
@@ -153,3 +154,24 @@ def test_a_baseline_names_its_family(tmp_path: Path) -> None:
         baselines.parse_baseline(f"vgg11={path}")
     with pytest.raises(baselines.BaselineError, match="does not exist"):
         baselines.parse_baseline(str(tmp_path / "absent.pt"))
+
+
+@pytest.mark.slow
+def test_seed_row_of_a_classification_run(run: Path, tmp_path: Path, capsys) -> None:
+    """experiments/seed_row.py on the tiny search: held-out top-1 of a0 as FP32 IR (= a0 in PyTorch),
+    FP16 IR and INT8 and of the export; speed-ups from the same rounds; the export's throughput."""
+    assert seed_row.main([str(run), "--out", str(tmp_path), "--passes", "1", *SHORT]) == 0
+    row = json.loads((tmp_path / "seed_row.json").read_text())
+    nets = row["networks"]
+    assert row["metric"] == "top-1" and row["postprocess"] is None  # a classifier: nothing after the IR
+    assert nets["a0_fp32"]["holdout"]["top1"] == pytest.approx(row["a0_pytorch_fp32"]["holdout"], abs=1e-6)
+    assert nets["a0_fp16"]["ir_bytes"] < nets["a0_fp32"]["ir_bytes"]
+    assert nets["a0"]["ir"] == str(run / "finalists" / "a0" / "model.xml")
+    p10 = row["confirmation"]["runs"][0]["round_p10"]
+    for name, s in row["speedup_of_exported_over"].items():
+        quotients = [t / ref for t, ref in zip(p10["exported"], p10[name], strict=True)]
+        assert s["speedup"] == pytest.approx(1 / statistics.median(quotients))
+    report = json.loads((run / "export" / "report.json").read_text())
+    assert row["throughput"]["speedup_over_a0_int8"] == pytest.approx(1 / report["throughput"]["ratio"]["exported"])
+    printed = capsys.readouterr().out
+    assert "top-1 held-out" in printed and "throughput mode" in printed and "decoding" not in printed
