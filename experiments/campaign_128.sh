@@ -16,6 +16,8 @@
 #   mobilenet_v2
 #   baselines_avx2  baselines timed beside a0 and the finalists            <run>/baselines/baselines.json
 #   baselines_vnni
+#   row_avx2        the seed table's row of search_avx2's export: a0 FP32 / FP16 / INT8 beside it, held-out
+#   row_vnni        top-1, speed-ups in the same rounds, IR sizes (experiments/seed_row.py)  <run>/seed_row/seed_row.json
 #   agreement_avx2  20 candidates of avx2-ppo_model re-timed: search vs confirmation vs benchmark_app
 #                                                                          <run>/latency_agreement.json
 #   evolution_avx2  evolution at the same budget                           $OUT/avx2-evolution/export/report.json
@@ -52,7 +54,7 @@ A0=${A0:-$A0_ROOT/resnet50-imagenette-128}
 BIN=.venv/bin
 R18=$A0_ROOT/resnet18-imagenette-128
 MOBILENET_V2=$A0_ROOT/mobilenet_v2-imagenette-128
-STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni
+STAGES=(a0 supernet search_avx2 search_vnni resnet18 mobilenet_v2 baselines_avx2 baselines_vnni row_avx2 row_vnni
         agreement_avx2 evolution_avx2 evolution_vnni hardware
         supernet_r18 search_r18_avx2 baselines_r18_avx2 search_r18_vnni baselines_r18_vnni agreement_r18_vnni
         search_r18_avx2_seed1 baselines_r18_avx2_seed1 search_r18_avx2_seed2 baselines_r18_avx2_seed2
@@ -94,7 +96,8 @@ run_of() {  # the search run (under $OUT) a search, baselines or agreement stage
   local profile
   profile=$(profile_of "$1")
   case $1 in
-    search_avx2 | search_vnni | baselines_avx2 | baselines_vnni | agreement_avx2) echo "$profile-ppo_model" ;;
+    search_avx2 | search_vnni | baselines_avx2 | baselines_vnni | row_avx2 | row_vnni | agreement_avx2)
+      echo "$profile-ppo_model" ;;
     evolution_*) echo "$profile-evolution" ;;
     *_r18_avx2_seed[0-9]) echo "$profile-r18-ppo_model-seed${1##*seed}" ;;
     *_r18_*) echo "$profile-r18-ppo_model" ;;
@@ -115,6 +118,7 @@ result_of() {
     search_* | evolution_*) echo "$OUT/$(run_of "$1")/export/report.json" ;;
     baselines_*) echo "$OUT/$(run_of "$1")/baselines/baselines.json" ;;
     agreement_*) echo "$OUT/$(run_of "$1")/latency_agreement.json" ;;
+    row_*) echo "$OUT/$(run_of "$1")/seed_row/seed_row.json" ;;
     *) echo "campaign_128.sh: unknown stage '$1' (stages: ${STAGES[*]})" >&2; return 2 ;;
   esac
 }
@@ -133,6 +137,7 @@ run_stage() {
                 --experiment resnet50_imagenette_avx2 --candidates-from "$OUT/$(run_of search_avx2)" \
                 --out "$OUT/hardware_awareness" ;;
     search_avx2 | search_vnni) search "$1" ppo_model "${R50_SPACE[@]}" ;;
+    row_*) run "$BIN/python" experiments/seed_row.py "$OUT/$(run_of "$1")" --passes 3 ;;
     evolution_*) search "$1" evolution "${R50_SPACE[@]}" ;;
     search_r18_avx2 | search_r18_vnni) search "$1" ppo_model "${R18_SPACE[@]}" ;;
     search_r18_avx2_seed[0-9]) search "$1" ppo_model "${R18_SPACE[@]}" "seed=${1##*seed}" ;;

@@ -18,7 +18,7 @@ from rlnas.validate import check_train
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "campaign_128.sh"
 STAGES = ["a0", "supernet", "search_avx2", "search_vnni", "resnet18", "mobilenet_v2", "baselines_avx2",
-          "baselines_vnni", "agreement_avx2", "evolution_avx2", "evolution_vnni", "hardware",
+          "baselines_vnni", "row_avx2", "row_vnni", "agreement_avx2", "evolution_avx2", "evolution_vnni", "hardware",
           "supernet_r18", "search_r18_avx2", "baselines_r18_avx2", "search_r18_vnni", "baselines_r18_vnni",
           "agreement_r18_vnni", "search_r18_avx2_seed1", "baselines_r18_avx2_seed1", "search_r18_avx2_seed2",
           "baselines_r18_avx2_seed2", "supernet_mnv2", "search_mnv2_avx2", "baselines_mnv2_avx2", "search_mnv2_vnni",
@@ -109,10 +109,11 @@ def test_the_resnet50_space_baselines_are_resnet18_and_mobilenet_v2(tmp_path: Pa
         assert [Path(b).parent.name for b in option_values(baselines, "--baseline")] == [
             "resnet18-imagenette-128", "mobilenet_v2-imagenette-128"]
         assert not option_values(baselines, "--reference")
+        assert cmds[f"row_{profile}"][2] == compose_search(*cmds[f"search_{profile}"][1:]).run_dir
 
 
 @pytest.mark.parametrize(("campaign", "script"), [
-    ("128", "train_a0.py"), ("128", "baselines.py"), ("128", "latency_agreement.py"), ("128", "hardware_awareness.py"),
+    ("128", "train_a0.py"), ("128", "baselines.py"), ("128", "seed_row.py"), ("128", "latency_agreement.py"), ("128", "hardware_awareness.py"),
     ("detection", "make_detection_scenes.py"), ("detection", "train_a0.py"), ("detection", "detection_int8.py"),
     ("detection", "seed_row.py")])
 def test_experiment_arguments_parse(tmp_path: Path, campaign: str, script: str) -> None:
