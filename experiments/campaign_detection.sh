@@ -32,9 +32,10 @@ BIN=.venv/bin
 BACKBONE=$A0_ROOT/mobilenet_v1-imagenette-128
 SSD=$A0_ROOT/ssd_mobilenet_v1-scenes-300
 STAGES=(scenes backbone ssd int8_avx2 int8_vnni supernet search_avx2 search_vnni row_avx2 row_vnni)
-# bf16 autocast where the CPU computes it natively, channels-last: SSD300 trains at ~9.3 img/s instead
-# of ~7 in the recipe's fp32 on a 2-core AVX-512-BF16 Xeon (session 18), so an epoch of the scenes is
-# ~18 min and the a0's 12 epochs ~3.6 h
+# channels-last, and bf16 autocast where the CPU computes it natively: SSD300 trains at 9-10 img/s
+# instead of ~7 in the recipe's fp32 NCHW on a 2-core AVX-512-BF16 Xeon (session 18, 150 s runs;
+# channels-last is the gain: fp32 and bf16 with it were within noise, ~10 and ~9.3 img/s), so an
+# epoch of the scenes is ~18 min and the a0's 12 epochs ~3.6 h
 FAST=(recipe.precision=auto recipe.channels_last=true)
 
 device_of() {  # the device profile of a stage: kabylake_avx2 or icelake_vnni
