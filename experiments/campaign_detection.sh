@@ -20,7 +20,7 @@
 #   row_vnni     the same rounds, IR sizes, decoding + NMS apart (experiments/seed_row.py)
 #                                                              $OUT/<avx2|vnni>-ppo_model/seed_row/seed_row.json
 #
-# Logs: $OUT/<stage>.log. Time nothing else while a timing stage runs (int8_*, search_*): no tests,
+# Logs: $OUT/<stage>.log. Time nothing else while a timing stage runs (int8_*, search_*, row_*): no tests,
 # no training.
 set -euo pipefail
 cd "$(dirname "$0")/.."

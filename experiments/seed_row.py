@@ -18,8 +18,9 @@ The networks (IRs written under ``--out``, default ``<run>/seed_row``):
 
 Scores: the task's metrics (top-1; or mAP@.5 and mAP@[.5:.95]) on the held-out images by the accuracy
 oracle's OpenVINO evaluation, and a0's PyTorch FP32 score (the bound's reference). Speed-ups: the
-median over rounds of the a0 variant's 10th-percentile time over the exported IR's in the same round,
-its 95 % bootstrap CI (median and envelope over the passes). A detector's IR ends at the raw loc/conf
+inverse of the median over rounds of the exported IR's 10th-percentile time over the a0 variant's in
+the same round, with its 95 % bootstrap CI (median and envelope over the passes). Decoding + NMS
+are timed under the machine-wide lock, alone. A detector's IR ends at the raw loc/conf
 outputs: decoding and NMS (``rlnas.detection.boxes.postprocess``, PyTorch) are outside every timed IR;
 their cost per image is measured apart and printed. The throughput-mode speed-up over a0 INT8 is the
 export report's. Writes ``<out>/seed_row.json``.
@@ -44,12 +45,13 @@ from latency_agreement import timing_overrides  # experiments/
 from omegaconf.errors import OmegaConfBaseException
 from tabulate import tabulate
 
+from rlnas import machinelock
 from rlnas.detection.boxes import postprocess
 from rlnas.errors import UserError
 from rlnas.export import load_exported, setup_of_run, torch_size_bytes
 from rlnas.finalists import write_int8_ir
 from rlnas.oracles.device import host_cpu_model
-from rlnas.ovtools import compile_cpu, ir_size
+from rlnas.ovtools import compile_cpu, ir_size, library_versions
 from rlnas.runsetup import RunSetup
 
 #: the rows, in the table's order: (name, what it is)
@@ -72,20 +74,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def float_irs(setup: RunSetup, out: Path) -> dict[str, Path]:
-    """a0's FP32 IR and its FP16-compressed copy (static batch 1, named as every IR of the run)."""
-    ov_model = setup.accuracy.pipeline.convert(setup.accuracy, setup.a0.model.eval())
-    fp32 = write_int8_ir(setup, ov_model, out / "a0_fp32" / "model.xml")  # saved as is: FP32 weights
-    fp16 = out / "a0_fp16" / "model.xml"
-    fp16.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.Core().read_model(str(fp32)), str(fp16), compress_to_fp16=True)
-    return {"a0_fp32": fp32, "a0_fp16": fp16}
+    """a0's FP32 IR and its FP16-compressed copy (static batch 1, named as every IR of the run). The
+    pair written before for the same a0 and library versions is kept (``ir.key`` beside it): a
+    rewritten IR's bytes, and so its stored timings' key, may change."""
+    irs = {"a0_fp32": out / "a0_fp32" / "model.xml", "a0_fp16": out / "a0_fp16" / "model.xml"}
+    stamp = out / "ir.key"
+    identity = json.dumps({"a0": setup.a0.sha256, "resolution": setup.data.resolution, **library_versions()},
+                          sort_keys=True)
+    if all(p.is_file() and p.with_suffix(".bin").is_file() for p in irs.values()) and \
+            stamp.is_file() and stamp.read_text() == identity:
+        return irs
+    with machinelock.shared(setup.accuracy.lock_path):
+        ov_model = setup.accuracy.pipeline.convert(setup.accuracy, setup.a0.model.eval())
+        write_int8_ir(setup, ov_model, irs["a0_fp32"])  # saved as is: FP32 weights
+        irs["a0_fp16"].parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov.Core().read_model(str(irs["a0_fp32"])), str(irs["a0_fp16"]), compress_to_fp16=True)
+    stamp.write_text(identity)
+    return irs
 
 
 def held_out_scores(setup: RunSetup, xml: Path) -> dict[str, float]:
     """The task's metrics of an IR on the held-out images, evaluated as the oracle evaluates INT8."""
     oracle = setup.holdout
-    compiled = oracle.compile(ov.Core().read_model(str(xml)))
-    scores, _ = oracle.pipeline.int8_eval(oracle, compiled, oracle.eval_count)
+    with machinelock.shared(oracle.lock_path):
+        compiled = oracle.compile(ov.Core().read_model(str(xml)))
+        scores, _ = oracle.pipeline.int8_eval(oracle, compiled, oracle.eval_count)
     return {k: float(v) for k, v in scores.items()}
 
 
@@ -97,16 +110,18 @@ def postprocess_ms(setup: RunSetup, run: Path, xml: Path, images: int) -> dict[s
     priors = load_exported(run / "export" / "model.pt").priors
     profile = setup.latency.profile
     compiled = compile_cpu(ov.Core().read_model(str(xml)), 1, setup.data.resolution, "f32", profile.threads)
-    threads = torch.get_num_threads()
+    outputs = []
+    for batch, _ in setup.data.loader("holdout", 1, max_images=images):
+        result = compiled(batch.numpy())
+        outputs.append(tuple(torch.from_numpy(result[compiled.output(name)]) for name in ("loc", "conf")))
+    times, threads = [], torch.get_num_threads()
     torch.set_num_threads(int(profile.threads))
-    times = []
     try:
-        for batch, _ in setup.data.loader("holdout", 1, max_images=images):
-            result = compiled(batch.numpy())
-            loc, conf = (torch.from_numpy(result[compiled.output(name)]) for name in ("loc", "conf"))
-            t0 = time.perf_counter()
-            postprocess(loc, conf, priors)
-            times.append((time.perf_counter() - t0) * 1e3)
+        with machinelock.exclusive(setup.latency.lock_path):  # timed alone, as every latency
+            for loc, conf in outputs:
+                t0 = time.perf_counter()
+                postprocess(loc, conf, priors)
+                times.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(threads)
     times.sort()
@@ -130,8 +145,8 @@ def seed_row(setup: RunSetup, run: Path, out: Path, passes: int | None, override
     if setup.a0 is None:
         raise UserError(f"{run}: the run has no a0 (a0.checkpoint): the seed row compares with the user's model")
     exported = run / "export" / "model.xml"
-    if not exported.is_file():
-        raise UserError(f"{exported} not found: export the run first (rlnas-export {run})")
+    if not exported.is_file() or not (run / "export" / "report.json").is_file():
+        raise UserError(f"{exported} or its report.json not found: export the run first (rlnas-export {run})")
     _, a0_int8 = a0_entry(setup, run, out, int(setup.cfg.finalists.calib_images))
     irs = {**float_irs(setup, out), A0_NAME: a0_int8, "exported": exported}
     scores = {name: held_out_scores(setup, xml) for name, xml in irs.items()}
@@ -163,7 +178,7 @@ def print_row(row: dict[str, Any], summary: dict[str, Any]) -> None:
     print(tabulate(table, headers="keys", tablefmt="github"))
     a0 = row["a0_pytorch_fp32"]
     print(f"a0 in PyTorch FP32: held-out {row['metric']} {a0['holdout']:.4f}, {a0['bytes'] / 1e6:.2f} MB; "
-          f"speed-ups: median over rounds of a0's time / the found IR's, 95 % CI, {summary['passes']} pass(es); "
+          f"speed-up: 1 / the median over rounds of the found IR's time / a0's, 95 % CI, {summary['passes']} pass(es); "
           f"profile {summary['profile']}, INFERENCE_PRECISION_HINT {summary['precision']}, host {summary['host_cpu']}")
     fps = row["throughput"]
     if fps:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openvino
 import pytest
 import torch
 import torchvision
@@ -167,6 +168,8 @@ def test_seed_row_of_a_classification_run(run: Path, tmp_path: Path, capsys) -> 
     assert nets["a0_fp32"]["holdout"]["top1"] == pytest.approx(row["a0_pytorch_fp32"]["holdout"], abs=1e-6)
     assert nets["a0_fp16"]["ir_bytes"] < nets["a0_fp32"]["ir_bytes"]
     assert nets["a0"]["ir"] == str(run / "finalists" / "a0" / "model.xml")
+    ops = {name: {op.get_type_name() for op in openvino.Core().read_model(net["ir"]).get_ops()} for name, net in nets.items()}
+    assert "FakeQuantize" not in ops["a0_fp32"] | ops["a0_fp16"] and "FakeQuantize" in ops["a0"] & ops["exported"]
     p10 = row["confirmation"]["runs"][0]["round_p10"]
     for name, s in row["speedup_of_exported_over"].items():
         quotients = [t / ref for t, ref in zip(p10["exported"], p10[name], strict=True)]
@@ -175,3 +178,26 @@ def test_seed_row_of_a_classification_run(run: Path, tmp_path: Path, capsys) -> 
     assert row["throughput"]["speedup_over_a0_int8"] == pytest.approx(1 / report["throughput"]["ratio"]["exported"])
     printed = capsys.readouterr().out
     assert "top-1 held-out" in printed and "throughput mode" in printed and "decoding" not in printed
+
+
+def test_another_reference_is_compared_round_by_round_in_every_pass() -> None:
+    """relative_to: per pass the median over rounds of the model's p10 over the reference's and its
+    bootstrap CI; over the passes their median and the CIs' envelope; a0-ratios are not divided."""
+    passes = [{"round_p10": {"a0": [4.0, 4.4, 4.0, 4.2], "r18": [2.0, 2.0, 2.4, 2.1], "f0": [1.0, 1.2, 1.0, 1.05]}},
+              {"round_p10": {"a0": [4.0, 4.0, 4.0], "r18": [2.0, 2.2, 1.8], "f0": [1.1, 1.1, 0.9]}},
+              {"round_p10": {"a0": [4.1, 4.0, 4.0], "r18": [2.0, 2.0, 2.0], "f0": [1.0, 1.0, 1.0]}}]
+    confirmation = {"reference": "a0", "ratio": {"a0": 1.0, "r18": 0.5, "f0": 0.25}, "runs": passes}
+    versus = baselines.relative_to(confirmation, "r18")
+    per_pass = [statistics.median([f / r for f, r in zip(p["round_p10"]["f0"], p["round_p10"]["r18"], strict=True)])
+                for p in passes]
+    assert versus["ratio_by_pass"]["f0"] == pytest.approx(per_pass)  # 0.5, 0.5, 0.5 (pass 2: 0.55, 0.5, 0.5)
+    assert versus["ratio"]["f0"] == pytest.approx(statistics.median(per_pass))
+    assert versus["ratio"]["r18"] == 1.0 and versus["ratio_ci"]["r18"] == [1.0, 1.0]
+    low, high = versus["ratio_ci"]["f0"]
+    assert low <= min(per_pass) and high >= max(per_pass) and high > low  # the passes' envelope
+    assert versus["ratio"]["a0"] == pytest.approx(statistics.median(
+        [statistics.median([a / r for a, r in zip(p["round_p10"]["a0"], p["round_p10"]["r18"], strict=True)])
+         for p in passes]))
+    assert versus["reference"] == "r18" and versus["timed_with"] == "a0" and versus["reference_ratio_to_timed_with"] == 0.5
+    with pytest.raises(baselines.BaselineError, match="per-round times"):
+        baselines.relative_to({**confirmation, "runs": [{"round_p10": {}}]}, "r18")

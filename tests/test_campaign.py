@@ -179,6 +179,9 @@ def test_the_detection_campaign_goes_from_the_scenes_to_a_search_per_profile(tmp
     train = check_train(compose_config(cmds["supernet"][1:]))
     assert train.model.name == "ssd_mobilenet_v1" and train.dataset.task == "detection" and train.resolution == 300
     assert train.recipe.name == "ssd_from_a0" and train.recipe.teacher == "a0"
+    assert train.recipe.precision == "auto" and train.recipe.channels_last  # bf16 where native, channels-last
+    assert cmds["ssd"][cmds["ssd"].index("recipe.precision=auto") - 1] == "--override"
+    assert cmds["ssd"][cmds["ssd"].index("recipe.channels_last=true") - 1] == "--override"
     assert train.a0.checkpoint == str(ssd / "a0.pt") and train.dataset.root == str(tmp_path / "scenes")
     for profile, device in (("avx2", "kabylake_avx2"), ("vnni", "icelake_vnni")):
         search = compose_search(*cmds[f"search_{profile}"][1:])

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from rlnas.oracles.latency import LatencyOracle
-from rlnas.oracles.ratios import TimingConfig, bootstrap_ratio_ci
+from rlnas.oracles.ratios import TimingConfig, bootstrap_ratio_ci, round_p10
 from rlnas.oracles.worker import round_order
 
 SHAPE = (1, 3, 16, 16)
@@ -56,6 +56,11 @@ def test_bootstrap_interval_is_seeded_and_holds_the_median():
         assert bootstrap_ratio_ci([[1.0, 2.0]], [[2.0, 4.0]]) == [0.5, 0.5]  # one round
     with pytest.raises(ValueError, match="no rounds"):
         bootstrap_ratio_ci([], [])
+
+
+def test_round_p10_is_each_rounds_10th_percentile():
+    rounds = [[5.0, 1.0, 3.0, 2.0, 4.0], [10.0, 20.0], [7.0]]
+    assert round_p10(rounds) == pytest.approx([1.4, 11.0, 7.0])  # numpy's linear interpolation
 
 
 @pytest.mark.parametrize("n", [2, 3])

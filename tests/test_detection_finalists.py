@@ -422,6 +422,9 @@ def test_seed_row_of_a_detection_run(detection_run: tuple[Path, Path, dict], tmp
     assert list(nets) == ["a0_fp32", "a0_fp16", "a0", "exported"] and row["metric"] == "mAP@.5"
     assert nets["a0"]["ir"] == str(run / "finalists" / "a0" / "model.xml")  # the finalists' a0 IR
     assert nets["a0_fp16"]["ir_bytes"] < nets["a0_fp32"]["ir_bytes"]  # FP16-compressed weights
+    quantized = {name: "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(net["ir"]).get_ops()}
+                 for name, net in nets.items()}
+    assert quantized == {"a0_fp32": False, "a0_fp16": False, "a0": True, "exported": True}
     for name, net in nets.items():
         assert set(net["holdout"]) == {"map50", "map", "map75"} and 0 <= net["holdout"]["map"] <= net["holdout"]["map50"]
         assert net["latency_ms"] > 0, name
@@ -435,3 +438,9 @@ def test_seed_row_of_a_detection_run(detection_run: tuple[Path, Path, dict], tmp
     assert row["postprocess"]["images"] == 4 and row["postprocess"]["median_ms"] > 0
     printed = capsys.readouterr().out
     assert "a0, FP16 IR" in printed and "decoding + NMS" in printed and "mAP@[.5:.95] held-out" in printed
+    # again: the float IRs are kept (their bytes key the stored timings), so the confirmation is read back
+    written = {name: Path(nets[name]["ir"]).stat().st_mtime_ns for name in ("a0_fp32", "a0_fp16")}
+    assert seed_row.main(argv) == 0
+    again = json.loads((tmp_path / "seed_row.json").read_text())
+    assert written == {name: Path(nets[name]["ir"]).stat().st_mtime_ns for name in written}
+    assert again["confirmation"]["cached"] == [True] and again["speedup_of_exported_over"] == row["speedup_of_exported_over"]
